@@ -1,0 +1,188 @@
+"""The provider catalog: where each LLM provider lives and how it is spoken to.
+
+Pure data and pure functions: no I/O. ``upstream_for`` turns a configured provider
+into the endpoint Envoy connects to (one cluster per distinct endpoint), and
+``request_path`` / ``auth_headers`` say what the forwarded request looks like.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from ext_proc.config import ProviderConfig
+
+__all__ = [
+    "CATALOG",
+    "AuthStyle",
+    "ProviderSpec",
+    "Upstream",
+    "WireAPI",
+    "auth_headers",
+    "request_path",
+    "spec_for",
+    "upstream_for",
+]
+
+
+class WireAPI(StrEnum):
+    """The HTTP API a provider (or a client) speaks."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+class AuthStyle(StrEnum):
+    BEARER = "bearer"
+    """``Authorization: Bearer <key>``."""
+    X_API_KEY = "x-api-key"
+    """Anthropic: ``x-api-key: <key>`` plus ``anthropic-version``."""
+    API_KEY = "api-key"
+    """Azure OpenAI: ``api-key: <key>``."""
+
+
+ANTHROPIC_VERSION = "2023-06-01"
+AZURE_API_VERSION = "2024-10-21"
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    api: WireAPI
+    auth: AuthStyle
+    base_url: str | None
+    """Default base URL; ``None`` where every deployment has its own (``base_url`` required)."""
+    default_prefix: str = "/v1"
+    """Path prefix used when a configured ``base_url`` has no path of its own."""
+    static_headers: tuple[tuple[str, str], ...] = ()
+
+
+def _openai_compatible(name: str, base_url: str | None, prefix: str = "/v1") -> ProviderSpec:
+    return ProviderSpec(name, WireAPI.OPENAI, AuthStyle.BEARER, base_url, prefix)
+
+
+CATALOG: dict[str, ProviderSpec] = {
+    spec.name: spec
+    for spec in (
+        _openai_compatible("openai", "https://api.openai.com/v1"),
+        ProviderSpec(
+            "anthropic",
+            WireAPI.ANTHROPIC,
+            AuthStyle.X_API_KEY,
+            "https://api.anthropic.com/v1",
+            static_headers=(("anthropic-version", ANTHROPIC_VERSION),),
+        ),
+        # Gemini through its OpenAI-compatible endpoint.
+        _openai_compatible(
+            "gemini", "https://generativelanguage.googleapis.com/v1beta/openai", "/v1beta/openai"
+        ),
+        _openai_compatible("groq", "https://api.groq.com/openai/v1", "/openai/v1"),
+        _openai_compatible("mistral", "https://api.mistral.ai/v1"),
+        _openai_compatible("deepseek", "https://api.deepseek.com/v1"),
+        _openai_compatible("xai", "https://api.x.ai/v1"),
+        _openai_compatible("together_ai", "https://api.together.xyz/v1"),
+        _openai_compatible("openrouter", "https://openrouter.ai/api/v1", "/api/v1"),
+        _openai_compatible("moonshotai", "https://api.moonshot.ai/v1"),
+        _openai_compatible("ollama", None),
+        ProviderSpec("azure_openai", WireAPI.OPENAI, AuthStyle.API_KEY, None, default_prefix=""),
+        # Plano's `provider_interface: openai` on a custom base_url lands here too.
+        _openai_compatible("custom", None),
+    )
+}
+
+PROVIDERS_REQUIRING_BASE_URL = frozenset(n for n, s in CATALOG.items() if s.base_url is None)
+
+
+def spec_for(provider: ProviderConfig) -> ProviderSpec | None:
+    """The catalog entry for a configured provider, or ``None`` when it is unknown.
+
+    ``provider_interface`` wins over the model's prefix, so ``mycorp/llama`` with
+    ``provider_interface: openai`` speaks OpenAI's API at its own ``base_url``.
+    """
+    return CATALOG.get(provider.interface)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An endpoint Envoy connects to: one cluster each."""
+
+    cluster: str
+    host: str
+    port: int
+    tls: bool
+    path_prefix: str
+    host_header: str
+    """The ``Host``/``:authority`` the upstream expects (``http_host`` wins)."""
+
+    @property
+    def sni(self) -> str | None:
+        return self.host if self.tls else None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def upstream_for(provider: ProviderConfig) -> Upstream:
+    """The endpoint a configured provider's requests go to.
+
+    Raises ``ValueError`` when the provider has no usable base URL; config
+    validation reports that earlier, with a line number.
+    """
+    spec = spec_for(provider)
+    base_url = provider.base_url or (spec.base_url if spec else None)
+    if not base_url:
+        raise ValueError(f"{provider.model}: no base_url and no catalog default")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{provider.model}: base_url {base_url!r} is not an http(s) URL")
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    path = parts.path.rstrip("/")
+    if not path:
+        path = spec.default_prefix if spec else "/v1"
+    host = parts.hostname
+    standard_port = port == (443 if tls else 80)
+    host_header = provider.http_host or (host if standard_port else f"{host}:{port}")
+    if provider.base_url is None:
+        # Catalog endpoints are shared by every model of that provider.
+        cluster = provider.provider if spec is None else spec.name
+    else:
+        cluster = _UNSAFE.sub("_", f"{provider.provider}_{host}_{port}")
+    return Upstream(cluster, host, port, tls, path, host_header)
+
+
+def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI) -> str:
+    """The upstream path for a chat request spoken in ``api``.
+
+    Anthropic also serves an OpenAI-compatible ``/v1/chat/completions``, so an
+    OpenAI client reaches it untranslated.
+    """
+    spec = spec_for(provider)
+    if spec is not None and spec.name == "azure_openai" and not upstream.path_prefix:
+        return (
+            f"/openai/deployments/{provider.model_id}/chat/completions"
+            f"?api-version={AZURE_API_VERSION}"
+        )
+    suffix = "/messages" if api is WireAPI.ANTHROPIC else "/chat/completions"
+    return upstream.path_prefix + suffix
+
+
+def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:
+    """Headers that carry the provider's credentials and required versions,
+    followed by the provider's configured extra ``headers``."""
+    spec = spec_for(provider)
+    style = spec.auth if spec else AuthStyle.BEARER
+    out: list[tuple[str, str]] = []
+    if provider.access_key and not provider.passthrough_auth:
+        if style is AuthStyle.BEARER:
+            out.append(("authorization", f"Bearer {provider.access_key}"))
+        elif style is AuthStyle.X_API_KEY:
+            out.append(("x-api-key", provider.access_key))
+        else:
+            out.append(("api-key", provider.access_key))
+    if spec is not None:
+        out.extend(spec.static_headers)
+    out.extend((k.lower(), v) for k, v in provider.headers)
+    return tuple(out)
