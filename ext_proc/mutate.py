@@ -1,0 +1,157 @@
+"""From a request body to the mutations Envoy applies: pure functions, no protobuf.
+
+``plan_request`` parses the body, resolves the model and returns a
+``RequestPlan``: the headers to set and remove and the new body. The processor
+turns the plan into a ProcessingResponse; ``archway explain`` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ext_proc.endpoints import Endpoint
+from ext_proc.errors import GatewayError
+from ext_proc.headers import (
+    DECISION_MODEL,
+    DECISION_PROVIDER,
+    DECISION_RESOLUTION,
+    DECISION_ROUTE,
+    ROUTE_HEADER,
+)
+from ext_proc.providers import WireAPI, auth_headers, request_path, spec_for
+from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
+
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "RequestPlan",
+    "decision_headers",
+    "parse_body",
+    "plan_request",
+    "requested_model",
+]
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+"""Client credentials: replaced by the provider's unless ``passthrough_auth``."""
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    decision: RoutingDecision
+    set_headers: tuple[tuple[str, str], ...]
+    remove_headers: tuple[str, ...]
+    body: bytes | None
+    """The new body, or ``None`` when the client's body goes upstream unchanged."""
+
+
+def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a ``GatewayError`` saying what is wrong."""
+    content_type = headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise GatewayError(
+            415,
+            f"Content-Type must be application/json, not {media_type!r}. "
+            "With curl, add -H 'Content-Type: application/json'.",
+            code="unsupported_media_type",
+        )
+    if not body.strip():
+        raise GatewayError(400, "The request body is empty; send a JSON object.", code="empty_body")
+    try:
+        parsed = json.loads(body)
+    except UnicodeDecodeError:
+        raise GatewayError(
+            400, "The request body is not valid UTF-8.", code="invalid_json"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise GatewayError(
+            400,
+            f"The request body is not valid JSON: {exc.msg} "
+            f"at line {exc.lineno} column {exc.colno}.",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise GatewayError(
+            400, "The request body is nested too deeply.", code="invalid_json"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise GatewayError(
+            400,
+            f"The request body must be a JSON object, not {type(parsed).__name__}.",
+            code="invalid_body",
+        )
+    return parsed
+
+
+def requested_model(body: Mapping[str, Any]) -> str | None:
+    """The body's ``model``: a string, or ``None`` when absent or null."""
+    model = body.get("model")
+    if model is None or isinstance(model, str):
+        return model
+    raise GatewayError(
+        400,
+        f"'model' must be a string, not {type(model).__name__}.",
+        code="invalid_model",
+        param="model",
+    )
+
+
+def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
+    """The headers that tell Envoy where to route and the client what was decided."""
+    out = [
+        (ROUTE_HEADER, decision.upstream.cluster),
+        (DECISION_MODEL, decision.model),
+        (DECISION_PROVIDER, decision.provider.provider),
+        (DECISION_RESOLUTION, decision.resolution.value),
+    ]
+    if decision.route is not None:
+        out.append((DECISION_ROUTE, decision.route))
+    return tuple(out)
+
+
+def plan_request(
+    table: RoutingTable,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    route: str | None = None,
+) -> RequestPlan:
+    """Everything to change about one LLM request, or a ``GatewayError``."""
+    parsed = parse_body(headers, body)
+    decision = resolve_model(table, requested_model(parsed), route=route)
+    provider = decision.provider
+    spec = spec_for(provider)
+    provider_api = spec.api if spec else WireAPI.OPENAI
+    client_api = endpoint.api
+    if client_api is WireAPI.ANTHROPIC and provider_api is not WireAPI.ANTHROPIC:
+        raise GatewayError(
+            400,
+            f"{decision.model} speaks the OpenAI API; /v1/messages requests can only go to "
+            "Anthropic-API providers. Send this request to /v1/chat/completions instead.",
+            code="api_mismatch",
+            param="model",
+        )
+
+    set_headers = list(decision_headers(decision))
+    set_headers.append((":path", request_path(provider, decision.upstream, client_api)))
+    remove: list[str] = []
+    if not provider.passthrough_auth:
+        remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
+    pinned = {name for name, _ in spec.static_headers} if spec else set()
+    for name, value in auth_headers(provider):
+        # A client's own anthropic-version wins over the catalog's pin, so SDKs
+        # that need a newer version get it; credentials never yield.
+        if name in pinned and name in headers:
+            continue
+        set_headers.append((name, value))
+    remove = [h for h in remove if h not in {name for name, _ in set_headers}]
+
+    new_body: bytes | None = None
+    if parsed.get("model") != decision.upstream_model:
+        parsed["model"] = decision.upstream_model
+        new_body = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+        set_headers.append(("content-length", str(len(new_body))))
+    return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body)

@@ -1,0 +1,227 @@
+"""Model resolution: which configured model serves a requested ``model``.
+
+Pure functions over a ``RoutingTable`` that is built once per config, so a
+request costs a few dictionary look-ups.
+
+Order, for a requested name:
+1. no model, ``""`` or ``auto``: the preference router's pick when a route is
+   given, else the default model;
+2. an alias: its target, then as below;
+3. ``provider/model``: that configured model, else the provider's wildcard
+   (``openai/*`` serves any ``openai/<id>``);
+4. a bare model id served by exactly one configured model (explicit models
+   first, then a single wildcard provider);
+5. anything else: a 400 that lists what is available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ext_proc.config import Config, ProviderConfig
+from ext_proc.errors import GatewayError
+from ext_proc.providers import Upstream, upstream_for
+
+__all__ = [
+    "AUTO_MODELS",
+    "Resolution",
+    "RoutingDecision",
+    "RoutingTable",
+    "build_routing_table",
+    "resolve_model",
+]
+
+AUTO_MODELS = frozenset({"", "auto"})
+"""Model names that leave the choice to Archway."""
+
+_MAX_LISTED = 20
+
+
+class Resolution(StrEnum):
+    DIRECT = "direct"
+    ALIAS = "alias"
+    ROUTER = "router"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Where a request goes, and why. Plain data: the processor turns it into
+    header and body mutations."""
+
+    provider: ProviderConfig
+    upstream: Upstream
+    model: str
+    """``provider/model_id`` as reported to the client (``openai/gpt-5.2``)."""
+    upstream_model: str
+    """The id the provider expects in the body's ``model`` (``gpt-5.2``)."""
+    resolution: Resolution
+    requested: str | None = None
+    alias: str | None = None
+    route: str | None = None
+    """The preference route chosen or the reason it was not (``other``, ``error``)."""
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Everything resolution needs, precomputed from a ``Config``."""
+
+    config: Config
+    by_model: dict[str, ProviderConfig]
+    wildcards: dict[str, ProviderConfig]
+    by_bare_id: dict[str, tuple[ProviderConfig, ...]]
+    upstreams: dict[str, Upstream]
+    """Keyed by ``ProviderConfig.model``."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)
+    """Preference route name -> the model that serves it."""
+
+    @property
+    def default(self) -> ProviderConfig | None:
+        return self.config.default_provider
+
+    def available(self) -> list[str]:
+        """Names a client may ask for, for error messages and ``/v1/models``."""
+        return [p.model for p in self.config.providers] + list(self.aliases)
+
+
+def build_routing_table(config: Config) -> RoutingTable:
+    by_model: dict[str, ProviderConfig] = {}
+    wildcards: dict[str, ProviderConfig] = {}
+    bare: dict[str, list[ProviderConfig]] = {}
+    for provider in config.providers:
+        if provider.wildcard:
+            wildcards.setdefault(provider.provider, provider)
+            continue
+        by_model.setdefault(provider.model, provider)
+        bare.setdefault(provider.model_id, []).append(provider)
+    routes = {pref.name: pref.models[0] for pref in config.routing_preferences if pref.models}
+    return RoutingTable(
+        config=config,
+        by_model=by_model,
+        wildcards=wildcards,
+        by_bare_id={k: tuple(v) for k, v in bare.items()},
+        upstreams={p.model: upstream_for(p) for p in config.providers},
+        aliases=dict(config.aliases),
+        routes=routes,
+    )
+
+
+def resolve_model(
+    table: RoutingTable, requested: str | None, *, route: str | None = None
+) -> RoutingDecision:
+    """Resolve ``requested`` against ``table``.
+
+    ``route`` is the preference router's answer for an open model: a route name
+    from the config, or a reason it has none (``other``, ``error``, ``timeout``),
+    which falls back to the default. Raises ``GatewayError`` (400) when nothing
+    serves the request.
+    """
+    if requested is None or requested.strip().lower() in AUTO_MODELS:
+        return _resolve_open(table, requested, route)
+
+    target = table.aliases.get(requested)
+    if target is not None:
+        provider, model_id = _lookup(table, target)
+        return _decision(table, provider, model_id, Resolution.ALIAS, requested, alias=requested)
+
+    provider, model_id = _lookup(table, requested)
+    return _decision(table, provider, model_id, Resolution.DIRECT, requested)
+
+
+def _resolve_open(table: RoutingTable, requested: str | None, route: str | None) -> RoutingDecision:
+    if route is not None and route in table.routes:
+        provider, model_id = _lookup(table, table.routes[route])
+        return _decision(table, provider, model_id, Resolution.ROUTER, requested, route=route)
+    default = table.default
+    if default is None:
+        raise GatewayError(
+            400,
+            "No model was given and no default model is configured. Send one of: "
+            + _listing(table),
+            code="model_required",
+            param="model",
+        )
+    if default.wildcard:
+        # A wildcard default has no model id of its own to send.
+        raise GatewayError(
+            400,
+            f"No model was given and the default {default.model} is a wildcard; "
+            f"send a model such as {default.provider}/<model-id>.",
+            code="model_required",
+            param="model",
+        )
+    return _decision(table, default, default.model_id, Resolution.DEFAULT, requested, route=route)
+
+
+def _lookup(table: RoutingTable, name: str) -> tuple[ProviderConfig, str]:
+    """The configured model serving ``name`` and the id to send upstream."""
+    exact = table.by_model.get(name)
+    if exact is not None:
+        return exact, exact.model_id
+    prefix, sep, model_id = name.partition("/")
+    if sep and model_id:
+        wildcard = table.wildcards.get(prefix)
+        if wildcard is not None:
+            return wildcard, model_id
+    candidates = table.by_bare_id.get(name, ())
+    if len(candidates) == 1:
+        return candidates[0], candidates[0].model_id
+    if len(candidates) > 1:
+        names = ", ".join(p.model for p in candidates)
+        raise GatewayError(
+            400,
+            f"Model {name!r} is ambiguous: it is served by {names}. "
+            "Ask for one of them as provider/model.",
+            code="model_ambiguous",
+            param="model",
+        )
+    if not sep and len(table.wildcards) == 1:
+        (wildcard,) = table.wildcards.values()
+        return wildcard, name
+    if not sep and len(table.wildcards) > 1:
+        names = ", ".join(p.model for p in table.wildcards.values())
+        raise GatewayError(
+            400,
+            f"Model {name!r} is ambiguous: it could be served by {names}. "
+            "Ask for it as provider/model.",
+            code="model_ambiguous",
+            param="model",
+        )
+    raise GatewayError(
+        400,
+        f"Model {name!r} is not configured on this gateway. Available: {_listing(table)}",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _listing(table: RoutingTable) -> str:
+    names = table.available()
+    shown = ", ".join(names[:_MAX_LISTED])
+    if len(names) > _MAX_LISTED:
+        shown += f", ... ({len(names) - _MAX_LISTED} more; GET /v1/models lists all)"
+    return shown or "(none)"
+
+
+def _decision(
+    table: RoutingTable,
+    provider: ProviderConfig,
+    model_id: str,
+    resolution: Resolution,
+    requested: str | None,
+    *,
+    alias: str | None = None,
+    route: str | None = None,
+) -> RoutingDecision:
+    return RoutingDecision(
+        provider=provider,
+        upstream=table.upstreams[provider.model],
+        model=f"{provider.provider}/{model_id}",
+        upstream_model=model_id,
+        resolution=resolution,
+        requested=requested,
+        alias=alias,
+        route=route,
+    )

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+
+from ext_proc.providers import CATALOG, WireAPI, auth_headers, request_path, upstream_for
+from tests.factories import provider
+
+REAL = {
+    "openai": ("api.openai.com", "/v1/chat/completions"),
+    "gemini": ("generativelanguage.googleapis.com", "/v1beta/openai/chat/completions"),
+    "groq": ("api.groq.com", "/openai/v1/chat/completions"),
+    "mistral": ("api.mistral.ai", "/v1/chat/completions"),
+    "deepseek": ("api.deepseek.com", "/v1/chat/completions"),
+    "xai": ("api.x.ai", "/v1/chat/completions"),
+    "together_ai": ("api.together.xyz", "/v1/chat/completions"),
+    "openrouter": ("openrouter.ai", "/api/v1/chat/completions"),
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), REAL.items())
+def test_catalog_hosts_and_paths(name: str, expected: tuple[str, str]) -> None:
+    p = provider(f"{name}/some-model")
+    up = upstream_for(p)
+    assert (up.host, up.port, up.tls, up.sni, up.host_header) == (
+        expected[0],
+        443,
+        True,
+        expected[0],
+        expected[0],
+    )
+    assert up.cluster == name
+    assert request_path(p, up, WireAPI.OPENAI) == expected[1]
+    assert auth_headers(p)[0] == ("authorization", f"Bearer sk-{name}-secret")
+
+
+def test_anthropic_native_and_openai_compatible_paths() -> None:
+    p = provider("anthropic/claude-sonnet-4-5")
+    up = upstream_for(p)
+    assert (up.host, up.tls) == ("api.anthropic.com", True)
+    assert request_path(p, up, WireAPI.ANTHROPIC) == "/v1/messages"
+    assert request_path(p, up, WireAPI.OPENAI) == "/v1/chat/completions"
+    assert auth_headers(p) == (
+        ("x-api-key", "sk-anthropic-secret"),
+        ("anthropic-version", "2023-06-01"),
+    )
+
+
+def test_plain_http_base_url_without_path_uses_v1() -> None:
+    p = provider("ollama/llama3.1", base_url="http://127.0.0.1:11434", access_key=None)
+    up = upstream_for(p)
+    assert (up.host, up.port, up.tls, up.sni) == ("127.0.0.1", 11434, False, None)
+    assert up.host_header == "127.0.0.1:11434"
+    assert up.cluster == "ollama_127.0.0.1_11434"
+    assert request_path(p, up, WireAPI.OPENAI) == "/v1/chat/completions"
+    assert auth_headers(p) == ()
+
+
+def test_base_url_path_is_the_prefix_and_http_host_wins() -> None:
+    p = provider(
+        "mycorp/llama",
+        base_url="https://llm.example.com:8443/api/v2/",
+        provider_interface="openai",
+        http_host="llm.internal",
+        headers=(("X-Team", "search"),),
+    )
+    up = upstream_for(p)
+    assert (up.port, up.path_prefix, up.host_header, up.sni) == (
+        8443,
+        "/api/v2",
+        "llm.internal",
+        "llm.example.com",
+    )
+    assert request_path(p, up, WireAPI.OPENAI) == "/api/v2/chat/completions"
+    assert auth_headers(p)[-1] == ("x-team", "search")
+
+
+def test_azure_uses_deployment_path_and_api_key_header() -> None:
+    p = provider("azure_openai/gpt-4o-prod", base_url="https://myres.openai.azure.com")
+    up = upstream_for(p)
+    path = request_path(p, up, WireAPI.OPENAI)
+    assert path.startswith("/openai/deployments/gpt-4o-prod/chat/completions?api-version=")
+    assert auth_headers(p) == (("api-key", "sk-azure_openai-secret"),)
+
+
+def test_passthrough_auth_sends_no_configured_key() -> None:
+    p = provider("openai/gpt-5", passthrough_auth=True)
+    assert auth_headers(p) == ()
+
+
+def test_every_catalog_entry_without_default_url_requires_one() -> None:
+    assert {n for n, s in CATALOG.items() if s.base_url is None} == {
+        "ollama",
+        "azure_openai",
+        "custom",
+    }
+    with pytest.raises(ValueError):
+        upstream_for(provider("ollama/llama3"))
