@@ -1,0 +1,578 @@
+"""Render a ``Config`` into an Envoy (1.40) bootstrap.
+
+The bootstrap is static: every listener, route and cluster is known from the
+config, so no xDS server is needed. Envoy runs the ext_proc filter before the
+router; the Archway server picks the upstream by setting ``x-archway-cluster``
+(``ROUTE_HEADER``) and asking Envoy to clear its route cache, and the single
+route reads the cluster from that header.
+
+Nothing secret goes into the bootstrap: credentials are injected per request
+by the ext_proc server, so the rendered file can be written to disk, printed
+and committed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import yaml
+
+from ext_proc.config import Config, GatewaySettings, Listener, Overrides
+from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
+from ext_proc.providers import Upstream, upstream_for
+
+__all__ = [
+    "ACCESS_LOG_FORMAT",
+    "BUFFER_HEADROOM_BYTES",
+    "CLIENT_PATH_HEADER",
+    "EXT_PROC_CLUSTER",
+    "MAX_DOWNSTREAM_CONNECTIONS",
+    "bootstrap_dict",
+    "buffer_limit_bytes",
+    "render_bootstrap",
+]
+
+EXT_PROC_CLUSTER = "archway_ext_proc"
+
+CLIENT_PATH_HEADER = "x-envoy-archway-client-path"
+"""The path the client asked for, copied before ext_proc runs.
+
+The ext_proc server rewrites ``:path`` to the upstream's path (an OpenAI client
+routed to Anthropic ends up on ``/v1/messages``), so Envoy's error replies pick
+the client's error shape from this copy instead. It is set with overwrite (a
+client cannot forge it), and the ``x-envoy-`` prefix keeps it out of the
+ext_proc server's reach: Envoy refuses ext_proc mutations of ``x-envoy-*``
+headers by default, and the server strips only ``x-archway-*``."""
+
+BUFFER_HEADROOM_BYTES = 256 * 1024
+"""Added to ``max_request_body_bytes`` for buffers that also hold headers, gRPC
+framing or the protobuf envelope around a body."""
+
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
+
+_EXT_PROC_CONNECT_TIMEOUT_S = 1.0
+_MIN_STREAM_IDLE_TIMEOUT_S = 300.0
+_REQUEST_RECEIVE_TIMEOUT_S = 300.0
+"""How long a client may take to send a whole request (headers and body)."""
+
+_T_HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
+_T_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_T_HEADER_MUTATION = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+)
+_T_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_T_STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+_T_DOWNSTREAM_CONNECTIONS = (
+    "type.googleapis.com/envoy.extensions.resource_monitors."
+    "downstream_connections.v3.DownstreamConnectionsConfig"
+)
+_T_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_T_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": f"%REQ({CLIENT_PATH_HEADER}?:PATH)%",
+    "upstream_path": "%REQ(:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream_service_time_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    **{name.removeprefix("x-archway-"): f"%REQ({name})%" for name in CLIENT_DECISION_HEADERS},
+}
+"""One JSON object per request on Envoy's stdout.
+
+- ``start_time``: when the first request byte arrived (RFC 3339, UTC).
+- ``method``: the HTTP method.
+- ``path``: the path the client asked for (before the ext_proc rewrite).
+- ``upstream_path``: the path sent upstream (after the ext_proc rewrite).
+- ``protocol``: the downstream HTTP protocol (``HTTP/1.1``, ``HTTP/2``).
+- ``response_code``: the status sent to the client (0 if none was sent).
+- ``response_flags``: Envoy's short failure codes, e.g. ``UF`` (upstream
+  connect failure), ``UT`` (upstream timeout), ``NC`` (no cluster: the ext_proc
+  server chose none); ``-`` when nothing went wrong.
+- ``response_code_details``: why Envoy answered as it did, e.g. ``via_upstream``,
+  ``request_payload_too_large`` or the details of an ext_proc immediate response.
+- ``bytes_received`` / ``bytes_sent``: downstream body bytes in and out.
+- ``duration_ms``: from the first request byte to the last response byte.
+- ``upstream_service_time_ms``: the upstream's own time, as Envoy measured it.
+- ``upstream_cluster`` / ``upstream_host``: the cluster picked through the route
+  header and the address that served the request.
+- ``request_id``: Envoy's ``x-request-id``, also seen by the ext_proc server.
+- ``model``, ``provider``, ``resolution``, ``route``: Archway's decision, the
+  ``x-archway-*`` request headers that are also echoed to the client.
+"""
+
+
+def buffer_limit_bytes(gateway: GatewaySettings) -> int:
+    """Per-connection buffer limit that fits the largest accepted body.
+
+    Envoy's 1 MiB default would answer 413 to any larger body that the ext_proc
+    filter buffers, whatever ``max_request_body_bytes`` says.
+    """
+    return gateway.max_request_body_bytes + BUFFER_HEADROOM_BYTES
+
+
+def bootstrap_dict(
+    config: Config,
+    *,
+    ext_proc_host: str | None = None,
+    ext_proc_port: int | None = None,
+    admin_port: int | None = None,
+) -> dict[str, Any]:
+    """The bootstrap as plain data (the shape of Envoy's v3 ``Bootstrap`` in YAML/JSON).
+
+    The keyword arguments override ``config.gateway``: ``archway up`` passes the
+    port its ext_proc server actually bound, docker-compose the service name.
+    Raises ``ValueError`` when two providers need one cluster to point at
+    different endpoints, or when a provider has no usable base URL.
+    """
+    gateway = config.gateway
+    host = gateway.ext_proc_address if ext_proc_host is None else ext_proc_host
+    port = gateway.ext_proc_port if ext_proc_port is None else ext_proc_port
+    admin = gateway.admin_port if admin_port is None else admin_port
+    clusters = [_ext_proc_cluster(host, port, gateway)]
+    clusters += [
+        _upstream_cluster(upstream, config.overrides, gateway)
+        for upstream in _distinct_upstreams(config)
+    ]
+    return {
+        "admin": {"address": _socket_address(gateway.admin_address, admin)},
+        "overload_manager": _overload_manager(),
+        "static_resources": {
+            "listeners": [_listener(listener, gateway) for listener in config.listeners],
+            "clusters": clusters,
+        },
+    }
+
+
+def render_bootstrap(
+    config: Config,
+    *,
+    ext_proc_host: str | None = None,
+    ext_proc_port: int | None = None,
+    admin_port: int | None = None,
+) -> str:
+    """The bootstrap as YAML text; the same config always renders the same text."""
+    data = bootstrap_dict(
+        config, ext_proc_host=ext_proc_host, ext_proc_port=ext_proc_port, admin_port=admin_port
+    )
+    header = "# Generated by Archway from its config; edit the config, not this file.\n"
+    # A wide line keeps long messages on one line, as a reader would write them.
+    return header + yaml.safe_dump(data, sort_keys=False, width=4096)
+
+
+# --- small helpers -----------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    """A protobuf Duration in its JSON form, in whole milliseconds (``2.500s``, ``30s``)."""
+    millis = round(seconds * 1000)
+    whole, frac = divmod(millis, 1000)
+    return f"{whole}.{frac:03d}s" if frac else f"{whole}s"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _overload_manager() -> dict[str, Any]:
+    # Envoy warns at startup when nothing caps downstream connections; the cap
+    # is far above what one gateway serves, so it only stops runaway clients.
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _T_DOWNSTREAM_CONNECTIONS,
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }
+        ]
+    }
+
+
+# --- listeners -----------------------------------------------------------------
+
+
+def _listener(listener: Listener, gateway: GatewaySettings) -> dict[str, Any]:
+    return {
+        "name": listener.name,
+        "address": _socket_address(listener.address, listener.port),
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(gateway),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": _http_connection_manager(listener, gateway),
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _http_connection_manager(listener: Listener, gateway: GatewaySettings) -> dict[str, Any]:
+    # The idle timeout must not fire before the route timeout does: a reasoning
+    # model can think for minutes before its first byte.
+    idle_s = max(listener.timeout_s + 5.0, _MIN_STREAM_IDLE_TIMEOUT_S)
+    return {
+        "@type": _T_HCM,
+        "stat_prefix": listener.name,
+        "codec_type": "AUTO",
+        "stream_idle_timeout": _duration(idle_s),
+        "request_timeout": _duration(_REQUEST_RECEIVE_TIMEOUT_S),
+        "access_log": [_access_log()],
+        "route_config": _route_config(listener),
+        "local_reply_config": _local_reply_config(gateway),
+        "http_filters": [
+            _client_path_filter(),
+            _ext_proc_filter(gateway),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
+        ],
+    }
+
+
+def _client_path_filter() -> dict[str, Any]:
+    """Copies the client's ``:path`` before ext_proc rewrites it (see ``CLIENT_PATH_HEADER``)."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _T_HEADER_MUTATION,
+            "mutations": {
+                "request_mutations": [
+                    {
+                        "append": {
+                            "header": {"key": CLIENT_PATH_HEADER, "value": "%REQ(:PATH)%"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }
+                    }
+                ]
+            },
+        },
+    }
+
+
+def _ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _T_EXT_PROC,
+            "grpc_service": {
+                "envoy_grpc": {
+                    "cluster_name": EXT_PROC_CLUSTER,
+                    # A body mutation carries the whole rewritten body in one
+                    # message; gRPC's 4 MiB default would fail larger ones.
+                    "max_receive_message_length": buffer_limit_bytes(gateway),
+                },
+            },
+            "failure_mode_allow": gateway.failure_mode_allow,
+            # Routing needs the headers and the whole body (the model is in the body);
+            # responses pass untouched unless the server switches them on per request.
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "message_timeout": _duration(gateway.message_timeout_s),
+            "allow_mode_override": True,
+        },
+    }
+
+
+def _route_config(listener: Listener) -> dict[str, Any]:
+    echo = [
+        {
+            "header": {"key": name, "value": f"%REQ({name})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+        for name in CLIENT_DECISION_HEADERS
+    ]
+    route = {
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster_header": ROUTE_HEADER,
+            "timeout": _duration(listener.timeout_s),
+            "auto_host_rewrite": True,
+        },
+    }
+    return {
+        "name": f"{listener.name}_routes",
+        "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": [route]}],
+        "response_headers_to_add": echo,
+    }
+
+
+# --- Envoy's own error replies ------------------------------------------------
+
+# (name, filter, OpenAI type, code, Anthropic type, message). Each filter is
+# narrow on purpose: the ext_proc server's immediate responses are local replies
+# too, and carry their own JSON bodies that must reach the client untouched.
+_UPSTREAM_UNAVAILABLE_FLAGS = ["UF", "UH", "URX", "UO", "UC", "UR"]
+
+
+def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], str, str, str, str]]:
+    limit = gateway.max_request_body_bytes
+    return [
+        (
+            _too_large_filter(),
+            "invalid_request_error",
+            "request_too_large",
+            "request_too_large",
+            f"Request body exceeds the gateway limit of {limit} bytes.",
+        ),
+        (
+            {"response_flag_filter": {"flags": ["UT"]}},
+            "server_error",
+            "upstream_timeout",
+            "api_error",
+            "The model provider did not answer in time.",
+        ),
+        (
+            {"response_flag_filter": {"flags": ["NC"]}},
+            "server_error",
+            "no_upstream",
+            "api_error",
+            "The gateway selected no upstream for this request.",
+        ),
+        (
+            {"response_flag_filter": {"flags": _UPSTREAM_UNAVAILABLE_FLAGS}},
+            "server_error",
+            "upstream_unavailable",
+            "api_error",
+            "The model provider could not be reached: %LOCAL_REPLY_BODY%",
+        ),
+    ]
+
+
+def _too_large_filter() -> dict[str, Any]:
+    """413s that Envoy itself sends (a body over the buffer limit).
+
+    Status alone would also catch a 413 from the ext_proc server; the response
+    code details tell Envoy's own (``request_payload_too_large``) apart.
+    """
+    return {
+        "and_filter": {
+            "filters": [
+                {"status_code_filter": {"comparison": {"op": "EQ", "value": _runtime(413)}}},
+                {
+                    "extension_filter": {
+                        "name": "envoy.access_loggers.extension_filters.cel",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.access_loggers."
+                            "filters.cel.v3.ExpressionFilter",
+                            "expression": "response.code_details == 'request_payload_too_large'",
+                        },
+                    }
+                },
+            ]
+        }
+    }
+
+
+def _runtime(value: int) -> dict[str, Any]:
+    # Comparison values are runtime-overridable; the key is never set, so the default wins.
+    return {"default_value": value, "runtime_key": "archway.local_reply.unused"}
+
+
+def _anthropic_request() -> dict[str, Any]:
+    return {
+        "header_filter": {
+            "header": {
+                "name": CLIENT_PATH_HEADER,
+                "string_match": {"prefix": ANTHROPIC_PATH_PREFIX},
+            }
+        }
+    }
+
+
+def _local_reply_config(gateway: GatewaySettings) -> dict[str, Any]:
+    mappers: list[dict[str, Any]] = []
+    for match, openai_type, code, anthropic_type, message in _local_reply_kinds(gateway):
+        # First match wins, so each Anthropic-shaped mapper precedes its OpenAI twin.
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [match, _anthropic_request()]}},
+                "body_format_override": _json_body(
+                    {"type": "error", "error": {"type": anthropic_type, "message": message}}
+                ),
+            }
+        )
+        mappers.append(
+            {
+                "filter": match,
+                "body_format_override": _json_body(
+                    {
+                        "error": {
+                            "message": message,
+                            "type": openai_type,
+                            "param": None,
+                            "code": code,
+                        }
+                    }
+                ),
+            }
+        )
+    return {"mappers": mappers}
+
+
+def _json_body(shape: dict[str, Any]) -> dict[str, Any]:
+    return {"json_format": shape, "content_type": "application/json"}
+
+
+def _access_log() -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": _T_STDOUT_LOG,
+            "log_format": {"json_format": dict(ACCESS_LOG_FORMAT)},
+        },
+    }
+
+
+# --- clusters ------------------------------------------------------------------
+
+
+def _ext_proc_cluster(host: str, port: int, gateway: GatewaySettings) -> dict[str, Any]:
+    cluster = {
+        "name": EXT_PROC_CLUSTER,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": _duration(_EXT_PROC_CONNECT_TIMEOUT_S),
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(gateway),
+        # gRPC needs HTTP/2 and the server speaks it in cleartext.
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {
+                "@type": _T_HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": _load_assignment(EXT_PROC_CLUSTER, host, port, hostname=None),
+    }
+    if not _is_ip(host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
+
+
+def _distinct_upstreams(config: Config) -> list[Upstream]:
+    """One upstream per cluster name, in config order.
+
+    Providers sharing a cluster must agree on the endpoint: Envoy has one Host
+    header (the endpoint's ``hostname``) and one TLS setup per cluster.
+    """
+    seen: dict[str, Upstream] = {}
+    for provider in config.providers:
+        upstream = upstream_for(provider)
+        earlier = seen.setdefault(upstream.cluster, upstream)
+        if _endpoint(earlier) != _endpoint(upstream):
+            raise ValueError(
+                f"{provider.model}: cluster {upstream.cluster!r} is already used for "
+                f"{_describe(earlier)}, not {_describe(upstream)}; "
+                "give these providers the same base_url and http_host"
+            )
+    return list(seen.values())
+
+
+def _endpoint(upstream: Upstream) -> tuple[str, int, bool, str]:
+    return (upstream.host, upstream.port, upstream.tls, upstream.host_header)
+
+
+def _describe(upstream: Upstream) -> str:
+    scheme = "https" if upstream.tls else "http"
+    return f"{scheme}://{upstream.host}:{upstream.port} (Host {upstream.host_header})"
+
+
+def _upstream_cluster(
+    upstream: Upstream, overrides: Overrides, gateway: GatewaySettings
+) -> dict[str, Any]:
+    ip = _is_ip(upstream.host)
+    cluster: dict[str, Any] = {
+        "name": upstream.cluster,
+        # LOGICAL_DNS: one connection pool per provider whose hosts rotate
+        # behind DNS, without churning pools on every answer.
+        "type": "STATIC" if ip else "LOGICAL_DNS",
+        "connect_timeout": _duration(overrides.upstream_connect_timeout_s),
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(gateway),
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: _upstream_http_options(upstream.tls)
+        },
+        "load_assignment": _load_assignment(
+            upstream.cluster, upstream.host, upstream.port, hostname=upstream.host_header
+        ),
+    }
+    if not ip:
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if upstream.tls:
+        cluster["transport_socket"] = _upstream_tls(upstream, overrides)
+    return cluster
+
+
+def _upstream_http_options(tls: bool) -> dict[str, Any]:
+    if tls:
+        # Let ALPN pick: providers differ in HTTP/2 support.
+        return {
+            "@type": _T_HTTP_OPTIONS,
+            "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+        }
+    # Plain http (a local Ollama, a mock): HTTP/1.1 works everywhere, h2c does not.
+    return {"@type": _T_HTTP_OPTIONS, "explicit_http_config": {"http_protocol_options": {}}}
+
+
+def _upstream_tls(upstream: Upstream, overrides: Overrides) -> dict[str, Any]:
+    ip = _is_ip(upstream.host)
+    tls: dict[str, Any] = {
+        "@type": _T_TLS,
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "validation_context": {
+                "trusted_ca": {"filename": overrides.upstream_tls_ca_path},
+                "match_typed_subject_alt_names": [
+                    {
+                        "san_type": "IP_ADDRESS" if ip else "DNS",
+                        "matcher": {"exact": upstream.host},
+                    }
+                ],
+            },
+        },
+    }
+    if not ip:
+        # SNI may not carry an IP literal (RFC 6066).
+        tls["sni"] = upstream.host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": tls}
+
+
+def _load_assignment(cluster: str, host: str, port: int, *, hostname: str | None) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": _socket_address(host, port)}
+    if hostname is not None:
+        # auto_host_rewrite sends this as Host / :authority.
+        endpoint["hostname"] = hostname
+    return {
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+    }
