@@ -7,10 +7,21 @@ with inline ``routing_preferences``) and the current one (``version``, a list of
 
 from __future__ import annotations
 
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
 
 __all__ = [
+    "DEFAULT_LISTENER",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "Config",
     "ConfigError",
@@ -19,6 +30,9 @@ __all__ = [
     "Overrides",
     "ProviderConfig",
     "RoutingPreference",
+    "load_config",
+    "load_config_text",
+    "parse_duration",
 ]
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
@@ -66,7 +80,8 @@ class ProviderConfig:
     provider_interface: str | None = None
     passthrough_auth: bool = False
     http_host: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Extra upstream headers. Hidden from ``repr``: values often carry credentials."""
     line: int | None = None
     """Line of the entry in the config file, for messages."""
 
@@ -129,3 +144,1381 @@ class Config:
     @property
     def default_provider(self) -> ProviderConfig | None:
         return next((p for p in self.providers if p.default), None)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
+
+_KINDS = {
+    _STR: "a string",
+    _INT: "an integer",
+    _FLOAT: "a number",
+    _BOOL: "a boolean",
+    _NULL: "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:binary": "binary data",
+}
+
+_TOP_KEYS = (
+    "version",
+    "listeners",
+    "llm_providers",
+    "model_providers",
+    "model_aliases",
+    "routing_preferences",
+    "overrides",
+    "archway",
+    "router",
+)
+_PLANO_ONLY_SECTIONS = (
+    "agents",
+    "filters",
+    "endpoints",
+    "prompt_targets",
+    "ratelimits",
+    "tracing",
+    "mode",
+    "routing",
+    "state_storage",
+    "prompt_guards",
+    "model_metrics_sources",
+    "prompt_caching",
+    "system_prompt",
+)
+_PLANO_VERSIONS = ("v0.1", "v0.1.0", "0.1-beta", "0.2.0", "v0.3.0", "v0.4.0")
+
+_IGNORED = "Plano setting not used by Archway; ignored"
+_LEGACY_LISTENERS = ("egress_traffic",)
+_LEGACY_LISTENERS_IGNORED = {
+    "ingress_traffic": "ingress (prompt) listener not implemented by Archway; ignored"
+}
+_LEGACY_LISTENER_KEYS = ("address", "port", "message_format", "timeout")
+_LISTENER_KEYS = ("type", "name", "address", "port", "timeout")
+_LISTENER_IGNORED = dict.fromkeys(
+    ("router", "max_retries", "agents", "input_filters", "output_filters"), _IGNORED
+)
+_LISTENER_TYPES = ("model", "prompt", "agent")
+_MESSAGE_FORMATS = ("openai",)
+_PROVIDER_KEYS = (
+    "name",
+    "access_key",
+    "model",
+    "default",
+    "base_url",
+    "passthrough_auth",
+    "http_host",
+    "provider_interface",
+    "headers",
+    "routing_preferences",
+)
+_INLINE_PREFERENCE_KEYS = ("name", "description")
+_PREFERENCE_KEYS = ("name", "description", "models")
+_PREFERENCE_IGNORED = {"selection_policy": _IGNORED}
+_OVERRIDE_KEYS = ("upstream_connect_timeout", "upstream_tls_ca_path")
+_OVERRIDE_IGNORED = dict.fromkeys(
+    (
+        "prompt_target_intent_matching_threshold",
+        "optimize_context_window",
+        "use_agent_orchestrator",
+        "disable_signals",
+        "llm_routing_model",
+        "agent_orchestration_model",
+        "orchestrator_model_context_length",
+    ),
+    _IGNORED,
+)
+_GATEWAY_KEYS = (
+    "ext_proc_address",
+    "ext_proc_port",
+    "admin_address",
+    "admin_port",
+    "max_request_body_bytes",
+    "message_timeout",
+    "failure_mode_allow",
+)
+_BASE_URL_EXAMPLES = {
+    "ollama": "http://localhost:11434",
+    "azure_openai": "https://YOUR-RESOURCE.openai.azure.com",
+}
+
+DEFAULT_LISTENER = Listener(name="egress_traffic", address="0.0.0.0", port=12000, timeout_s=300.0)
+
+# `$$` first, so that `$$HOME` is a literal `$HOME` rather than `$` + $HOME.
+_ENV_REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_DURATION_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT = "write a number of seconds or a duration such as 30s, 500ms, 2m or 1h"
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in a duration: ``"30s"``, ``"500ms"``, ``"2m"``, ``"1h"``, ``"1.5s"``,
+    ``"1m30s"``, or a plain number of seconds. Raises ``ValueError`` otherwise."""
+    # bool is an int to Python, but `timeout: true` is a mistake, not one second.
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("empty duration")
+        if _DURATION_NUMBER.fullmatch(text):
+            seconds = float(text)
+        else:
+            # Go-style sequences (`1m30s`), as Envoy and Plano write them.
+            seconds, pos = 0.0, 0
+            while pos < len(text):
+                part = _DURATION_PART.match(text, pos)
+                if part is None:
+                    raise ValueError(f"not a duration: {value!r}")
+                seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+                pos = part.end()
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {value!r}")
+    return seconds
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    allow_missing_env: bool = False,
+) -> Config:
+    """Load and validate the config file at ``path``.
+
+    ``$VAR``/``${VAR}`` are taken from ``environ`` (default ``os.environ``), else
+    from a ``.env`` file beside the config. Raises ``ConfigError`` listing every
+    problem found. ``allow_missing_env`` lets ``access_key`` variables be unset
+    (they become ``None``), for tools that never send a request.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            [f"{source}: cannot read the config file: {reason}; check the path"]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{source}: the config file is not UTF-8 text ({exc.reason}); save it as UTF-8"]
+        ) from None
+    return load_config_text(
+        text, source=source, environ=environ, allow_missing_env=allow_missing_env
+    )
+
+
+def load_config_text(
+    text: str,
+    *,
+    source: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    allow_missing_env: bool = False,
+) -> Config:
+    """Load and validate config ``text``; ``source`` names it in messages and
+    locates the ``.env`` file. See ``load_config``."""
+    loader = _Loader(
+        source=Path(source) if source is not None else None,
+        environ=os.environ if environ is None else environ,
+        allow_missing_env=allow_missing_env,
+    )
+    return loader.load(text)
+
+
+def _parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
+    """``KEY=VALUE`` lines (``export`` prefix, quotes and ``#`` comments allowed),
+    and the numbers of the lines that are none of those."""
+    values: dict[str, str] = {}
+    bad: list[int] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("export ") or stripped.startswith("export\t"):
+            stripped = stripped[len("export") :].lstrip()
+        key, sep, rest = stripped.partition("=")
+        key = key.strip()
+        if not sep or not _ENV_NAME.fullmatch(key):
+            bad.append(number)
+            continue
+        value = _dotenv_value(rest.strip())
+        if value is None:
+            bad.append(number)
+            continue
+        values[key] = value
+    return values, bad
+
+
+def _dotenv_value(rest: str) -> str | None:
+    if not rest or rest[0] not in "'\"":
+        # An unquoted `#` starts a comment only after whitespace, as in shells,
+        # so `KEY=abc#def` keeps its `#`.
+        return re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
+    quote = rest[0]
+    out: list[str] = []
+    i = 1
+    while i < len(rest):
+        char = rest[i]
+        if char == quote:
+            tail = rest[i + 1 :].strip()
+            return "".join(out) if not tail or tail.startswith("#") else None
+        if char == "\\" and quote == '"' and i + 1 < len(rest):
+            nxt = rest[i + 1]
+            out.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    return None  # unterminated quote: multi-line values are not supported
+
+
+def _join(path: str, key: str) -> str:
+    if not _PLAIN_KEY.fullmatch(key):
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}" if path else key
+
+
+def _line(node: yaml.Node | None) -> int | None:
+    return None if node is None else node.start_mark.line + 1
+
+
+def _is_null(node: yaml.Node | None) -> bool:
+    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL)
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return _KINDS.get(node.tag, f"a value tagged {node.tag}")
+
+
+def _describe(node: yaml.Node, *, secret: bool = False) -> str:
+    kind = _kind(node)
+    if secret or not isinstance(node, yaml.ScalarNode) or node.tag == _NULL:
+        return kind
+    return f"{kind} {node.value!r}" if node.tag == _STR else f"{kind} ({node.value})"
+
+
+def _listing(names: Iterable[str]) -> str:
+    return ", ".join(names) or "(none)"
+
+
+def _shown_url(raw: str) -> str:
+    # A URL may embed credentials (https://user:token@host): name it without them.
+    return "(value hidden: it contains credentials)" if "@" in raw else repr(raw)
+
+
+@dataclass
+class _Problems:
+    """Messages gathered while loading, each kept with its line for sorting."""
+
+    label: str
+    items: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, line: int | None, path: str, message: str, fix: str | None = None) -> None:
+        where = f"{self.label}:{line}" if line is not None else self.label
+        text = f"{where}: {path}: {message}" if path else f"{where}: {message}"
+        if fix:
+            text += f"; {fix}"
+        self.items.append((line or 0, text))
+
+    def lines(self) -> list[str]:
+        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
+
+
+@dataclass
+class _PreferenceEntry:
+    name: str
+    description: str
+    models: tuple[str, ...]
+    line: int | None
+    path: str
+    valid: bool
+    """False when a model it names is unusable: kept only so duplicate names are found."""
+
+
+class _Loader:
+    """One load: walks the composed YAML by schema, gathering every problem."""
+
+    def __init__(
+        self, *, source: Path | None, environ: Mapping[str, str], allow_missing_env: bool
+    ) -> None:
+        self.source = source
+        self.environ = environ
+        self.allow_missing_env = allow_missing_env
+        label = str(source) if source is not None else "<config>"
+        self.errors = _Problems(label)
+        self.warnings = _Problems(label)
+        self.dotenv_path = source.resolve().parent / ".env" if source is not None else None
+        self._dotenv: dict[str, str] | None = None
+        self._constructor = SafeConstructor()
+        self._pairs: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = {}
+        self.section = "llm_providers"
+
+    # -- reporting -----------------------------------------------------------------
+
+    def error(
+        self, node: yaml.Node | int | None, path: str, message: str, fix: str | None = None
+    ) -> None:
+        line = node if isinstance(node, int) or node is None else _line(node)
+        self.errors.add(line, path, message, fix)
+
+    def warn(self, node: yaml.Node | None, path: str, message: str) -> None:
+        self.warnings.add(_line(node), path, message)
+
+    def unknown_key(self, key_node: yaml.Node, path: str, key: str, allowed: Iterable[str]) -> None:
+        choices = sorted(set(allowed))
+        close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]!r}?" if close else f"allowed keys here: {_listing(choices)}"
+        self.error(key_node, _join(path, key), f"unknown key {key!r}", fix)
+
+    def missing_key(self, node: yaml.Node, path: str, key: str, example: str) -> None:
+        self.error(node, path, f"missing required key {key!r}", f"add {example}")
+
+    # -- environment ---------------------------------------------------------------
+
+    def lookup_env(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is not None:
+            return value
+        return self.dotenv().get(name)
+
+    def dotenv(self) -> dict[str, str]:
+        # Read only when a variable is missing from the environment, so a broken
+        # .env never gets in the way of a fully exported environment.
+        if self._dotenv is not None:
+            return self._dotenv
+        self._dotenv = {}
+        path = self.dotenv_path
+        if path is None or not path.is_file():
+            return self._dotenv
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.error(None, "", f"cannot read {path}: {exc}", "fix or remove that file")
+            return self._dotenv
+        self._dotenv, bad = _parse_dotenv(text)
+        for number in bad:
+            # The line is not echoed: it may well hold a secret.
+            self.errors.items.append(
+                (0, f"{path}:{number}: cannot parse this line; write it as KEY=VALUE")
+            )
+        return self._dotenv
+
+    def env_fix(self, name: str) -> str:
+        if self.dotenv_path is None:
+            return f"export {name}=... before loading the config"
+        return f"export {name}=... or add it to {self.dotenv_path}"
+
+    def expand(
+        self, raw: str, node: yaml.Node, path: str, *, missing_ok: bool = False
+    ) -> str | None:
+        """``raw`` with its variables substituted; ``None`` when one is missing
+        (reported unless ``missing_ok``)."""
+        if "$" not in raw:
+            return raw
+        missing: list[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            if name is None:
+                return "$"
+            value = self.lookup_env(name)
+            if value is None:
+                missing.append(name)
+                return ""
+            return value
+
+        out = _ENV_REF.sub(substitute, raw)
+        if not missing:
+            return out
+        if not missing_ok:
+            for name in dict.fromkeys(missing):
+                self.error(
+                    node, path, f"environment variable {name} is not set", self.env_fix(name)
+                )
+        return None
+
+    # -- structure -----------------------------------------------------------------
+
+    def pairs(self, node: yaml.MappingNode, path: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """The mapping's entries by key, with YAML merge keys (``<<: *anchor``)
+        applied and duplicate keys reported."""
+        # Memoized: several passes read one mapping, and each problem is told once.
+        cached = self._pairs.get(id(node))
+        if cached is not None:
+            return cached
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        self._pairs[id(node)] = out
+        merged: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged.append(value_node)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.error(key_node, path, f"a key must be plain text, not {_kind(key_node)}")
+                continue
+            key = key_node.value
+            if key in out:
+                first = _line(out[key][0])
+                self.error(
+                    key_node,
+                    _join(path, key),
+                    f"duplicate key {key!r} (also at line {first})",
+                    "keep only one of them",
+                )
+                continue
+            out[key] = (key_node, value_node)
+        for source in merged:
+            parts = source.value if isinstance(source, yaml.SequenceNode) else [source]
+            for part in parts:
+                if not isinstance(part, yaml.MappingNode):
+                    self.error(part, path, "a merge key (<<) must refer to a mapping")
+                    continue
+                for key, entry in self.pairs(part, path).items():
+                    out.setdefault(key, entry)
+        return out
+
+    def mapping(
+        self,
+        node: yaml.Node | None,
+        path: str,
+        allowed: Sequence[str] | None,
+        ignored: Mapping[str, str] | None = None,
+    ) -> dict[str, yaml.Node] | None:
+        """The entries of a mapping (``{}`` when absent or null). Keys outside
+        ``allowed`` are errors, keys in ``ignored`` warnings; ``allowed=None``
+        takes any key. ``None`` when it is not a mapping (reported)."""
+        if _is_null(node):
+            return {}
+        assert node is not None
+        if not isinstance(node, yaml.MappingNode):
+            self.error(
+                node,
+                path,
+                f"expected a mapping, got {_describe(node)}",
+                "write it as indented `key: value` lines",
+            )
+            return None
+        out: dict[str, yaml.Node] = {}
+        ignored = ignored or {}
+        for key, (key_node, value_node) in self.pairs(node, path).items():
+            if allowed is None or key in allowed:
+                out[key] = value_node
+            elif key in ignored:
+                self.warn(key_node, _join(path, key), ignored[key])
+            else:
+                self.unknown_key(key_node, path, key, [*(allowed or ()), *ignored])
+        return out
+
+    def sequence(self, node: yaml.Node | None, path: str) -> list[yaml.Node] | None:
+        if _is_null(node):
+            return []
+        assert node is not None
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(
+                node,
+                path,
+                f"expected a list, got {_describe(node)}",
+                "write one entry per line, each starting with '- '",
+            )
+            return None
+        return list(node.value)
+
+    # -- scalars -------------------------------------------------------------------
+
+    def raw_text(self, node: yaml.Node | None, path: str, *, secret: bool = False) -> str | None:
+        """The string as written, before variables are substituted."""
+        if _is_null(node):
+            return None
+        assert node is not None
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            return str(node.value)
+        fix = (
+            "put the value in quotes"
+            if isinstance(node, yaml.ScalarNode)
+            else "write a single string value"
+        )
+        self.error(node, path, f"expected a string, got {_describe(node, secret=secret)}", fix)
+        return None
+
+    def text(self, node: yaml.Node | None, path: str, *, secret: bool = False) -> str | None:
+        raw = self.raw_text(node, path, secret=secret)
+        if raw is None:
+            return None
+        assert node is not None
+        return self.expand(raw, node, path)
+
+    def typed(
+        self,
+        node: yaml.Node | None,
+        path: str,
+        tags: tuple[str, ...],
+        expected: str,
+        fix: str,
+        coerce: Callable[[str], Any],
+    ) -> Any:
+        """A scalar of one of ``tags``. A string that is a ``$VAR`` reference is
+        substituted and then converted with ``coerce``, so ``port: ${PORT}`` works."""
+        if _is_null(node):
+            return None
+        assert node is not None
+        if isinstance(node, yaml.ScalarNode) and node.tag in tags:
+            try:
+                return self._constructor.construct_object(node)
+            except (ConstructorError, ValueError):
+                pass
+        elif isinstance(node, yaml.ScalarNode) and node.tag == _STR and _ENV_REF.search(node.value):
+            value = self.expand(node.value, node, path)
+            if value is None:
+                return None
+            try:
+                return coerce(value.strip())
+            except ValueError:
+                self.error(node, path, f"expected {expected}, got {node.value} = {value!r}", fix)
+                return None
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            fix += ", without quotes"
+        self.error(node, path, f"expected {expected}, got {_describe(node)}", fix)
+        return None
+
+    def integer(
+        self, node: yaml.Node | None, path: str, *, low: int, high: int | None = None
+    ) -> int | None:
+        value = self.typed(node, path, (_INT,), "an integer", "write a whole number", int)
+        if value is None:
+            return None
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+            self.error(node, path, f"{value} is out of range", f"use a number {allowed}")
+            return None
+        return int(value)
+
+    def boolean(self, node: yaml.Node | None, path: str) -> bool | None:
+        words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+        def coerce(text: str) -> bool:
+            if text.lower() not in words:
+                raise ValueError(text)
+            return words[text.lower()]
+
+        value = self.typed(node, path, (_BOOL,), "true or false", "write true or false", coerce)
+        return None if value is None else bool(value)
+
+    def duration(self, node: yaml.Node | None, path: str, *, positive: bool) -> float | None:
+        if _is_null(node):
+            return None
+        assert node is not None
+        value: Any
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            value = self.expand(node.value, node, path)
+            if value is None:
+                return None
+        else:
+            value = self.typed(node, path, (_INT, _FLOAT), "a duration", _DURATION_HINT, float)
+            if value is None:
+                return None
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            self.error(node, path, f"invalid duration {node.value!r}", _DURATION_HINT)
+            return None
+        if positive and seconds <= 0:
+            self.error(node, path, "the duration must be more than zero", _DURATION_HINT)
+            return None
+        return seconds
+
+    def choice(
+        self, node: yaml.Node | None, path: str, choices: Sequence[str], what: str
+    ) -> str | None:
+        value = self.text(node, path)
+        if value is None or value in choices:
+            return value
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of: {_listing(choices)}"
+        self.error(node, path, f"unknown {what} {value!r}", hint)
+        return None
+
+    # -- the config ----------------------------------------------------------------
+
+    def load(self, text: str) -> Config:
+        root = self.compose(text)
+        config = self.build(root) if root is not None else None
+        problems = self.errors.lines()
+        if problems or config is None:
+            raise ConfigError(problems)
+        return config
+
+    def compose(self, text: str) -> yaml.Node | None:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = exc.problem or exc.context or "invalid YAML"
+            # Only PyYAML's problem text: its snippet of the line may hold a secret.
+            where = f" (column {mark.column + 1})" if mark is not None else ""
+            self.error(
+                mark.line + 1 if mark is not None else None,
+                "",
+                f"YAML syntax error: {problem}{where}",
+                "fix the YAML at that spot (check indentation, colons and quotes)",
+            )
+            return None
+        except yaml.YAMLError as exc:
+            self.error(None, "", f"not readable as YAML: {type(exc).__name__}", "fix the file")
+            return None
+        if _is_null(root):
+            self.error(
+                1,
+                "",
+                "the config is empty",
+                "add at least an llm_providers list, e.g. `- model: openai/gpt-5.2`",
+            )
+            return None
+        assert root is not None
+        if not isinstance(root, yaml.MappingNode):
+            self.error(
+                root,
+                "",
+                f"the top level must be a mapping of sections, got {_describe(root)}",
+                "start the file with sections such as `llm_providers:`",
+            )
+            return None
+        return root
+
+    def build(self, root: yaml.Node) -> Config | None:
+        assert isinstance(root, yaml.MappingNode)
+        top = self.pairs(root, "")
+        for key, (key_node, _) in top.items():
+            if key in _PLANO_ONLY_SECTIONS:
+                self.warn(key_node, key, "Plano section not implemented by Archway; ignored")
+            elif key not in _TOP_KEYS:
+                self.unknown_key(key_node, "", key, (*_TOP_KEYS, *_PLANO_ONLY_SECTIONS))
+
+        def value(key: str) -> yaml.Node | None:
+            entry = top.get(key)
+            return entry[1] if entry is not None else None
+
+        version = self.version(value("version"))
+        listeners = self.listeners(value("listeners"))
+        providers, inline = self.providers(top)
+        aliases = self.aliases(value("model_aliases"), providers)
+        preferences = self.preferences(value("routing_preferences"), inline, providers)
+        overrides = self.overrides(value("overrides"))
+        gateway = self.gateway(value("archway"))
+        router = value("router")
+        if not _is_null(router) and not isinstance(router, yaml.MappingNode):
+            # Reserved for the preference router's settings; only its shape is checked now.
+            assert router is not None
+            self.error(
+                router,
+                "router",
+                f"expected a mapping, got {_describe(router)}",
+                "write it as indented `key: value` lines",
+            )
+        if listeners is not None and gateway is not None:
+            self.check_ports(top, listeners, gateway)
+        if listeners is None or overrides is None or gateway is None:
+            return None
+        return Config(
+            listeners=tuple(listener for listener, _ in listeners),
+            providers=tuple(providers),
+            aliases=aliases,
+            routing_preferences=tuple(
+                RoutingPreference(p.name, p.description, p.models) for p in preferences
+            ),
+            overrides=overrides,
+            gateway=gateway,
+            version=version,
+            source=self.source.resolve() if self.source is not None else None,
+            warnings=tuple(self.warnings.lines()),
+        )
+
+    def version(self, node: yaml.Node | None) -> str | None:
+        if node is not None and isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT):
+            self.error(
+                node,
+                "version",
+                f"expected a string, got {_describe(node)}",
+                f'put it in quotes: version: "{node.value}"',
+            )
+            return None
+        version = self.text(node, "version")
+        if version is not None and version not in _PLANO_VERSIONS:
+            self.warn(
+                node,
+                "version",
+                f"{version!r} is not a Plano config version ({_listing(_PLANO_VERSIONS)})",
+            )
+        return version
+
+    # -- listeners -----------------------------------------------------------------
+
+    def listeners(self, node: yaml.Node | None) -> list[tuple[Listener, yaml.Node | None]] | None:
+        """The model listeners, each with the node it came from."""
+        if _is_null(node):
+            return [(DEFAULT_LISTENER, node)]
+        assert node is not None
+        errors_before = len(self.errors.items)
+        if isinstance(node, yaml.MappingNode):
+            found = self.legacy_listeners(node)
+        elif isinstance(node, yaml.SequenceNode):
+            found = self.listener_list(node)
+        else:
+            self.error(
+                node,
+                "listeners",
+                f"expected a list of listeners, got {_describe(node)}",
+                "write `listeners:` followed by `- type: model` entries",
+            )
+            return None
+        if found is None or len(self.errors.items) > errors_before:
+            # A broken model listener is not "no model listener": no fallback.
+            return None
+        if not found:
+            self.warn(
+                node,
+                "listeners",
+                "no model listener (type: model, or egress_traffic); using the default "
+                f"{DEFAULT_LISTENER.name} on {DEFAULT_LISTENER.address}:{DEFAULT_LISTENER.port}",
+            )
+            return [(DEFAULT_LISTENER, node)]
+        names: dict[str, int | None] = {}
+        for listener, where in found:
+            if listener.name in names:
+                self.error(
+                    where,
+                    "listeners",
+                    f"duplicate listener name {listener.name!r} "
+                    f"(also at line {names[listener.name]})",
+                    "give each listener its own name",
+                )
+            names.setdefault(listener.name, _line(where))
+        return found
+
+    def legacy_listeners(
+        self, node: yaml.MappingNode
+    ) -> list[tuple[Listener, yaml.Node | None]] | None:
+        fields = self.mapping(node, "listeners", _LEGACY_LISTENERS, _LEGACY_LISTENERS_IGNORED)
+        if fields is None:
+            return None
+        out: list[tuple[Listener, yaml.Node | None]] = []
+        for name, entry in fields.items():
+            listener = self.listener(entry, _join("listeners", name), name, legacy=True)
+            if listener is not None:
+                out.append((listener, entry))
+        return out
+
+    def listener_list(
+        self, node: yaml.SequenceNode
+    ) -> list[tuple[Listener, yaml.Node | None]] | None:
+        out: list[tuple[Listener, yaml.Node | None]] = []
+        for index, entry in enumerate(node.value):
+            path = f"listeners[{index}]"
+            if not isinstance(entry, yaml.MappingNode):
+                self.error(
+                    entry,
+                    path,
+                    f"expected a listener mapping, got {_describe(entry)}",
+                    "write it as `- type: model` followed by name, port, ...",
+                )
+                continue
+            kind_entry = self.pairs(entry, path).get("type")
+            if kind_entry is None:
+                self.missing_key(entry, path, "type", "`type: model`")
+                continue
+            kind = self.choice(kind_entry[1], f"{path}.type", _LISTENER_TYPES, "listener type")
+            if kind is None:
+                continue
+            if kind != "model":
+                self.warn(entry, path, f"{kind} listener not implemented by Archway; skipped")
+                continue
+            listener = self.listener(entry, path, None, legacy=False)
+            if listener is not None:
+                out.append((listener, entry))
+        return out
+
+    def listener(
+        self, node: yaml.Node, path: str, name: str | None, *, legacy: bool
+    ) -> Listener | None:
+        if legacy:
+            fields = self.mapping(node, path, _LEGACY_LISTENER_KEYS)
+        else:
+            fields = self.mapping(node, path, _LISTENER_KEYS, _LISTENER_IGNORED)
+        if fields is None:
+            return None
+        errors_before = len(self.errors.items)
+        if name is None:
+            name = self.text(fields.get("name"), f"{path}.name")
+            if name is None and "name" not in fields:
+                self.missing_key(node, path, "name", "`name: model_listener`")
+        address = self.text(fields.get("address"), f"{path}.address")
+        if address == "":
+            self.error(fields["address"], f"{path}.address", "empty address", "use 0.0.0.0")
+        port = self.integer(fields.get("port"), f"{path}.port", low=0, high=65535)
+        timeout = self.duration(fields.get("timeout"), f"{path}.timeout", positive=False)
+        message_format = self.choice(
+            fields.get("message_format"), f"{path}.message_format", _MESSAGE_FORMATS, "format"
+        )
+        if name is None or len(self.errors.items) > errors_before:
+            return None
+        return Listener(
+            name=name,
+            address=address or DEFAULT_LISTENER.address,
+            port=port if port is not None else DEFAULT_LISTENER.port,
+            timeout_s=timeout if timeout is not None else DEFAULT_LISTENER.timeout_s,
+            message_format=message_format or DEFAULT_LISTENER.message_format,
+        )
+
+    # -- providers -----------------------------------------------------------------
+
+    def providers(
+        self, top: Mapping[str, tuple[yaml.Node, yaml.Node]]
+    ) -> tuple[list[ProviderConfig], list[_PreferenceEntry]]:
+        legacy = top.get("llm_providers")
+        current = top.get("model_providers")
+        if legacy is not None and current is not None:
+            self.error(
+                current[0],
+                "model_providers",
+                f"llm_providers (line {_line(legacy[0])}) and model_providers are both set",
+                "keep one list: model_providers is Plano's current name for llm_providers",
+            )
+        self.section = "model_providers" if current is not None else "llm_providers"
+        chosen = current or legacy
+        entries = self.sequence(chosen[1], self.section) if chosen is not None else []
+        if entries is None:
+            return [], []
+        providers: list[ProviderConfig] = []
+        inline: list[_PreferenceEntry] = []
+        by_model: dict[str, ProviderConfig] = {}
+        by_name: dict[str, ProviderConfig] = {}
+        default: ProviderConfig | None = None
+        for index, entry in enumerate(entries):
+            path = f"{self.section}[{index}]"
+            provider = self.provider(entry, path, inline)
+            if provider is None:
+                continue
+            if provider.model in by_model:
+                self.error(
+                    entry,
+                    f"{path}.model",
+                    f"duplicate model {provider.model!r} "
+                    f"(also at line {by_model[provider.model].line})",
+                    "remove one of the two entries",
+                )
+                continue
+            if provider.name in by_name:
+                self.error(
+                    entry,
+                    f"{path}.name",
+                    f"duplicate name {provider.name!r} "
+                    f"(also at line {by_name[provider.name].line})",
+                    "give each model its own name",
+                )
+                continue
+            if provider.default and default is not None:
+                self.error(
+                    entry,
+                    f"{path}.default",
+                    f"more than one default model: {provider.model!r} and "
+                    f"{default.model!r} (line {default.line})",
+                    "keep `default: true` on one model only",
+                )
+            elif provider.default:
+                default = provider
+            by_model[provider.model] = provider
+            by_name[provider.name] = provider
+            providers.append(provider)
+        if not entries:
+            where = chosen[0] if chosen is not None else 1
+            self.error(
+                where,
+                self.section,
+                "no models are configured",
+                f"add at least one entry to {self.section}, e.g. `- model: openai/gpt-5.2`",
+            )
+        return providers, inline
+
+    def provider(
+        self, node: yaml.Node, path: str, inline: list[_PreferenceEntry]
+    ) -> ProviderConfig | None:
+        from ext_proc.providers import CATALOG, PROVIDERS_REQUIRING_BASE_URL
+
+        fields = self.mapping(node, path, _PROVIDER_KEYS)
+        if fields is None:
+            return None
+        errors_before = len(self.errors.items)
+        line = _line(node)
+
+        model = self.text(fields.get("model"), f"{path}.model")
+        provider = model_id = ""
+        if model is None:
+            if "model" not in fields:
+                self.missing_key(
+                    node, path, "model", "`model: provider/model`, e.g. openai/gpt-5.2"
+                )
+        else:
+            provider, sep, model_id = model.partition("/")
+            model_node = fields["model"]
+            if not sep or not provider or not model_id or any(c.isspace() for c in model):
+                example = f"openai/{model_id or provider or 'gpt-5.2'}"
+                self.error(
+                    model_node,
+                    f"{path}.model",
+                    f"{model!r} is not in provider/model form",
+                    f"write the provider first, e.g. {example!r}",
+                )
+                model = None
+            elif "*" in provider or ("*" in model_id and model_id != "*"):
+                self.error(
+                    model_node,
+                    f"{path}.model",
+                    f"{model!r}: only a whole model id can be a wildcard",
+                    f"write {provider.replace('*', '') or 'openai'}/* to serve every model",
+                )
+                model = None
+
+        name = self.text(fields.get("name"), f"{path}.name")
+        access_key, access_key_ref = self.access_key(fields.get("access_key"), f"{path}.access_key")
+        default = self.boolean(fields.get("default"), f"{path}.default")
+        passthrough = self.boolean(fields.get("passthrough_auth"), f"{path}.passthrough_auth")
+        http_host = self.text(fields.get("http_host"), f"{path}.http_host")
+        base_url = self.base_url(fields.get("base_url"), f"{path}.base_url")
+        interface = self.text(fields.get("provider_interface"), f"{path}.provider_interface")
+        headers = self.headers(fields.get("headers"), f"{path}.headers")
+
+        if interface is not None and interface not in CATALOG:
+            self.error(
+                fields["provider_interface"],
+                f"{path}.provider_interface",
+                f"provider_interface {interface!r} is not supported by Archway",
+                f"use one of: {_listing(CATALOG)}",
+            )
+        elif model is not None and provider not in CATALOG and interface is None:
+            close = difflib.get_close_matches(provider.lower(), CATALOG, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            self.error(
+                node,
+                path,
+                f"unknown provider {provider!r} in {model!r}",
+                f"{hint}a provider outside Archway's catalog needs both base_url and "
+                "provider_interface (e.g. provider_interface: openai); "
+                f"known providers: {_listing(CATALOG)}",
+            )
+        elif model is not None and base_url is None and "base_url" not in fields:
+            wire = interface or provider
+            if provider not in CATALOG:
+                self.error(
+                    node,
+                    path,
+                    f"provider {provider!r} is not in Archway's catalog, so it needs base_url",
+                    "add base_url: https://<host>/v1 (the server's OpenAI-compatible endpoint)",
+                )
+            elif needs := [p for p in (provider, wire) if p in PROVIDERS_REQUIRING_BASE_URL]:
+                # `ollama/x` with provider_interface: openai is still a local server,
+                # not api.openai.com.
+                example = _BASE_URL_EXAMPLES.get(needs[0], "https://llm.example.com/v1")
+                self.error(
+                    node,
+                    path,
+                    f"provider {needs[0]!r} has no standard address, so it needs base_url",
+                    f"add base_url: {example}",
+                )
+
+        preferences = self.sequence(
+            fields.get("routing_preferences"), f"{path}.routing_preferences"
+        )
+        for index, entry in enumerate(preferences or []):
+            pref_path = f"{path}.routing_preferences[{index}]"
+            found = self.preference_fields(entry, pref_path, inline=True)
+            if found is not None:
+                inline.append(
+                    _PreferenceEntry(
+                        name=found[0],
+                        description=found[1],
+                        models=(model,) if model is not None else (),
+                        line=_line(entry),
+                        path=f"{pref_path}.name",
+                        valid=model is not None,
+                    )
+                )
+
+        if model is None or len(self.errors.items) > errors_before:
+            return None
+        return ProviderConfig(
+            model=model,
+            provider=provider,
+            model_id=model_id,
+            name=name or model,
+            access_key=access_key,
+            access_key_ref=access_key_ref,
+            default=bool(default),
+            base_url=base_url,
+            provider_interface=interface,
+            passthrough_auth=bool(passthrough),
+            http_host=http_host,
+            headers=headers or (),
+            line=line,
+        )
+
+    def access_key(self, node: yaml.Node | None, path: str) -> tuple[str | None, str | None]:
+        raw = self.raw_text(node, path, secret=True)
+        if raw is None:
+            return None, None
+        assert node is not None
+        refers = any(m.group(1) or m.group(2) for m in _ENV_REF.finditer(raw))
+        # Tools that send no requests (render) load configs whose keys are unset.
+        value = self.expand(raw, node, path, missing_ok=self.allow_missing_env)
+        return value, raw if refers else None
+
+    def base_url(self, node: yaml.Node | None, path: str) -> str | None:
+        url = self.text(node, path)
+        if url is None:
+            return None
+        assert isinstance(node, yaml.ScalarNode)
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            self.error(
+                node,
+                path,
+                f"base_url {_shown_url(node.value)} is not an http(s) URL",
+                "write it like https://api.example.com/v1",
+            )
+            return None
+        return url
+
+    def headers(self, node: yaml.Node | None, path: str) -> tuple[tuple[str, str], ...] | None:
+        fields = self.mapping(node, path, None)
+        if fields is None:
+            return None
+        out: list[tuple[str, str]] = []
+        for name, value_node in fields.items():
+            header_path = _join(path, name)
+            if not _HEADER_NAME.fullmatch(name):
+                self.error(
+                    value_node,
+                    header_path,
+                    f"{name!r} is not a valid HTTP header name",
+                    "use letters, digits and '-' only",
+                )
+                continue
+            # Header values are treated as secrets: they often carry tokens.
+            value = self.text(value_node, header_path, secret=True)
+            if value is None:
+                if _is_null(value_node):
+                    self.error(value_node, header_path, "the header has no value", "add a value")
+                continue
+            if "\r" in value or "\n" in value:
+                self.error(
+                    value_node, header_path, "the header value has a line break", "remove it"
+                )
+                continue
+            out.append((name, value))
+        return tuple(out)
+
+    # -- aliases and routing preferences -------------------------------------------
+
+    def serving(self, ref: str, providers: Sequence[ProviderConfig]) -> list[str]:
+        """The configured models that would serve ``ref``, as ``provider/model``.
+
+        Mirrors request-time resolution: exact model, then the provider's wildcard,
+        then a bare model id (explicit models first, then wildcard providers).
+        """
+        explicit = [p for p in providers if not p.wildcard]
+        wildcards = {p.provider: p for p in providers if p.wildcard}
+        if any(p.model == ref for p in explicit):
+            return [ref]
+        prefix, sep, model_id = ref.partition("/")
+        if sep and model_id and prefix in wildcards:
+            return [ref]
+        bare = [p.model for p in explicit if p.model_id == ref]
+        if bare or sep:
+            return bare
+        return [f"{provider}/{ref}" for provider in wildcards]
+
+    def model_ref(
+        self,
+        node: yaml.Node,
+        path: str,
+        ref: str,
+        providers: Sequence[ProviderConfig],
+        what: str,
+    ) -> str | None:
+        """The one configured model ``ref`` names, or ``None`` (reported)."""
+        available = f"available models: {_listing(p.model for p in providers)}"
+        if "*" in ref:
+            self.error(
+                node,
+                path,
+                f"{what} {ref!r} is a wildcard",
+                f"name one model, e.g. {ref.replace('*', 'gpt-5.2')!r}",
+            )
+            return None
+        matches = self.serving(ref, providers)
+        if not matches:
+            self.error(
+                node,
+                path,
+                f"{what} {ref!r} matches no configured model; {available}",
+                f"use one of those, or add {ref!r} to {self.section}",
+            )
+            return None
+        if len(matches) > 1:
+            self.error(
+                node,
+                path,
+                f"{what} {ref!r} is ambiguous: it is served by {_listing(matches)}",
+                "write the full provider/model",
+            )
+            return None
+        return matches[0]
+
+    def aliases(
+        self, node: yaml.Node | None, providers: Sequence[ProviderConfig]
+    ) -> dict[str, str]:
+        fields = self.mapping(node, "model_aliases", None)
+        out: dict[str, str] = {}
+        for alias, entry in (fields or {}).items():
+            path = _join("model_aliases", alias)
+            spec = self.mapping(entry, path, ("target",))
+            if spec is None:
+                continue
+            if "target" not in spec:
+                self.missing_key(entry, path, "target", "`target: provider/model`")
+                continue
+            target = self.text(spec["target"], f"{path}.target")
+            if target is None:
+                continue
+            if self.model_ref(spec["target"], f"{path}.target", target, providers, "alias target"):
+                out[alias] = target
+        return out
+
+    def preference_fields(
+        self, node: yaml.Node, path: str, *, inline: bool
+    ) -> tuple[str, str] | None:
+        keys = _INLINE_PREFERENCE_KEYS if inline else _PREFERENCE_KEYS
+        ignored = None if inline else _PREFERENCE_IGNORED
+        fields = self.mapping(node, path, keys, ignored)
+        if fields is None:
+            return None
+        found: list[str] = []
+        for key in ("name", "description"):
+            value = self.text(fields.get(key), f"{path}.{key}")
+            if value is None and _is_null(fields.get(key)):
+                self.missing_key(node, path, key, f"`{key}: ...`")
+            elif value is not None and not value.strip():
+                self.error(fields[key], f"{path}.{key}", f"empty {key}", f"write a {key}")
+                value = None
+            if value is not None:
+                found.append(value)
+        return (found[0], found[1]) if len(found) == 2 else None
+
+    def preferences(
+        self,
+        node: yaml.Node | None,
+        inline: list[_PreferenceEntry],
+        providers: Sequence[ProviderConfig],
+    ) -> list[_PreferenceEntry]:
+        entries = list(inline)
+        for index, entry in enumerate(self.sequence(node, "routing_preferences") or []):
+            path = f"routing_preferences[{index}]"
+            found = self.preference_fields(entry, path, inline=False)
+            if not isinstance(entry, yaml.MappingNode):
+                continue
+            models = self.preference_models(entry, path, providers)
+            if found is not None:
+                entries.append(
+                    _PreferenceEntry(
+                        name=found[0],
+                        description=found[1],
+                        models=tuple(models or ()),
+                        line=_line(entry),
+                        path=f"{path}.name",
+                        valid=bool(models),
+                    )
+                )
+        seen: dict[str, _PreferenceEntry] = {}
+        for pref in entries:
+            first = seen.get(pref.name)
+            if first is not None:
+                self.error(
+                    pref.line,
+                    pref.path,
+                    f"duplicate routing preference {pref.name!r} (also at line {first.line})",
+                    "give each routing preference its own name; a preference served by "
+                    "several models lists them all in its models",
+                )
+                continue
+            seen[pref.name] = pref
+        return [pref for pref in seen.values() if pref.valid]
+
+    def preference_models(
+        self, entry: yaml.MappingNode, path: str, providers: Sequence[ProviderConfig]
+    ) -> list[str] | None:
+        """The models a top-level preference names, resolved to ``provider/model``;
+        ``None`` when any is unusable (reported)."""
+        found = self.pairs(entry, path).get("models")
+        if found is None or _is_null(found[1]):
+            self.missing_key(entry, path, "models", "`models: [provider/model, ...]`")
+            return None
+        items = self.sequence(found[1], f"{path}.models")
+        if items is None:
+            return None
+        if not items:
+            self.error(
+                found[1],
+                f"{path}.models",
+                "the list is empty",
+                "name at least one model, e.g. [openai/gpt-5.2]",
+            )
+            return None
+        models: list[str] = []
+        for number, item in enumerate(items):
+            item_path = f"{path}.models[{number}]"
+            ref = self.text(item, item_path)
+            resolved = (
+                None if ref is None else self.model_ref(item, item_path, ref, providers, "model")
+            )
+            if resolved is not None:
+                models.append(resolved)
+        return models if len(models) == len(items) else None
+
+    # -- overrides and Archway's own settings ---------------------------------------
+
+    def overrides(self, node: yaml.Node | None) -> Overrides | None:
+        fields = self.mapping(node, "overrides", _OVERRIDE_KEYS, _OVERRIDE_IGNORED)
+        if fields is None:
+            return None
+        defaults = Overrides()
+        timeout = self.duration(
+            fields.get("upstream_connect_timeout"),
+            "overrides.upstream_connect_timeout",
+            positive=True,
+        )
+        ca_path = self.text(fields.get("upstream_tls_ca_path"), "overrides.upstream_tls_ca_path")
+        if ca_path == "":
+            self.error(
+                fields["upstream_tls_ca_path"],
+                "overrides.upstream_tls_ca_path",
+                "empty path",
+                f"remove it to use {defaults.upstream_tls_ca_path}",
+            )
+        return Overrides(
+            upstream_connect_timeout_s=(
+                timeout if timeout is not None else defaults.upstream_connect_timeout_s
+            ),
+            upstream_tls_ca_path=ca_path or defaults.upstream_tls_ca_path,
+        )
+
+    def gateway(self, node: yaml.Node | None) -> GatewaySettings | None:
+        fields = self.mapping(node, "archway", _GATEWAY_KEYS)
+        if fields is None:
+            return None
+        d = GatewaySettings()
+
+        def pick(value: Any, fallback: Any) -> Any:
+            return fallback if value is None else value
+
+        return GatewaySettings(
+            ext_proc_address=pick(
+                self.text(fields.get("ext_proc_address"), "archway.ext_proc_address"),
+                d.ext_proc_address,
+            ),
+            ext_proc_port=pick(
+                self.integer(
+                    fields.get("ext_proc_port"), "archway.ext_proc_port", low=0, high=65535
+                ),
+                d.ext_proc_port,
+            ),
+            admin_address=pick(
+                self.text(fields.get("admin_address"), "archway.admin_address"), d.admin_address
+            ),
+            admin_port=pick(
+                self.integer(fields.get("admin_port"), "archway.admin_port", low=0, high=65535),
+                d.admin_port,
+            ),
+            max_request_body_bytes=pick(
+                self.integer(
+                    fields.get("max_request_body_bytes"), "archway.max_request_body_bytes", low=1
+                ),
+                d.max_request_body_bytes,
+            ),
+            message_timeout_s=pick(
+                self.duration(
+                    fields.get("message_timeout"), "archway.message_timeout", positive=True
+                ),
+                d.message_timeout_s,
+            ),
+            failure_mode_allow=pick(
+                self.boolean(fields.get("failure_mode_allow"), "archway.failure_mode_allow"),
+                d.failure_mode_allow,
+            ),
+        )
+
+    def check_ports(
+        self,
+        top: Mapping[str, tuple[yaml.Node, yaml.Node]],
+        listeners: Sequence[tuple[Listener, yaml.Node | None]],
+        gateway: GatewaySettings,
+    ) -> None:
+        """Two sockets on one port fail only at startup; say so now, with lines."""
+        archway = top.get("archway")
+        settings = (
+            self.pairs(archway[1], "archway")
+            if archway is not None and isinstance(archway[1], yaml.MappingNode)
+            else {}
+        )
+
+        def line_of(key: str) -> int | None:
+            entry = settings.get(key) or archway
+            return _line(entry[1] if key in settings else entry[0]) if entry else None
+
+        sockets: list[tuple[str, str, int, int | None]] = [
+            (f"listener {listener.name!r}", listener.address, listener.port, _line(where))
+            for listener, where in listeners
+        ]
+        sockets.append(
+            ("archway.admin_port", gateway.admin_address, gateway.admin_port, line_of("admin_port"))
+        )
+        sockets.append(
+            (
+                "archway.ext_proc_port",
+                gateway.ext_proc_address,
+                gateway.ext_proc_port,
+                line_of("ext_proc_port"),
+            )
+        )
+        wildcard = {"0.0.0.0", "::", "[::]"}
+        for i, (what, address, port, line) in enumerate(sockets):
+            for other, other_address, other_port, other_line in sockets[:i]:
+                overlap = (
+                    address == other_address or address in wildcard or other_address in wildcard
+                )
+                # Port 0 asks the OS for a free port, so it never clashes.
+                if port == other_port and port != 0 and overlap:
+                    where = f" (line {other_line})" if other_line is not None else ""
+                    self.error(
+                        line,
+                        "listeners" if what.startswith("listener") else what,
+                        f"{what} and {other}{where} both use port {port}",
+                        "give each its own port",
+                    )
