@@ -1158,8 +1158,15 @@ class _Loader:
                     )
                 )
 
-        if model is None or len(self.errors.items) > errors_before:
+        if model is None:
             return None
+        if len(self.errors.items) > errors_before:
+            # Keep the model known despite its other faults (an unset key, a bad
+            # URL), so aliases that name it do not report a second, false error.
+            # The load still fails on the errors already recorded.
+            return ProviderConfig(
+                model=model, provider=provider, model_id=model_id, name=name or model
+            )
         return ProviderConfig(
             model=model,
             provider=provider,

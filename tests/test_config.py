@@ -1438,3 +1438,19 @@ def test_public_api() -> None:
 
     for name in ("load_config", "load_config_text", "parse_duration"):
         assert name in module.__all__
+
+
+def test_unset_key_is_one_error_not_a_cascade(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "llm_providers:\n"
+        "  - model: openai/gpt-5.2\n"
+        "    access_key: $UNSET_FOR_CASCADE_TEST\n"
+        "model_aliases:\n"
+        "  fast-model:\n"
+        "    target: gpt-5.2\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert len(err.value.problems) == 1
+    assert "UNSET_FOR_CASCADE_TEST" in err.value.problems[0]
