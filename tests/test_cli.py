@@ -1,0 +1,215 @@
+"""The archway command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+
+from ext_proc.bootstrap import render_bootstrap
+from ext_proc.cli import main
+from ext_proc.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "sk-live-DO-NOT-PRINT-1234"
+ARCHWAY = [sys.executable, "-m", "ext_proc.cli"]
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET + "-ant")
+
+
+def test_check_summarises_without_secrets(keys, capsys) -> None:
+    assert main(["check", str(ROOT / "examples/config.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert "fast-model -> openai/gpt-5.2" in out
+    assert "key set from $OPENAI_API_KEY" in out
+    assert "creative_tasks -> anthropic/claude-sonnet-4-5" in out
+
+
+def test_check_reports_problems_with_file_and_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("llm_provders:\n  - model: openai/gpt-5\n")
+    assert main(["check", str(bad)]) == 1
+    _, err = capsys.readouterr()
+    assert f"{bad}:1" in err and "llm_providers" in err
+
+
+def test_check_warns_for_unimplemented_plano_sections(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "version: v0.4.0\nlisteners: []\nmodel_providers:\n  - model: openai/gpt-5\n"
+        "    access_key: k\ntracing:\n  random_sampling: 100\n"
+    )
+    assert main(["check", str(path)]) == 0
+    _, err = capsys.readouterr()
+    assert "tracing" in err and "warning" in err
+
+
+def test_render_matches_the_library_and_needs_no_keys(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    out = tmp_path / "envoy.yaml"
+    config_path = ROOT / "examples/config.yaml"
+    assert (
+        main(["render", str(config_path), "-o", str(out), "--ext-proc-address", "archway:9002"])
+        == 0
+    )
+    expected = render_bootstrap(
+        load_config(config_path, allow_missing_env=True),
+        ext_proc_host="archway",
+        ext_proc_port=9002,
+    )
+    assert out.read_text() == expected
+
+
+def test_explain_prints_the_decision_and_masks_credentials(keys, capsys) -> None:
+    assert main(["explain", str(ROOT / "examples/config.yaml"), "--model", "creative-model"]) == 0
+    out, _ = capsys.readouterr()
+    assert "resolution:  alias (alias creative-model)" in out
+    assert "x-archway-model: anthropic/claude-sonnet-4-5" in out
+    assert "x-api-key: ***" in out
+    assert SECRET not in out
+
+
+def test_explain_json_and_body_file(keys, tmp_path: Path, capsys) -> None:
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert main(["explain", str(ROOT / "examples/config.yaml"), "--body", str(body), "--json"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["resolution"] == "default"
+    assert decision["model"] == "openai/gpt-5.2"
+    assert decision["set_headers"]["authorization"] == "Bearer ***"
+
+
+def test_explain_rejection_exits_2(keys, capsys) -> None:
+    assert main(["explain", str(ROOT / "examples/config.yaml"), "--model", "gpt-0"]) == 2
+    assert "model_not_found" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(lines)}")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(c) for c in text)
+    return found
+
+
+def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    config = (ROOT / "examples/demo.yaml").read_text()
+    config = config.replace("port: 12000", "port: 0")
+    config = config.replace("18081", str(_free_port())).replace("18082", str(_free_port()))
+    config += "archway:\n  admin_port: 0\n"
+    path = tmp_path / "demo.yaml"
+    path.write_text(config)
+    proc = subprocess.Popen(
+        [*ARCHWAY, "up", str(path), "--echo-upstream"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        lines = _read_until(proc, "Ctrl-C", 60)
+        base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
+        children = _children(proc.pid)
+        assert children, "envoy should run as a child of archway up"
+        req = urllib.request.Request(
+            base + "/chat/completions",
+            data=json.dumps({"model": "creative-model", "messages": []}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = json.loads(resp.read())
+            assert resp.headers["x-archway-model"] == "anthropic/claude-sonnet-4-5"
+            assert resp.headers["x-archway-resolution"] == "alias"
+        content = body["choices"][0]["message"]["content"]
+        assert content.startswith("echo from anthropic")
+        assert "model=claude-sonnet-4-5" in content and "x-api-key: ***" in content
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or _is_zombie(child), "orphan left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
+    )
+    proc = subprocess.Popen(
+        [*ARCHWAY, "serve", str(path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = _read_until(proc, "listening on", 30)[-1]
+        port = int(line.rsplit(":", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ext_proc_grpc.ExternalProcessorStub(channel)
+            headers = HeaderMap(
+                headers=[
+                    HeaderValue(key=":method", raw_value=b"GET"),
+                    HeaderValue(key=":path", raw_value=b"/v1/models"),
+                ]
+            )
+            request = ProcessingRequest(
+                request_headers=HttpHeaders(headers=headers, end_of_stream=True)
+            )
+            (response,) = list(stub.Process(iter([request]), timeout=10))
+        listing = json.loads(response.immediate_response.body)
+        assert [m["id"] for m in listing["data"]] == ["openai/gpt-5"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
