@@ -1,8 +1,10 @@
 """The per-request state machine: request headers, then body, then a response.
 
-One ``RequestProcessor`` lives for one ext_proc stream (one HTTP request). It
-never raises: every outcome is a ProcessingResponse, so Envoy always gets an
-answer and the client always gets JSON in its own API's shape.
+One ``RequestProcessor`` lives for one ext_proc stream (one HTTP request).
+``handle`` is a coroutine because some phases wait on I/O (the preference
+router); phases that do not, never suspend. It never raises: every outcome is
+a ProcessingResponse, so Envoy always gets an answer and the client always
+gets JSON in its own API's shape.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ class RequestProcessor:
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
 
-    def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+    async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
         try:
             if phase == "request_headers":
                 return self._on_request_headers(request.request_headers)
             if phase == "request_body":
-                return self._on_request_body(request.request_body)
+                return await self._on_request_body(request.request_body)
             return _pass_through(phase)
         except GatewayError as exc:
             return self._error(exc)
@@ -79,7 +81,7 @@ class RequestProcessor:
         forged = [name for name in headers if name.startswith(INTERNAL_PREFIX)]
         return messages.headers_response(remove_headers=forged)
 
-    def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
+    async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._endpoint is None:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
         plan = plan_request(self._table, self._endpoint, self._headers, msg.body)

@@ -40,7 +40,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[ProcessingResponse]:
         processor = RequestProcessor(self.table)
         async for request in request_iterator:
-            yield processor.handle(request)
+            yield await processor.handle(request)
 
 
 @dataclass

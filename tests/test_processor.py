@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -13,9 +14,20 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
-from ext_proc.processor import RequestProcessor
+from ext_proc.processor import RequestProcessor as _AsyncProcessor
 from ext_proc.resolve import build_routing_table
 from tests.factories import config, provider
+
+
+class RequestProcessor:
+    """Drives the async processor synchronously: each call runs one phase."""
+
+    def __init__(self, table) -> None:
+        self._inner = _AsyncProcessor(table)
+
+    def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+        return asyncio.run(self._inner.handle(request))
+
 
 TABLE = build_routing_table(
     config(
