@@ -349,6 +349,13 @@ def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], s
             f"Request body exceeds the gateway limit of {limit} bytes.",
         ),
         (
+            _details_filter("response.code_details.startsWith('ext_proc_error')"),
+            "server_error",
+            "router_unavailable",
+            "api_error",
+            "Archway's routing service is unavailable; retry shortly.",
+        ),
+        (
             {"response_flag_filter": {"flags": ["UT"]}},
             "server_error",
             "upstream_timeout",
@@ -382,17 +389,23 @@ def _too_large_filter() -> dict[str, Any]:
         "and_filter": {
             "filters": [
                 {"status_code_filter": {"comparison": {"op": "EQ", "value": _runtime(413)}}},
-                {
-                    "extension_filter": {
-                        "name": "envoy.access_loggers.extension_filters.cel",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.access_loggers."
-                            "filters.cel.v3.ExpressionFilter",
-                            "expression": "response.code_details == 'request_payload_too_large'",
-                        },
-                    }
-                },
+                _details_filter("response.code_details == 'request_payload_too_large'"),
             ]
+        }
+    }
+
+
+def _details_filter(expression: str) -> dict[str, Any]:
+    """A CEL filter on the reply; Envoy's own failures are told apart from the
+    ext_proc server's immediate responses by their response code details."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers."
+                "filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
         }
     }
 

@@ -18,8 +18,9 @@ from ext_proc.server import RunningServer, start_server
 class ServerThread:
     """The grpc.aio ext_proc server, run on an event loop in a background thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, port: int = 0) -> None:
         self._config = config
+        self._port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -27,12 +28,14 @@ class ServerThread:
     def start(self) -> int:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(
-            start_server(self._config, "127.0.0.1", 0), self._loop
+            start_server(self._config, "127.0.0.1", self._port), self._loop
         )
         self.running = fut.result(timeout=10)
         return self.running.port
 
     def stop(self) -> None:
+        if self._loop.is_closed():
+            return
         if self.running is not None:
             asyncio.run_coroutine_threadsafe(self.running.stop(0.5), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -259,10 +259,14 @@ def test_ext_proc_cluster_is_http2_and_follows_overrides() -> None:
 
 def test_local_replies_never_catch_all() -> None:
     mappers = _hcm(bootstrap_dict(CONFIGS["catalog"]))["local_reply_config"]["mappers"]
-    assert len(mappers) == 8
+    assert len(mappers) == 10
     for mapper in mappers:
         text = json.dumps(mapper["filter"])
-        assert "response_flag_filter" in text or "request_payload_too_large" in text
+        assert (
+            "response_flag_filter" in text
+            or "request_payload_too_large" in text
+            or "startsWith('ext_proc_error')" in text
+        )
         assert mapper["body_format_override"]["content_type"] == "application/json"
     anthropic, openai = mappers[0], mappers[1]
     assert anthropic["body_format_override"]["json_format"]["type"] == "error"
