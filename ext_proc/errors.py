@@ -74,4 +74,6 @@ def error_body(api: WireAPI, error: GatewayError) -> bytes:
                 "code": error.code,
             }
         }
-    return json.dumps(payload, ensure_ascii=False).encode()
+    # ASCII escapes: a message may quote client input that is not valid UTF-8
+    # (a lone surrogate escape), and an error must always encode.
+    return json.dumps(payload).encode()

@@ -152,6 +152,15 @@ def plan_request(
     new_body: bytes | None = None
     if parsed.get("model") != decision.upstream_model:
         parsed["model"] = decision.upstream_model
-        new_body = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+        new_body = _serialize(parsed)
         set_headers.append(("content-length", str(len(new_body))))
     return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body)
+
+
+def _serialize(body: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate escape ("\ud800") is valid JSON but not encodable as
+        # UTF-8; re-escaping everything sends exactly what the client wrote.
+        return json.dumps(body, separators=(",", ":")).encode()

@@ -164,7 +164,7 @@ def _lookup(table: RoutingTable, name: str) -> tuple[ProviderConfig, str]:
     if sep and model_id:
         wildcard = table.wildcards.get(prefix)
         if wildcard is not None:
-            return wildcard, model_id
+            return wildcard, _wildcard_id(model_id)
     candidates = table.by_bare_id.get(name, ())
     if len(candidates) == 1:
         return candidates[0], candidates[0].model_id
@@ -179,7 +179,7 @@ def _lookup(table: RoutingTable, name: str) -> tuple[ProviderConfig, str]:
         )
     if not sep and len(table.wildcards) == 1:
         (wildcard,) = table.wildcards.values()
-        return wildcard, name
+        return wildcard, _wildcard_id(name)
     if not sep and len(table.wildcards) > 1:
         names = ", ".join(p.model for p in table.wildcards.values())
         raise GatewayError(
@@ -195,6 +195,23 @@ def _lookup(table: RoutingTable, name: str) -> tuple[ProviderConfig, str]:
         code="model_not_found",
         param="model",
     )
+
+
+_MAX_MODEL_ID = 256
+
+
+def _wildcard_id(model_id: str) -> str:
+    """A client-chosen model id for a wildcard provider, checked before it goes
+    into headers and the upstream body: visible ASCII only, as provider ids are."""
+    if len(model_id) > _MAX_MODEL_ID or not all("!" <= c <= "~" for c in model_id):
+        raise GatewayError(
+            400,
+            f"Model id must be 1-{_MAX_MODEL_ID} visible ASCII characters "
+            "(no spaces or control characters).",
+            code="invalid_model",
+            param="model",
+        )
+    return model_id
 
 
 def _listing(table: RoutingTable) -> str:

@@ -304,12 +304,36 @@ def test_ambiguous_or_wrong_type_model(gw: Gateway) -> None:
         ("/v1/chat/completions", b"", None, "GET", 405, "method_not_allowed"),
         ("/v1/embeddings", b'{"input": "x"}', None, "POST", 404, "unsupported_path"),
         ("/admin", b"", None, "GET", 404, "unsupported_path"),
+        ("/v1/chat/completions", b"\xff\xfe\x00garbage", None, "POST", 400, "invalid_json"),
+        ("/v1/chat/completions", b"[" * 100_000, None, "POST", 400, "invalid_json"),
+        ("/v1/chat/completions", b'{"model": null, "x": [1]}', None, "POST", 200, None),
+        ("/v1/chat/completions", b'{"model": ["gpt-5"]}', None, "POST", 400, "invalid_model"),
+        ("/v1/chat/completions", b'"just a string"', None, "POST", 400, "invalid_body"),
+        (
+            "/v1/chat/completions",
+            b'{"model": "groq/a\\r\\nx: 1"}',
+            None,
+            "POST",
+            400,
+            "invalid_model",
+        ),
+        (
+            "/v1/chat/completions",
+            ('{"model": "%s"}' % ("m" * 500_000)).encode(),
+            None,
+            "POST",
+            400,
+            "invalid_model",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(gw, path, body, headers, method, status, code) -> None:
     got, resp_headers, raw = raw_post(gw, path, body, headers, method)
     assert got == status
     assert resp_headers["content-type"] == "application/json"
+    if code is None:  # routed: a null model goes to the default
+        assert resp_headers["x-archway-resolution"] == "default"
+        return
     error = json.loads(raw)["error"]
     assert error["code"] == code and error["message"]
     assert all(u.requests == [] for u in gw.upstreams.values())

@@ -223,3 +223,14 @@ def test_unexpected_failure_is_a_500_json_not_a_raise(monkeypatch) -> None:
     status, body = immediate(run("/v1/chat/completions", {"model": "gpt-5.2"}))
     assert status == 500 and body["error"]["type"] == "server_error"
     assert "bug" not in body["error"]["message"]
+
+
+def test_lone_surrogate_escapes_survive_a_model_rewrite() -> None:
+    body = (
+        b'{"model": "fast-model", "messages": [{"role": "user", "content": "a\\ud800b \xc3\xa9"}]}'
+    )
+    resp = run("/v1/chat/completions", body)
+    new_body = resp.request_body.response.body_mutation.body
+    assert b"\\ud800" in new_body
+    assert json.loads(new_body)["messages"][0]["content"] == "a\ud800b \u00e9"
+    assert json.loads(new_body)["model"] == "gpt-5.2"

@@ -162,3 +162,12 @@ def test_decision_is_frozen(table) -> None:
     d = resolve_model(table, "fast-model")
     with pytest.raises(AttributeError):
         d.model = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "model", ["groq/a b", "groq/x\r\nevil: 1", "groq/\ud800", "groq/" + "x" * 300, "é"]
+)
+def test_wildcard_model_ids_must_be_header_safe(table, model) -> None:
+    with pytest.raises(GatewayError) as err:
+        resolve_model(table, model)
+    assert err.value.code == "invalid_model"
