@@ -179,8 +179,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 # --- explain -----------------------------------------------------------------
 
 
-def _mask(name: str, value: str) -> str:
-    if name not in CREDENTIAL_HEADERS:
+def _mask(name: str, value: str, secret_names: frozenset[str]) -> str:
+    if name not in secret_names:
         return value
     scheme, sep, _ = value.partition(" ")
     return f"{scheme} ***" if sep else "***"
@@ -206,7 +206,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             print(f"rejected: HTTP {exc.status} ({exc.code}): {exc.message}")
         return 2
     d = plan.decision
-    headers = [(k, _mask(k, v)) for k, v in plan.set_headers]
+    # Configured extra headers may carry account ids or keys: shown masked too.
+    secret_names = frozenset(CREDENTIAL_HEADERS) | {k.lower() for k, _ in d.provider.headers}
+    headers = [(k, _mask(k, v, secret_names)) for k, v in plan.set_headers]
     if args.json:
         out = {
             "model": d.model,

@@ -61,14 +61,21 @@ class Gateway:
             upstream.clear()
 
 
-def start_gateway(config_text: str, tmp: Path, upstreams: dict[str, EchoUpstream]) -> Gateway:
+def start_gateway(
+    config_text: str,
+    tmp: Path,
+    upstreams: dict[str, EchoUpstream],
+    *,
+    envoy_log: Path | None = None,
+) -> Gateway:
     """Start Envoy and the ext_proc server for ``config_text``; the caller stops them
-    with ``stop_gateway`` (fixtures do it in a ``finally``)."""
+    with ``stop_gateway`` (fixtures do it in a ``finally``). ``envoy_log`` captures
+    Envoy's output (access log included) instead of passing it through."""
     path = tmp / "config.yaml"
     path.write_text(config_text)
     config = load_config(path)
     server = ServerThread(config)
-    envoy = EnvoyProcess()
+    envoy = EnvoyProcess(output=envoy_log)
     try:
         ext_port = server.start()
         envoy.start(render_bootstrap(config, ext_proc_host="127.0.0.1", ext_proc_port=ext_port))
