@@ -287,7 +287,7 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
             for port, name in _echo_targets(config).items():
                 echoes.append(stack.enter_context(EchoUpstream("127.0.0.1", port, name=name)))
         ext_host = "127.0.0.1"
-        running = await start_server(config, ext_host, ext_proc_port)
+        running = await start_server(config, ext_host, ext_proc_port, watch=True)
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
         bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=running.port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from ext_proc.config import Config
 from ext_proc.processor import RequestProcessor
+from ext_proc.reload import ConfigReloader
 from ext_proc.resolve import RoutingTable, build_routing_table
 
 __all__ = ["ExternalProcessor", "RunningServer", "serve_forever", "start_server"]
@@ -49,8 +51,11 @@ class RunningServer:
     servicer: ExternalProcessor
     host: str
     port: int
+    reloader: ConfigReloader | None = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        if self.reloader is not None:
+            await self.reloader.stop()
         await self.server.stop(grace_s)
 
 
@@ -64,8 +69,13 @@ def server_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
-async def start_server(config: Config, host: str, port: int) -> RunningServer:
-    """Start serving on ``host:port`` (port 0 picks a free one)."""
+async def start_server(
+    config: Config, host: str, port: int, *, watch: bool = False
+) -> RunningServer:
+    """Start serving on ``host:port`` (port 0 picks a free one).
+
+    With ``watch``, the config file is reloaded on SIGHUP or when it changes.
+    """
     server = grpc.aio.server(options=server_options(config))
     servicer = ExternalProcessor(build_routing_table(config))
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
@@ -75,12 +85,21 @@ async def start_server(config: Config, host: str, port: int) -> RunningServer:
         raise OSError(f"cannot listen on {target} (address in use or not available)")
     await server.start()
     log.info("ext_proc server listening on %s:%d", host, bound)
-    return RunningServer(server, servicer, host, bound)
+    reloader = None
+    if watch and config.source is not None:
+
+        def apply(new: Config) -> None:
+            # New streams pick up the new table; streams in flight keep theirs.
+            servicer.table = build_routing_table(new)
+
+        reloader = ConfigReloader(config.source, config, apply)
+        reloader.start(install_sighup=threading.current_thread() is threading.main_thread())
+    return RunningServer(server, servicer, host, bound, reloader)
 
 
 async def serve_forever(config: Config, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM, then drain briefly and stop."""
-    running = await start_server(config, host, port)
+    running = await start_server(config, host, port, watch=True)
     print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

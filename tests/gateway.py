@@ -18,9 +18,10 @@ from ext_proc.server import RunningServer, start_server
 class ServerThread:
     """The grpc.aio ext_proc server, run on an event loop in a background thread."""
 
-    def __init__(self, config: Config, port: int = 0) -> None:
+    def __init__(self, config: Config, port: int = 0, *, watch: bool = False) -> None:
         self._config = config
         self._port = port
+        self._watch = watch
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -28,7 +29,7 @@ class ServerThread:
     def start(self) -> int:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(
-            start_server(self._config, "127.0.0.1", self._port), self._loop
+            start_server(self._config, "127.0.0.1", self._port, watch=self._watch), self._loop
         )
         self.running = fut.result(timeout=10)
         return self.running.port
@@ -67,6 +68,7 @@ def start_gateway(
     upstreams: dict[str, EchoUpstream],
     *,
     envoy_log: Path | None = None,
+    watch: bool = False,
 ) -> Gateway:
     """Start Envoy and the ext_proc server for ``config_text``; the caller stops them
     with ``stop_gateway`` (fixtures do it in a ``finally``). ``envoy_log`` captures
@@ -74,7 +76,7 @@ def start_gateway(
     path = tmp / "config.yaml"
     path.write_text(config_text)
     config = load_config(path)
-    server = ServerThread(config)
+    server = ServerThread(config, watch=watch)
     envoy = EnvoyProcess(output=envoy_log)
     try:
         ext_port = server.start()
