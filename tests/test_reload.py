@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -123,21 +124,30 @@ def test_no_request_fails_during_reloads_under_load(tmp_path: Path) -> None:
         gw = start_gateway(text, tmp_path, {"openai": upstream}, watch=True)
         path = tmp_path / "config.yaml"
         try:
-            stop_at = time.monotonic() + 3.0
+            done = threading.Event()
+            give_up = time.monotonic() + 30.0
 
             def client() -> list[tuple[int, str]]:
                 out = []
-                while time.monotonic() < stop_at:
+                while not done.is_set() and time.monotonic() < give_up:
                     out.append(_post(gw.url))
                 return out
 
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 futures = [pool.submit(client) for _ in range(4)]
-                for i in range(6):
-                    time.sleep(0.4)
-                    target = "gpt-5.2" if i % 2 == 0 else "gpt-5"
-                    _write(path, TEMPLATE.format(upstream=upstream.base_url, target=target))
-                results = [r for f in futures for r in f.result(timeout=30)]
+                try:
+                    for i in range(6):
+                        time.sleep(0.4)
+                        target = "gpt-5.2" if i % 2 == 0 else "gpt-5"
+                        _write(path, TEMPLATE.format(upstream=upstream.base_url, target=target))
+                    # The last write (gpt-5) must take effect; the poll is once a second.
+                    deadline = time.monotonic() + 10.0
+                    while _post(gw.url)[1] != "openai/gpt-5":
+                        assert time.monotonic() < deadline, "the last config never took effect"
+                        time.sleep(0.1)
+                finally:
+                    done.set()
+                results = [r for f in futures for r in f.result(timeout=60)]
             assert {status for status, _ in results} == {200}
             assert {model for _, model in results} == {"openai/gpt-5", "openai/gpt-5.2"}
         finally:
