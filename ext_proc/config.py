@@ -7,6 +7,7 @@ with inline ``routing_preferences``) and the current one (``version``, a list of
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -82,6 +83,11 @@ class ProviderConfig:
     http_host: str | None = None
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     """Extra upstream headers. Hidden from ``repr``: values often carry credentials."""
+    fallbacks: tuple[str, ...] = ()
+    """Models (``provider/model``) to try in order when this one fails with a
+    connect error, 429 or 5xx (an Archway extension)."""
+    timeout_s: float | None = None
+    """Per-attempt timeout for this provider; ``None``: the listener's timeout."""
     line: int | None = None
     """Line of the entry in the config file, for messages."""
 
@@ -134,6 +140,8 @@ class Config:
     listeners: tuple[Listener, ...]
     providers: tuple[ProviderConfig, ...]
     aliases: dict[str, str] = field(default_factory=dict)
+    alias_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per alias, the models (``provider/model``) to try when its target fails."""
     routing_preferences: tuple[RoutingPreference, ...] = ()
     overrides: Overrides = field(default_factory=Overrides)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
@@ -218,7 +226,10 @@ _PROVIDER_KEYS = (
     "provider_interface",
     "headers",
     "routing_preferences",
+    "fallbacks",
+    "timeout",
 )
+_MAX_FALLBACKS = 4
 _INLINE_PREFERENCE_KEYS = ("name", "description")
 _PREFERENCE_KEYS = ("name", "description", "models")
 _PREFERENCE_IGNORED = {"selection_policy": _IGNORED}
@@ -460,6 +471,7 @@ class _Loader:
         self.source = source
         self.environ = environ
         self.allow_missing_env = allow_missing_env
+        self.alias_fallbacks: dict[str, tuple[str, ...]] = {}
         label = str(source) if source is not None else "<config>"
         self.errors = _Problems(label)
         self.warnings = _Problems(label)
@@ -838,6 +850,7 @@ class _Loader:
             listeners=tuple(listener for listener, _ in listeners),
             providers=tuple(providers),
             aliases=aliases,
+            alias_fallbacks=dict(self.alias_fallbacks),
             routing_preferences=tuple(
                 RoutingPreference(p.name, p.description, p.models) for p in preferences
             ),
@@ -1008,6 +1021,8 @@ class _Loader:
         by_model: dict[str, ProviderConfig] = {}
         by_name: dict[str, ProviderConfig] = {}
         default: ProviderConfig | None = None
+        with_fallbacks: list[tuple[yaml.Node, str]] = []
+        position_of: list[int] = []
         for index, entry in enumerate(entries):
             path = f"{self.section}[{index}]"
             provider = self.provider(entry, path, inline)
@@ -1044,6 +1059,15 @@ class _Loader:
             by_model[provider.model] = provider
             by_name[provider.name] = provider
             providers.append(provider)
+            if "fallbacks" in self.pairs(entry, path):
+                position_of.append(len(providers) - 1)
+                with_fallbacks.append((entry, path))
+        # Fallbacks may name models listed further down, so they resolve last.
+        for position, (entry, path) in enumerate(with_fallbacks):
+            node = self.pairs(entry, path)["fallbacks"][1]
+            primary = providers[position_of[position]]
+            chain = self.fallback_list(node, f"{path}.fallbacks", primary.model, providers)
+            providers[position_of[position]] = dataclasses.replace(primary, fallbacks=chain)
         if not entries:
             where = chosen[0] if chosen is not None else 1
             self.error(
@@ -1101,6 +1125,7 @@ class _Loader:
         base_url = self.base_url(fields.get("base_url"), f"{path}.base_url")
         interface = self.text(fields.get("provider_interface"), f"{path}.provider_interface")
         headers = self.headers(fields.get("headers"), f"{path}.headers")
+        timeout = self.duration(fields.get("timeout"), f"{path}.timeout", positive=True)
 
         if interface is not None and interface not in CATALOG:
             self.error(
@@ -1180,6 +1205,7 @@ class _Loader:
             passthrough_auth=bool(passthrough),
             http_host=http_host,
             headers=headers or (),
+            timeout_s=timeout,
             line=line,
         )
 
@@ -1306,7 +1332,7 @@ class _Loader:
         out: dict[str, str] = {}
         for alias, entry in (fields or {}).items():
             path = _join("model_aliases", alias)
-            spec = self.mapping(entry, path, ("target",))
+            spec = self.mapping(entry, path, ("target", "fallbacks"))
             if spec is None:
                 continue
             if "target" not in spec:
@@ -1315,9 +1341,71 @@ class _Loader:
             target = self.text(spec["target"], f"{path}.target")
             if target is None:
                 continue
-            if self.model_ref(spec["target"], f"{path}.target", target, providers, "alias target"):
+            resolved = self.model_ref(
+                spec["target"], f"{path}.target", target, providers, "alias target"
+            )
+            if resolved:
                 out[alias] = target
+                if "fallbacks" in spec:
+                    chain = self.fallback_list(
+                        spec["fallbacks"], f"{path}.fallbacks", resolved, providers
+                    )
+                    if chain:
+                        self.alias_fallbacks[alias] = chain
         return out
+
+    def fallback_list(
+        self, node: yaml.Node, path: str, primary: str, providers: Sequence[ProviderConfig]
+    ) -> tuple[str, ...]:
+        """The fallback models of ``primary``, each as ``provider/model``."""
+        from ext_proc.providers import WireAPI, spec_for
+
+        items = self.sequence(node, path)
+        if items is None:
+            return ()
+        if len(items) > _MAX_FALLBACKS:
+            self.error(
+                node,
+                path,
+                f"{len(items)} fallbacks; at most {_MAX_FALLBACKS} are tried",
+                f"keep the best {_MAX_FALLBACKS}",
+            )
+            return ()
+
+        def api_of(model: str) -> WireAPI:
+            prefix = model.partition("/")[0]
+            served = next(
+                (p for p in providers if p.model == model or (p.wildcard and p.provider == prefix)),
+                None,
+            )
+            spec = spec_for(served) if served is not None else None
+            return spec.api if spec is not None else WireAPI.OPENAI
+
+        chain: list[str] = []
+        for index, item in enumerate(items):
+            item_path = f"{path}[{index}]"
+            ref = self.text(item, item_path)
+            if ref is None:
+                continue
+            model = self.model_ref(item, item_path, ref, providers, "fallback")
+            if model is None:
+                continue
+            if model == primary or model in chain:
+                self.error(item, item_path, f"{model!r} is already in this chain", "list it once")
+                continue
+            if api_of(model) is not api_of(primary):
+                # The request body was shaped for the primary's API before the
+                # first attempt; a retry cannot change the API it speaks.
+                self.error(
+                    item,
+                    item_path,
+                    f"fallback {model!r} speaks the {api_of(model).value} API but "
+                    f"{primary!r} speaks {api_of(primary).value}",
+                    "choose fallbacks that speak the same API as the model they back up",
+                )
+                continue
+            chain.append(model)
+        return tuple(chain)
 
     def preference_fields(
         self, node: yaml.Node, path: str, *, inline: bool

@@ -1454,3 +1454,52 @@ def test_unset_key_is_one_error_not_a_cascade(tmp_path: Path) -> None:
         load_config(path, environ={})
     assert len(err.value.problems) == 1
     assert "UNSET_FOR_CASCADE_TEST" in err.value.problems[0]
+
+
+FALLBACKS = """\
+llm_providers:
+  - model: openai/gpt-5
+    access_key: k
+    default: true
+    timeout: 20s
+    fallbacks: [openai/gpt-5.2, groq/llama-3.3-70b]
+  - model: openai/gpt-5.2
+    access_key: k
+  - model: anthropic/claude-sonnet-4-5
+    access_key: k
+  - model: groq/*
+    access_key: k
+model_aliases:
+  fast:
+    target: gpt-5.2
+    fallbacks: [openai/gpt-5]
+"""
+
+
+def test_fallbacks_and_timeouts_load() -> None:
+    config = load_config_text(FALLBACKS)
+    gpt5 = config.providers[0]
+    assert gpt5.fallbacks == ("openai/gpt-5.2", "groq/llama-3.3-70b")
+    assert gpt5.timeout_s == 20.0
+    assert config.providers[1].fallbacks == ()
+    assert config.alias_fallbacks == {"fast": ("openai/gpt-5",)}
+
+
+@pytest.mark.parametrize(
+    ("replace", "line", "message"),
+    [
+        ("[openai/gpt-5.2, groq/llama-3.3-70b]", 6, "matches no configured model"),
+        ("[anthropic/claude-sonnet-4-5]", 6, "speaks the anthropic API"),
+        ("[openai/gpt-5]", 6, "already in this chain"),
+        ("openai/gpt-5.2", 6, "expected a list"),
+        ("[groq/a, groq/b, groq/c, groq/d, groq/e]", 6, "at most 4"),
+    ],
+)
+def test_fallback_errors(replace: str, line: int, message: str) -> None:
+    text = FALLBACKS.replace("[openai/gpt-5.2, groq/llama-3.3-70b]", replace)
+    if replace.startswith("[openai/gpt-5.2, groq"):
+        text = text.replace("  - model: groq/*\n    access_key: k\n", "")
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text)
+    problem = next(p for p in err.value.problems if message in p)
+    assert problem.startswith(f"<config>:{line}: llm_providers[0].fallbacks")
