@@ -10,9 +10,9 @@ distribution's file list rather than by importing ``envoy``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +22,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -45,7 +44,7 @@ _INSTALL_HINT = (
 )
 _OUTPUT_TAIL_BYTES = 8192
 _POLL_INTERVAL_S = 0.05
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+log = logging.getLogger("archway.envoy")
 
 
 class EnvoyError(RuntimeError):
@@ -138,24 +137,23 @@ def validate_bootstrap(text: str, *, binary: str | None = None, timeout_s: float
 # --- running --------------------------------------------------------------------------
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGTERM Envoy when the thread that
-    started it dies, so no Envoy outlives a crashed gateway.
+def _parent_death_prefix() -> list[str]:
+    """A command prefix that has Linux SIGTERM Envoy when the thread that started
+    it dies, so no Envoy outlives a crashed gateway.
 
-    libc is loaded here, in the parent: the hook runs between fork and exec,
-    where loading a library in a process with threads (gRPC's) can deadlock.
+    util-linux's ``setpriv`` sets the parent-death signal and execs Envoy. Doing
+    it in a ``preexec_fn`` instead would make ``subprocess`` fork this whole
+    process and run Python in the child; with gRPC's threads running, gRPC's
+    fork handlers then abort the child (seen: ``epoll_wait error: Bad file
+    descriptor``, Envoy "exited" with SIGABRT before it started).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) not found: Envoy may outlive a crashed archway")
+        return []
+    return [setpriv, "--pdeathsig", "SIGTERM", "--"]
 
 
 class EnvoyProcess:
@@ -198,6 +196,7 @@ class EnvoyProcess:
         config_path = workdir / "envoy.yaml"
         config_path.write_text(bootstrap_text, encoding="utf-8")
         command = [
+            *_parent_death_prefix(),
             envoy,
             "-c",
             str(config_path),
@@ -216,7 +215,6 @@ class EnvoyProcess:
             stdin=subprocess.DEVNULL,
             stdout=stream,
             stderr=subprocess.STDOUT if stream is not None else None,
-            preexec_fn=_parent_death_hook(),
             close_fds=True,
         )
 

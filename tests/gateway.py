@@ -77,7 +77,8 @@ def start_gateway(
     path.write_text(config_text)
     config = load_config(path)
     server = ServerThread(config, watch=watch)
-    envoy = EnvoyProcess(output=envoy_log)
+    # Always to a file, so a failed start reports Envoy's own words.
+    envoy = EnvoyProcess(output=envoy_log or tmp / "envoy.log")
     try:
         ext_port = server.start()
         envoy.start(render_bootstrap(config, ext_proc_host="127.0.0.1", ext_proc_port=ext_port))

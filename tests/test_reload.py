@@ -136,15 +136,14 @@ def test_no_request_fails_during_reloads_under_load(tmp_path: Path) -> None:
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 futures = [pool.submit(client) for _ in range(4)]
                 try:
-                    for i in range(6):
-                        time.sleep(0.4)
-                        target = "gpt-5.2" if i % 2 == 0 else "gpt-5"
+                    # Alternate the alias target, waiting each time until the
+                    # gateway serves it (the file is polled once a second).
+                    for target in ("gpt-5.2", "gpt-5", "gpt-5.2", "gpt-5"):
                         _write(path, TEMPLATE.format(upstream=upstream.base_url, target=target))
-                    # The last write (gpt-5) must take effect; the poll is once a second.
-                    deadline = time.monotonic() + 10.0
-                    while _post(gw.url)[1] != "openai/gpt-5":
-                        assert time.monotonic() < deadline, "the last config never took effect"
-                        time.sleep(0.1)
+                        deadline = time.monotonic() + 10.0
+                        while _post(gw.url)[1] != f"openai/{target}":
+                            assert time.monotonic() < deadline, f"{target} never took effect"
+                            time.sleep(0.05)
                 finally:
                     done.set()
                 results = [r for f in futures for r in f.result(timeout=60)]
