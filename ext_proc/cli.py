@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("config", type=Path)
     serve.add_argument("--address", help="listen address (default: the config's, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: the config's, 9002)")
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="on SIGTERM, say NOT_SERVING to health checks for S seconds before stopping "
+        "(default: 5)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -239,6 +247,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from ext_proc.health import DEFAULT_DRAIN_S
     from ext_proc.server import serve_forever
 
     config = load_config(args.config)
@@ -246,7 +255,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("archway").warning("%s", warning)
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
-    asyncio.run(serve_forever(config, host, port))
+    drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
+    asyncio.run(serve_forever(config, host, port, drain_s=drain_s))
     return 0
 
 
@@ -276,6 +286,7 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
     from ext_proc.bootstrap import render_bootstrap
     from ext_proc.echo import EchoUpstream
     from ext_proc.envoy_process import EnvoyProcess
+    from ext_proc.health import wait_until_serving
     from ext_proc.server import start_server
 
     stack = contextlib.ExitStack()
@@ -291,6 +302,8 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
         bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=running.port)
         envoy.start(bootstrap)
         await asyncio.to_thread(envoy.wait_ready, 30.0)
+        # Ready means both answer: Envoy's admin /ready and the ext_proc health service.
+        await wait_until_serving(f"{ext_host}:{running.port}", timeout_s=10.0)
         addresses = await asyncio.to_thread(envoy.listener_addresses)
         _print_ready(config, addresses, echoes, running.port, envoy.admin_url)
 
@@ -325,7 +338,10 @@ def _print_ready(
     for name, (host, port) in addresses.items():
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"  listener {name}: clients use base_url http://{shown}:{port}/v1")
-    print(f"  ext_proc server: 127.0.0.1:{ext_proc_port}; envoy admin: {admin_url}")
+    print(
+        f"  ext_proc server: 127.0.0.1:{ext_proc_port} (gRPC health: SERVING); "
+        f"envoy admin: {admin_url} (/ready: LIVE)"
+    )
     if echoes:
         print(f"  echo upstreams: {len(echoes)} (answers say what they received)")
     if addresses:
