@@ -60,15 +60,31 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=_cmd_check)
 
-    render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
+    render = sub.add_parser(
+        "render", help="print the Envoy bootstrap for a config, or write Kubernetes manifests"
+    )
     render.add_argument("config", type=Path)
-    render.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    render.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write to this file instead of stdout (with --kubernetes: into this directory)",
+    )
     render.add_argument(
         "--ext-proc-address",
         metavar="HOST:PORT",
         help="where Envoy reaches the ext_proc server (default: the config's archway section)",
     )
     render.add_argument("--admin-port", type=int, help="Envoy admin port (default: the config's)")
+    render.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="write Kubernetes manifests for both setups (plain Envoy, Envoy Gateway) to -o DIR",
+    )
+    render.add_argument("--namespace", help="with --kubernetes: the namespace (default: archway)")
+    render.add_argument(
+        "--image", help="with --kubernetes: Archway's container image (default: archway:latest)"
+    )
     render.set_defaults(func=_cmd_render)
 
     explain = sub.add_parser("explain", help="print the routing decision for a request, offline")
@@ -169,6 +185,10 @@ def _split_address(value: str) -> tuple[str, int]:
 def _cmd_render(args: argparse.Namespace) -> int:
     from ext_proc.bootstrap import render_bootstrap
 
+    if args.kubernetes:
+        return _render_kubernetes(args)
+    if args.namespace or args.image:
+        raise SystemExit("archway: --namespace and --image go with --kubernetes")
     # The bootstrap carries no secrets, so rendering needs none of the keys.
     config = load_config(args.config, allow_missing_env=True)
     host, port = (None, None)
@@ -181,6 +201,45 @@ def _cmd_render(args: argparse.Namespace) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _render_kubernetes(args: argparse.Namespace) -> int:
+    from ext_proc.kubernetes import (
+        DEFAULT_IMAGE,
+        DEFAULT_NAMESPACE,
+        KubernetesOptions,
+        dump_manifests,
+        kubernetes_files,
+        secret_command,
+    )
+
+    if args.output is None:
+        raise SystemExit("archway: --kubernetes writes several files; name a directory: -o DIR")
+    if args.ext_proc_address or args.admin_port is not None:
+        raise SystemExit("archway: --ext-proc-address and --admin-port do not go with --kubernetes")
+    # Manifests carry no keys (the pods read them from a Secret), so none are needed here.
+    config = load_config(args.config, allow_missing_env=True)
+    text = args.config.read_text(encoding="utf-8")
+    try:
+        options = KubernetesOptions(
+            namespace=args.namespace or DEFAULT_NAMESPACE, image=args.image or DEFAULT_IMAGE
+        )
+        files = kubernetes_files(config, text, options)
+    except ValueError as exc:
+        print(f"archway: {exc}", file=sys.stderr)
+        return 1
+    for relative, manifests in files.items():
+        path = args.output / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_manifests(manifests), encoding="utf-8")
+        print(f"wrote {path}")
+    command = secret_command(text, options)
+    if command:
+        print(
+            "Archway reads the config's variables from a Secret; create it from your environment:"
+        )
+        print(f"  {command}")
     return 0
 
 
