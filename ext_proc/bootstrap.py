@@ -14,12 +14,14 @@ and committed.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
+from ext_proc.health import EXT_PROC_SERVICE
 from ext_proc.providers import Upstream, upstream_for
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "BUFFER_HEADROOM_BYTES",
     "CLIENT_PATH_HEADER",
     "EXT_PROC_CLUSTER",
+    "EXT_PROC_HEALTH_CHECK",
     "MAX_DOWNSTREAM_CONNECTIONS",
+    "HealthCheckTiming",
     "bootstrap_dict",
     "buffer_limit_bytes",
     "render_bootstrap",
@@ -54,6 +58,29 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 ANTHROPIC_PATH_PREFIX = "/v1/messages"
 
 _EXT_PROC_CONNECT_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class HealthCheckTiming:
+    """How Envoy health-checks the ext_proc servers (gRPC health, ``EXT_PROC_SERVICE``)."""
+
+    interval_s: float
+    timeout_s: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+
+    @property
+    def notice_s(self) -> float:
+        """The longest a server can say NOT_SERVING before Envoy stops picking it."""
+        return self.interval_s * self.unhealthy_threshold + self.timeout_s
+
+
+EXT_PROC_HEALTH_CHECK = HealthCheckTiming(
+    interval_s=1.0, timeout_s=1.0, unhealthy_threshold=2, healthy_threshold=1
+)
+"""Frequent: a check is one tiny gRPC call, and a draining server must be noticed
+well within its drain period (``health.DEFAULT_DRAIN_S``). One good answer is
+enough to take a server back, so a restarted one serves at once."""
 _MIN_STREAM_IDLE_TIMEOUT_S = 300.0
 _REQUEST_RECEIVE_TIMEOUT_S = 300.0
 """How long a client may take to send a whole request (headers and body)."""
@@ -487,10 +514,32 @@ def _ext_proc_cluster(host: str, port: int, gateway: GatewaySettings) -> dict[st
             }
         },
         "load_assignment": _load_assignment(EXT_PROC_CLUSTER, host, port, hostname=None),
+        "health_checks": [_ext_proc_health_check(EXT_PROC_HEALTH_CHECK)],
+        # A server that DNS no longer returns (a Kubernetes pod that went away)
+        # leaves at once, rather than after failing its checks.
+        "ignore_health_on_host_removal": True,
     }
     if not _is_ip(host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
+
+
+def _ext_proc_health_check(timing: HealthCheckTiming) -> dict[str, Any]:
+    # Envoy finishes the first round of checks before it reports ready, so the
+    # first requests already know which servers answer. When every server fails
+    # its check, Envoy's panic threshold (50% by default) sends to all of them
+    # anyway: health checking only ever steers traffic between servers and never
+    # turns a request away that would have been served without it.
+    return {
+        "timeout": _duration(timing.timeout_s),
+        "interval": _duration(timing.interval_s),
+        # Until a cluster has seen traffic Envoy checks every 60s by default, and a
+        # server that came up in the meantime would wait that long to be picked.
+        "no_traffic_interval": _duration(timing.interval_s),
+        "unhealthy_threshold": timing.unhealthy_threshold,
+        "healthy_threshold": timing.healthy_threshold,
+        "grpc_health_check": {"service_name": EXT_PROC_SERVICE},
+    }
 
 
 def _distinct_upstreams(config: Config) -> list[Upstream]:

@@ -60,15 +60,31 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=_cmd_check)
 
-    render = sub.add_parser("render", help="print the Envoy bootstrap for a config")
+    render = sub.add_parser(
+        "render", help="print the Envoy bootstrap for a config, or write Kubernetes manifests"
+    )
     render.add_argument("config", type=Path)
-    render.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    render.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write to this file instead of stdout (with --kubernetes: into this directory)",
+    )
     render.add_argument(
         "--ext-proc-address",
         metavar="HOST:PORT",
         help="where Envoy reaches the ext_proc server (default: the config's archway section)",
     )
     render.add_argument("--admin-port", type=int, help="Envoy admin port (default: the config's)")
+    render.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="write Kubernetes manifests for both setups (plain Envoy, Envoy Gateway) to -o DIR",
+    )
+    render.add_argument("--namespace", help="with --kubernetes: the namespace (default: archway)")
+    render.add_argument(
+        "--image", help="with --kubernetes: Archway's container image (default: archway:latest)"
+    )
     render.set_defaults(func=_cmd_render)
 
     explain = sub.add_parser("explain", help="print the routing decision for a request, offline")
@@ -88,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("config", type=Path)
     serve.add_argument("--address", help="listen address (default: the config's, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: the config's, 9002)")
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="on SIGTERM, say NOT_SERVING to health checks for S seconds before stopping "
+        "(default: 5)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -161,6 +185,10 @@ def _split_address(value: str) -> tuple[str, int]:
 def _cmd_render(args: argparse.Namespace) -> int:
     from ext_proc.bootstrap import render_bootstrap
 
+    if args.kubernetes:
+        return _render_kubernetes(args)
+    if args.namespace or args.image:
+        raise SystemExit("archway: --namespace and --image go with --kubernetes")
     # The bootstrap carries no secrets, so rendering needs none of the keys.
     config = load_config(args.config, allow_missing_env=True)
     host, port = (None, None)
@@ -173,6 +201,45 @@ def _cmd_render(args: argparse.Namespace) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _render_kubernetes(args: argparse.Namespace) -> int:
+    from ext_proc.kubernetes import (
+        DEFAULT_IMAGE,
+        DEFAULT_NAMESPACE,
+        KubernetesOptions,
+        dump_manifests,
+        kubernetes_files,
+        secret_command,
+    )
+
+    if args.output is None:
+        raise SystemExit("archway: --kubernetes writes several files; name a directory: -o DIR")
+    if args.ext_proc_address or args.admin_port is not None:
+        raise SystemExit("archway: --ext-proc-address and --admin-port do not go with --kubernetes")
+    # Manifests carry no keys (the pods read them from a Secret), so none are needed here.
+    config = load_config(args.config, allow_missing_env=True)
+    text = args.config.read_text(encoding="utf-8")
+    try:
+        options = KubernetesOptions(
+            namespace=args.namespace or DEFAULT_NAMESPACE, image=args.image or DEFAULT_IMAGE
+        )
+        files = kubernetes_files(config, text, options)
+    except ValueError as exc:
+        print(f"archway: {exc}", file=sys.stderr)
+        return 1
+    for relative, manifests in files.items():
+        path = args.output / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_manifests(manifests), encoding="utf-8")
+        print(f"wrote {path}")
+    command = secret_command(text, options)
+    if command:
+        print(
+            "Archway reads the config's variables from a Secret; create it from your environment:"
+        )
+        print(f"  {command}")
     return 0
 
 
@@ -241,6 +308,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from ext_proc.health import DEFAULT_DRAIN_S
     from ext_proc.server import serve_forever
 
     config = load_config(args.config)
@@ -248,7 +316,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("archway").warning("%s", warning)
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
-    asyncio.run(serve_forever(config, host, port))
+    drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
+    asyncio.run(serve_forever(config, host, port, drain_s=drain_s))
     return 0
 
 
@@ -278,6 +347,7 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
     from ext_proc.bootstrap import render_bootstrap
     from ext_proc.echo import EchoUpstream
     from ext_proc.envoy_process import EnvoyProcess
+    from ext_proc.health import wait_until_serving
     from ext_proc.server import start_server
 
     stack = contextlib.ExitStack()
@@ -293,6 +363,8 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
         bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=running.port)
         envoy.start(bootstrap)
         await asyncio.to_thread(envoy.wait_ready, 30.0)
+        # Ready means both answer: Envoy's admin /ready and the ext_proc health service.
+        await wait_until_serving(f"{ext_host}:{running.port}", timeout_s=10.0)
         addresses = await asyncio.to_thread(envoy.listener_addresses)
         _print_ready(config, addresses, echoes, running.port, envoy.admin_url)
 
@@ -327,7 +399,10 @@ def _print_ready(
     for name, (host, port) in addresses.items():
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"  listener {name}: clients use base_url http://{shown}:{port}/v1")
-    print(f"  ext_proc server: 127.0.0.1:{ext_proc_port}; envoy admin: {admin_url}")
+    print(
+        f"  ext_proc server: 127.0.0.1:{ext_proc_port} (gRPC health: SERVING); "
+        f"envoy admin: {admin_url} (/ready: LIVE)"
+    )
     if echoes:
         print(f"  echo upstreams: {len(echoes)} (answers say what they received)")
     if addresses:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -17,6 +18,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from ext_proc.config import Config
+from ext_proc.health import DEFAULT_DRAIN_S, ServerHealth
 from ext_proc.processor import RequestProcessor
 from ext_proc.reload import ConfigReloader
 from ext_proc.resolve import RoutingTable, build_routing_table
@@ -51,11 +53,13 @@ class RunningServer:
     servicer: ExternalProcessor
     host: str
     port: int
+    health: ServerHealth
     reloader: ConfigReloader | None = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
         if self.reloader is not None:
             await self.reloader.stop()
+        await self.health.draining()
         await self.server.stop(grace_s)
 
 
@@ -79,11 +83,14 @@ async def start_server(
     server = grpc.aio.server(options=server_options(config))
     servicer = ExternalProcessor(build_routing_table(config))
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    health = ServerHealth()
+    await health.attach(server)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(target)
     if bound == 0:
         raise OSError(f"cannot listen on {target} (address in use or not available)")
     await server.start()
+    await health.serving()
     log.info("ext_proc server listening on %s:%d", host, bound)
     reloader = None
     if watch and config.source is not None:
@@ -94,16 +101,26 @@ async def start_server(
 
         reloader = ConfigReloader(config.source, config, apply)
         reloader.start(install_sighup=threading.current_thread() is threading.main_thread())
-    return RunningServer(server, servicer, host, bound, reloader)
+    return RunningServer(server, servicer, host, bound, health, reloader)
 
 
-async def serve_forever(config: Config, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then drain briefly and stop."""
+async def serve_forever(
+    config: Config, host: str, port: int, *, drain_s: float = DEFAULT_DRAIN_S
+) -> None:
+    """Serve until SIGINT or SIGTERM, then stop. SIGTERM (how Kubernetes and
+    Docker stop a container) first drains for ``drain_s``; Ctrl-C does not wait."""
     running = await start_server(config, host, port, watch=True)
     print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
-    stop = asyncio.Event()
+    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, received.put_nowait, sig)
+    if await received.get() is signal.SIGTERM and drain_s > 0:
+        # Still answering, but health says NOT_SERVING: Envoy's health check and
+        # Kubernetes move new requests elsewhere before the server stops.
+        await running.health.draining()
+        log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
+        with contextlib.suppress(TimeoutError):
+            # A second signal cuts the drain short.
+            await asyncio.wait_for(received.get(), drain_s)
     await running.stop()

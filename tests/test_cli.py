@@ -146,6 +146,8 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     )
     try:
         lines = _read_until(proc, "Ctrl-C", 60)
+        # Ready is printed only once both Envoy and the ext_proc health service answer.
+        assert any("gRPC health: SERVING" in line and "/ready: LIVE" in line for line in lines)
         base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
         children = _children(proc.pid)
         assert children, "envoy should run as a child of archway up"
@@ -184,7 +186,7 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
         "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
     )
     proc = subprocess.Popen(
-        [*ARCHWAY, "serve", str(path), "--port", "0"],
+        [*ARCHWAY, "serve", str(path), "--port", "0", "--drain-seconds", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
