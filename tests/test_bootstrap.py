@@ -32,6 +32,8 @@ from ext_proc.bootstrap import (
     BUFFER_HEADROOM_BYTES,
     CLIENT_PATH_HEADER,
     EXT_PROC_CLUSTER,
+    TRANSLATION_FILTER,
+    TRANSLATION_STAT_PREFIX,
     bootstrap_dict,
     render_bootstrap,
 )
@@ -44,7 +46,7 @@ from ext_proc.envoy_process import (
     find_envoy_binary,
     validate_bootstrap,
 )
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
+from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
 from ext_proc.providers import upstream_for
 
 SECRET = "sk-archway-test-secret-do-not-render"
@@ -182,13 +184,14 @@ def test_upstream_connect_timeout_and_buffers() -> None:
 
 def test_route_reads_cluster_header_and_echoes_decisions() -> None:
     hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]), index=1)
-    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes == [
-        {
-            "match": {"prefix": "/"},
-            "route": {"cluster_header": ROUTE_HEADER, "timeout": "30s", "auto_host_rewrite": True},
-        }
-    ]
+    translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    action = {"cluster_header": ROUTE_HEADER, "timeout": "30s", "auto_host_rewrite": True}
+    assert untranslated == {"match": {"prefix": "/"}, "route": action}
+    assert translated["route"] == action
+    assert translated["match"] == {
+        "prefix": "/",
+        "headers": [{"name": TRANSLATE_HEADER, "present_match": True}],
+    }
     echoed = hcm["route_config"]["response_headers_to_add"]
     assert [h["header"] for h in echoed] == [
         {"key": name, "value": f"%REQ({name})%"} for name in CLIENT_DECISION_HEADERS
@@ -219,8 +222,6 @@ def test_listeners_and_admin() -> None:
 def test_ext_proc_filter_modes_and_limits() -> None:
     config = CONFIGS["two_listeners_custom_gateway"]
     hcm = _hcm(bootstrap_dict(config))
-    names = [f["name"] for f in hcm["http_filters"]]
-    assert names[-2:] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
     ext_proc = _filter(hcm, "envoy.filters.http.ext_proc")
     assert ext_proc["processing_mode"] == {
         "request_header_mode": "SEND",
@@ -237,6 +238,39 @@ def test_ext_proc_filter_modes_and_limits() -> None:
     assert ext_proc["message_timeout"] == "2.500s"
     assert ext_proc["failure_mode_allow"] is True
     assert ext_proc["allow_mode_override"] is True
+
+
+def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> None:
+    hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]))
+    names = [f["name"] for f in hcm["http_filters"]]
+    # After routing, so its per-route config is read on the route routing picked.
+    assert names[-3:] == [
+        "envoy.filters.http.ext_proc",
+        TRANSLATION_FILTER,
+        "envoy.filters.http.router",
+    ]
+    translation = _filter(hcm, TRANSLATION_FILTER)
+    assert translation["stat_prefix"] == TRANSLATION_STAT_PREFIX
+    assert set(translation["processing_mode"].values()) == {"SKIP", "NONE"}
+    assert translation["allow_mode_override"] is True
+    assert (
+        translation["grpc_service"] == _filter(hcm, "envoy.filters.http.ext_proc")["grpc_service"]
+    )
+
+    translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert "typed_per_filter_config" not in untranslated
+    per_route = translated["typed_per_filter_config"][TRANSLATION_FILTER]
+    assert per_route["@type"].endswith("ExtProcPerRoute")
+    mode = per_route["overrides"]["processing_mode"]
+    assert mode["response_header_mode"] == "SEND"
+    assert {v for k, v in mode.items() if k != "response_header_mode"} == {"SKIP", "NONE"}
+    assert translated["response_headers_to_add"] == [
+        {
+            "header": {"key": TRANSLATE_HEADER, "value": f"%REQ({TRANSLATE_HEADER})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+    ]
 
 
 def test_ext_proc_cluster_is_http2_and_follows_overrides() -> None:
@@ -282,6 +316,7 @@ def test_access_log_is_json_with_decisions() -> None:
     for name in ("response_flags", "upstream_cluster", "request_id", "model", "route"):
         assert name in fields
     assert fields["model"] == "%REQ(x-archway-model)%"
+    assert fields["translation"] == f"%REQ({TRANSLATE_HEADER})%"
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -85,6 +85,9 @@ def test_explain_prints_the_decision_and_masks_credentials(keys, capsys) -> None
     assert "x-archway-model: anthropic/claude-sonnet-4-5" in out
     assert "x-api-key: ***" in out
     assert SECRET not in out
+    # The explained request is an OpenAI one; Anthropic gets it translated.
+    assert "x-archway-translate: openai-to-anthropic" in out
+    assert "body:        translated from the openai API to the anthropic API" in out
 
 
 def test_explain_json_and_body_file(keys, tmp_path: Path, capsys) -> None:
@@ -95,6 +98,7 @@ def test_explain_json_and_body_file(keys, tmp_path: Path, capsys) -> None:
     assert decision["resolution"] == "default"
     assert decision["model"] == "openai/gpt-5.2"
     assert decision["set_headers"]["authorization"] == "Bearer ***"
+    assert decision["translation"] is None
 
 
 def test_explain_rejection_exits_2(keys, capsys) -> None:
