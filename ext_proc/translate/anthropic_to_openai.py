@@ -470,11 +470,7 @@ class StreamTranslator:
             self._close_block(out)
             self._open(out, {"type": "text", "text": ""})
             self._text_open = True
-        delta = {"type": "text_delta", "text": text}
-        out += _event(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": self._open_block, "delta": delta},
-        )
+        out += _delta_event(self._open_block, "text_delta", "text", text)
 
     def _tool_call(self, call: dict[str, Any], position: int, out: bytearray) -> None:
         index = call.get("index", position)
@@ -489,11 +485,7 @@ class StreamTranslator:
             block = self._tool_blocks[index] = self._next_block - 1
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            delta = {"type": "input_json_delta", "partial_json": arguments}
-            out += _event(
-                "content_block_delta",
-                {"type": "content_block_delta", "index": block, "delta": delta},
-            )
+            out += _delta_event(block, "input_json_delta", "partial_json", arguments)
 
     def _open(self, out: bytearray, block: dict[str, Any]) -> None:
         self._open_block = self._next_block
@@ -531,3 +523,11 @@ class StreamTranslator:
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:
     return encode_event(dumps(payload), name)
+
+
+def _delta_event(index: int | None, kind: str, field: str, value: str) -> bytes:
+    # Most events of a stream are deltas: formatted directly, one small dumps each.
+    return (
+        'event: content_block_delta\ndata: {"type":"content_block_delta",'
+        f'"index":{index},"delta":{{"type":"{kind}","{field}":{dumps(value)}}}}}\n\n'
+    ).encode()

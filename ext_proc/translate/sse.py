@@ -44,14 +44,28 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._pending + chunk if self._pending else chunk
         events: list[SSEEvent] = []
+        if b"\r" in buf:
+            self._pending = self._feed_with_carriage_returns(buf, events)
+        else:
+            # What providers send: LF only, split in one pass at C speed.
+            lines = buf.split(b"\n")
+            self._pending = lines.pop()
+            for line in lines:
+                self._line(line, events)
+        if len(self._pending) > MAX_PENDING_BYTES:
+            raise SSEError(f"an SSE line grew past {MAX_PENDING_BYTES} bytes without ending")
+        return events
+
+    def _feed_with_carriage_returns(self, buf: bytes, events: list[SSEEvent]) -> bytes:
+        """CRLF and lone CR end lines too; returns the unfinished tail."""
         start = 0
         size = len(buf)
         while start < size:
             newline = buf.find(b"\n", start)
             carriage = buf.find(b"\r", start, newline if newline >= 0 else size)
             if carriage >= 0:
-                # A lone CR ends a line too; CR at the very end may be the first
-                # half of CRLF, so it waits for the next chunk.
+                # CR at the very end may be the first half of CRLF: it waits
+                # for the next chunk.
                 if carriage == size - 1:
                     break
                 end = carriage
@@ -62,10 +76,7 @@ class SSEDecoder:
                 break
             self._line(buf[start:end], events)
             start = nxt
-        self._pending = buf[start:]
-        if len(self._pending) > MAX_PENDING_BYTES:
-            raise SSEError(f"an SSE line grew past {MAX_PENDING_BYTES} bytes without ending")
-        return events
+        return buf[start:]
 
     def flush(self) -> list[SSEEvent]:
         """At end of stream: the last event, even without its closing blank line."""
@@ -84,16 +95,26 @@ class SSEDecoder:
             self._event = None
             self._data_lines = []
             return
-        line = raw.decode("utf-8", "replace")
-        if line[0] == ":":
-            return
-        name, sep, value = line.partition(":")
-        if sep and value[:1] == " ":
-            value = value[1:]
-        if name == "data":
-            self._data_lines.append(value)
-        elif name == "event":
-            self._event = value
+        # Only complete lines get here, so a multi-byte character is never cut.
+        if raw.startswith(b"data"):
+            value = _field_value(raw, 4)
+            if value is not None:
+                self._data_lines.append(value)
+        elif raw.startswith(b"event"):
+            value = _field_value(raw, 5)
+            if value is not None:
+                self._event = value
+        # Comments (":..."), id, retry and unknown fields carry nothing here.
+
+
+def _field_value(raw: bytes, name_length: int) -> str | None:
+    """The value of a ``name: value`` line, or ``None`` when the name only starts it."""
+    if len(raw) == name_length:
+        return ""
+    if raw[name_length] != 0x3A:  # ":"
+        return None
+    start = name_length + 2 if raw[name_length + 1 : name_length + 2] == b" " else name_length + 1
+    return raw[start:].decode("utf-8", "replace")
 
 
 def encode_event(data: str, event: str | None = None) -> bytes:
