@@ -12,7 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import anthropic
 import grpc
+import openai
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
@@ -165,6 +167,7 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         content = body["choices"][0]["message"]["content"]
         assert content.startswith("echo from anthropic")
         assert "model=claude-sonnet-4-5" in content and "x-api-key: ***" in content
+        _stream_both_ways(base)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         for child in children:
@@ -173,6 +176,22 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _stream_both_ways(base_url: str) -> None:
+    """Each SDK streams from a provider of the other API, translated."""
+    messages = [{"role": "user", "content": "hi"}]
+    gpt = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=10)
+    chunks = gpt.chat.completions.create(model="creative-model", messages=messages, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("echo from anthropic: POST /v1/messages")
+    claude = anthropic.Anthropic(
+        base_url=base_url.removesuffix("/v1"), api_key="k", max_retries=0, timeout=10
+    )
+    with claude.messages.stream(model="fast-model", max_tokens=64, messages=messages) as stream:
+        text = "".join(stream.text_stream)
+        assert stream.get_final_message().stop_reason == "end_turn"
+    assert text.startswith("echo from openai: POST /v1/chat/completions")
 
 
 def _is_zombie(pid: int) -> bool:
