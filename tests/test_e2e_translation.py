@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import json
 import socket
+from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import anthropic
 import openai
 import pytest
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
+from ext_proc import server
 from ext_proc.bootstrap import TRANSLATION_STAT_PREFIX
 from ext_proc.echo import ReceivedRequest
+from ext_proc.processor import RequestProcessor
 from tests.fake_providers import (
     ANTHROPIC_MODEL_VERSION,
     REPLY_TEXT,
@@ -598,7 +604,25 @@ def _translate_stats(gw: Gateway) -> dict[str, int]:
     }
 
 
-def test_same_api_requests_never_reach_the_translation_filter(gw: Gateway) -> None:
+@pytest.fixture
+def phases(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Messages the ext_proc server handles from now on, by phase."""
+    seen: Counter[str] = Counter()
+
+    class CountingProcessor(RequestProcessor):
+        __slots__ = ()
+
+        async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+            seen[request.WhichOneof("request") or ""] += 1
+            return await super().handle(request)
+
+    monkeypatch.setattr(server, "RequestProcessor", CountingProcessor)
+    return seen
+
+
+def test_same_api_requests_never_reach_the_translation_filter(
+    gw: Gateway, phases: Counter[str]
+) -> None:
     before = _translate_stats(gw)
     oai = openai_client(gw)
     raw = oai.chat.completions.with_raw_response.create(
@@ -624,26 +648,32 @@ def test_same_api_requests_never_reach_the_translation_filter(gw: Gateway) -> No
         messages=[{"role": "user", "content": "x"}],
     ) as stream:
         assert "".join(stream.text_stream) == REPLY_TEXT
+    # Four requests, two messages each, none of them about the response.
+    assert phases == {"request_headers": 4, "request_body": 4}
     assert _translate_stats(gw) == before
 
-    # A translated request opens one stream: response headers, then its body.
+    # A translated request opens one more stream: response headers, then its body.
     ant.messages.create(
         model="openai/gpt-5.2", max_tokens=8, messages=[{"role": "user", "content": "x"}]
     )
-    after: dict[str, Any] = _translate_stats(gw)
+    assert phases == {
+        "request_headers": 5,
+        "request_body": 5,
+        "response_headers": 1,
+        "response_body": 1,
+    }
+    after = _translate_stats(gw)
     assert after["streams_started"] == before["streams_started"] + 1
     assert after["stream_msgs_sent"] == before["stream_msgs_sent"] + 2
 
 
-def test_events_split_across_chunks_reach_the_processor_split(gw: Gateway) -> None:
-    """The fake provider's pauses make Envoy deliver many small body chunks; the
-    stream still translates, so partial events were reassembled."""
-    before = _translate_stats(gw)
+def test_events_split_across_chunks_are_reassembled(gw: Gateway, phases: Counter[str]) -> None:
+    """The fake provider's pauses make Envoy hand the stream over in many small
+    pieces, cut mid-event; the SDK still gets every event whole."""
     with anthropic_client(gw).messages.stream(
         model="openai/gpt-5.2", max_tokens=8, messages=[{"role": "user", "content": "x"}]
     ) as stream:
         assert "".join(stream.text_stream) == REPLY_TEXT
-    after = _translate_stats(gw)
     # role, one chunk per word, finish, usage, [DONE]
     openai_events = len(REPLY_TEXT.split(" ")) + 4
-    assert after["stream_msgs_sent"] - before["stream_msgs_sent"] > openai_events
+    assert phases["response_body"] > openai_events
