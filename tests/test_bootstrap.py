@@ -24,6 +24,7 @@ import grpc
 import pytest
 import yaml
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3.http_status_pb2 import HttpStatus
@@ -488,20 +489,48 @@ def _set(name: str, value: str) -> HeaderValueOption:
     )
 
 
+OVERRIDE_IN_HEADERS_PATH = "/override-in-headers"
+_ASK_FOR_RESPONSE_HEADERS = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND,
+    request_body_mode=ProcessingMode.BUFFERED,
+    response_header_mode=ProcessingMode.SEND,
+)
+
+
 @dataclass
 class _FakeProcessor(pb_grpc.ExternalProcessorServicer):
     """Routes on the body's ``model``: the name of a cluster in ``clusters``,
-    ``immediate`` (answers 413 itself) or ``unrouted`` (sets no route header)."""
+    ``immediate`` (answers 413 itself) or ``unrouted`` (sets no route header).
+
+    It asks Envoy for the response headers with a ``mode_override``, from the
+    body phase for the model ``override-in-body``, from the headers phase for
+    the path ``OVERRIDE_IN_HEADERS_PATH``, and records the phases of each stream.
+    """
 
     clusters: dict[str, str] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    streams: list[list[str]] = field(default_factory=list)
 
     def Process(self, requests: Iterator[pb.ProcessingRequest], context: Any) -> Iterator[Any]:
+        phases: list[str] = []
+        self.streams.append(phases)
         for request in requests:
-            if request.HasField("request_headers"):
-                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-            elif request.HasField("request_body"):
-                yield self._decide(json.loads(request.request_body.body)["model"])
+            phase = request.WhichOneof("request") or ""
+            phases.append(phase)
+            if phase == "request_headers":
+                response = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                headers = {h.key: h.raw_value for h in request.request_headers.headers.headers}
+                if headers.get(":path") == OVERRIDE_IN_HEADERS_PATH.encode():
+                    response.mode_override.CopyFrom(_ASK_FOR_RESPONSE_HEADERS)
+                yield response
+            elif phase == "request_body":
+                model = json.loads(request.request_body.body)["model"]
+                response = self._decide(model)
+                if model == "override-in-body":
+                    response.mode_override.CopyFrom(_ASK_FOR_RESPONSE_HEADERS)
+                yield response
+            elif phase == "response_headers":
+                yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
 
     def _decide(self, model: str) -> pb.ProcessingResponse:
         if model == "immediate":
@@ -530,6 +559,7 @@ class _Gateway:
     envoy: EnvoyProcess
     address: tuple[str, int]
     log: Path
+    processor: _FakeProcessor
 
     def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(*self.address, timeout=15)
@@ -586,7 +616,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Gateway]:
         gateway=GatewaySettings(max_request_body_bytes=BODY_LIMIT),
     )
     clusters = {p.model_id: upstream_for(p).cluster for p in providers}
-    clusters["slow"] = clusters["ok"]
+    clusters["slow"] = clusters["override-in-body"] = clusters["ok"]
     processor = _FakeProcessor(clusters=clusters, paths={"slow": "/slow"})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
@@ -600,7 +630,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Gateway]:
         with EnvoyProcess(output=log) as envoy:
             envoy.start(text)
             envoy.wait_ready(timeout_s=20)
-            yield _Gateway(envoy, envoy.listener_addresses()["egress_traffic"], log)
+            address = envoy.listener_addresses()["egress_traffic"]
+            yield _Gateway(envoy, address, log, processor)
     finally:
         server.stop(grace=None)
         upstream.shutdown()
@@ -661,3 +692,19 @@ def test_ext_proc_immediate_response_is_untouched(gateway: _Gateway) -> None:
     assert status == 413
     assert headers["content-type"] == "application/json"
     assert body == {"from": "archway"}
+
+
+# Why response translation has a filter of its own (see ext_proc.bootstrap): Envoy
+# switches response processing on only when asked in answer to a headers message.
+
+
+def test_envoy_ignores_a_mode_override_sent_with_the_body_response(gateway: _Gateway) -> None:
+    status, _, body = gateway.chat("override-in-body")
+    assert status == 200, body
+    assert gateway.processor.streams[-1] == ["request_headers", "request_body"]
+
+
+def test_envoy_honours_a_mode_override_sent_with_the_headers_response(gateway: _Gateway) -> None:
+    status, _, body = gateway.chat("ok", path=OVERRIDE_IN_HEADERS_PATH)
+    assert status == 200, body
+    assert gateway.processor.streams[-1] == ["request_headers", "request_body", "response_headers"]

@@ -229,6 +229,12 @@ def test_tool_without_schema_gets_an_empty_object_schema() -> None:
     }
 
 
+def test_assistant_turn_of_thinking_only_keeps_a_content() -> None:
+    thinking = {"type": "thinking", "thinking": "...", "signature": "sig"}
+    out = to_openai({"model": "m", "messages": [{"role": "assistant", "content": [thinking]}]})
+    assert out["messages"] == [{"role": "assistant", "content": ""}]
+
+
 def test_plain_text_document_becomes_text() -> None:
     block = {
         "type": "document",

@@ -229,7 +229,9 @@ def _assistant_message(content: object) -> dict[str, Any]:
                 }
             )
         # Thinking blocks are the Anthropic model's own; another model cannot use them.
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    # OpenAI accepts a null content only beside tool calls.
+    content = "".join(texts) if texts or not tool_calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
     return message
