@@ -14,12 +14,16 @@ from typing import Protocol
 
 from ext_proc.bootstrap import render_bootstrap
 from ext_proc.config import Config, load_config
+from ext_proc.echo import ReceivedRequest
 from ext_proc.envoy_process import EnvoyProcess
 from ext_proc.server import RunningServer, start_server
 
 
 class RecordingUpstream(Protocol):
     """A fake provider that remembers what it received (``EchoUpstream``, ``FakeProvider``)."""
+
+    @property
+    def requests(self) -> list[ReceivedRequest]: ...
 
     def clear(self) -> None: ...
 
