@@ -3,8 +3,16 @@
 The bootstrap is static: every listener, route and cluster is known from the
 config, so no xDS server is needed. Envoy runs the ext_proc filter before the
 router; the Archway server picks the upstream by setting ``x-archway-cluster``
-(``ROUTE_HEADER``) and asking Envoy to clear its route cache, and the single
-route reads the cluster from that header.
+(``ROUTE_HEADER``) and asking Envoy to clear its route cache, and the routes
+read the cluster from that header.
+
+Response translation has a filter of its own (``TRANSLATION_FILTER``), a second
+ext_proc filter after the routing one. It is off by default and switched on
+only by the route that matches ``TRANSLATE_HEADER``, which the routing filter
+sets on translated requests. Envoy only honours a processing-mode override in
+answer to a headers message, so the routing filter cannot switch its own
+response phases on from its body phase; a per-route filter can, and requests
+that need no translation never open its gRPC stream.
 
 Nothing secret goes into the bootstrap: credentials are injected per request
 by the ext_proc server, so the rendered file can be written to disk, printed
@@ -20,7 +28,7 @@ from typing import Any
 import yaml
 
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
+from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
 from ext_proc.health import EXT_PROC_SERVICE
 from ext_proc.providers import Upstream, upstream_for
 
@@ -31,6 +39,8 @@ __all__ = [
     "EXT_PROC_CLUSTER",
     "EXT_PROC_HEALTH_CHECK",
     "MAX_DOWNSTREAM_CONNECTIONS",
+    "TRANSLATION_FILTER",
+    "TRANSLATION_STAT_PREFIX",
     "HealthCheckTiming",
     "bootstrap_dict",
     "buffer_limit_bytes",
@@ -38,6 +48,12 @@ __all__ = [
 ]
 
 EXT_PROC_CLUSTER = "archway_ext_proc"
+
+TRANSLATION_FILTER = "archway.translate"
+"""The response-translation ext_proc filter's name, which routes configure it by."""
+
+TRANSLATION_STAT_PREFIX = "translate"
+"""Its stats: ``http.<listener>.ext_proc.translate.streams_started`` and so on."""
 
 CLIENT_PATH_HEADER = "x-envoy-archway-client-path"
 """The path the client asked for, copied before ext_proc runs.
@@ -90,6 +106,9 @@ _T_HCM = (
     "http_connection_manager.v3.HttpConnectionManager"
 )
 _T_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_T_EXT_PROC_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+)
 _T_HEADER_MUTATION = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 )
@@ -120,6 +139,7 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "upstream_host": "%UPSTREAM_HOST%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     **{name.removeprefix("x-archway-"): f"%REQ({name})%" for name in CLIENT_DECISION_HEADERS},
+    "translation": f"%REQ({TRANSLATE_HEADER})%",
 }
 """One JSON object per request on Envoy's stdout.
 
@@ -142,6 +162,8 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
 - ``request_id``: Envoy's ``x-request-id``, also seen by the ext_proc server.
 - ``model``, ``provider``, ``resolution``, ``route``: Archway's decision, the
   ``x-archway-*`` request headers that are also echoed to the client.
+- ``translation``: ``openai-to-anthropic`` or ``anthropic-to-openai`` when the
+  request and its response were translated; ``null`` otherwise.
 """
 
 
@@ -278,6 +300,7 @@ def _http_connection_manager(listener: Listener, gateway: GatewaySettings) -> di
         "http_filters": [
             _client_path_filter(),
             _ext_proc_filter(gateway),
+            _translation_filter(gateway),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
         ],
     }
@@ -307,18 +330,9 @@ def _ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            "@type": _T_EXT_PROC,
-            "grpc_service": {
-                "envoy_grpc": {
-                    "cluster_name": EXT_PROC_CLUSTER,
-                    # A body mutation carries the whole rewritten body in one
-                    # message; gRPC's 4 MiB default would fail larger ones.
-                    "max_receive_message_length": buffer_limit_bytes(gateway),
-                },
-            },
-            "failure_mode_allow": gateway.failure_mode_allow,
-            # Routing needs the headers and the whole body (the model is in the body);
-            # responses pass untouched unless the server switches them on per request.
+            **_ext_proc_service(gateway),
+            # Routing needs the headers and the whole body (the model is in the body).
+            # Responses are the translation filter's business.
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
@@ -327,33 +341,91 @@ def _ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },
-            "message_timeout": _duration(gateway.message_timeout_s),
             "allow_mode_override": True,
         },
     }
 
 
-def _route_config(listener: Listener) -> dict[str, Any]:
-    echo = [
-        {
-            "header": {"key": name, "value": f"%REQ({name})%"},
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            "keep_empty_value": False,
-        }
-        for name in CLIENT_DECISION_HEADERS
-    ]
-    route = {
-        "match": {"prefix": "/"},
-        "route": {
-            "cluster_header": ROUTE_HEADER,
-            "timeout": _duration(listener.timeout_s),
-            "auto_host_rewrite": True,
+_TRANSLATION_OFF: dict[str, str] = {
+    "request_header_mode": "SKIP",
+    "request_body_mode": "NONE",
+    "request_trailer_mode": "SKIP",
+    "response_header_mode": "SKIP",
+    "response_body_mode": "NONE",
+    "response_trailer_mode": "SKIP",
+}
+
+_TRANSLATION_ON: dict[str, str] = {**_TRANSLATION_OFF, "response_header_mode": "SEND"}
+"""Only the response headers; the server picks the body mode (streamed for SSE,
+buffered for JSON, none) from them with a mode override."""
+
+
+def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
+    """Response translation: sends nothing to the server unless a route turns it on."""
+    return {
+        "name": TRANSLATION_FILTER,
+        "typed_config": {
+            **_ext_proc_service(gateway),
+            "stat_prefix": TRANSLATION_STAT_PREFIX,
+            "processing_mode": dict(_TRANSLATION_OFF),
+            "allow_mode_override": True,
         },
     }
+
+
+def _ext_proc_service(gateway: GatewaySettings) -> dict[str, Any]:
+    return {
+        "@type": _T_EXT_PROC,
+        "grpc_service": {
+            "envoy_grpc": {
+                "cluster_name": EXT_PROC_CLUSTER,
+                # A body mutation carries a whole body in one message; gRPC's
+                # 4 MiB default would fail larger ones.
+                "max_receive_message_length": buffer_limit_bytes(gateway),
+            },
+        },
+        "failure_mode_allow": gateway.failure_mode_allow,
+        "message_timeout": _duration(gateway.message_timeout_s),
+    }
+
+
+def _route_config(listener: Listener) -> dict[str, Any]:
+    echo = [_echo_request_header(name) for name in CLIENT_DECISION_HEADERS]
+    action = {
+        "cluster_header": ROUTE_HEADER,
+        "timeout": _duration(listener.timeout_s),
+        "auto_host_rewrite": True,
+    }
+    # Chosen again after the routing filter's body phase (it clears the route
+    # cache), so this route sees the translation header that phase set.
+    translated = {
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": TRANSLATE_HEADER, "present_match": True}],
+        },
+        "route": dict(action),
+        # The translation filter reads the direction from the response.
+        "response_headers_to_add": [_echo_request_header(TRANSLATE_HEADER)],
+        "typed_per_filter_config": {
+            TRANSLATION_FILTER: {
+                "@type": _T_EXT_PROC_PER_ROUTE,
+                "overrides": {"processing_mode": dict(_TRANSLATION_ON)},
+            }
+        },
+    }
+    untranslated = {"match": {"prefix": "/"}, "route": action}
     return {
         "name": f"{listener.name}_routes",
-        "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": [route]}],
+        "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": [translated, untranslated]}],
         "response_headers_to_add": echo,
+    }
+
+
+def _echo_request_header(name: str) -> dict[str, Any]:
+    return {
+        "header": {"key": name, "value": f"%REQ({name})%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        "keep_empty_value": False,
     }
 
 

@@ -288,6 +288,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "set_headers": dict(headers),
             "remove_headers": list(plan.remove_headers),
             "body_rewritten": plan.body is not None,
+            "translation": plan.translation.header_value() if plan.translation else None,
         }
         print(json.dumps(out, indent=2))
         return 0
@@ -300,7 +301,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"  {k}: {v}")
     if plan.remove_headers:
         print("headers removed: " + ", ".join(plan.remove_headers))
-    print("body:        " + ("model rewritten" if plan.body is not None else "unchanged"))
+    if plan.translation is not None:
+        client, provider = plan.translation.client.value, plan.translation.provider.value
+        print(f"body:        translated from the {client} API to the {provider} API")
+    else:
+        print("body:        " + ("model rewritten" if plan.body is not None else "unchanged"))
     return 0
 
 

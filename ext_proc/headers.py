@@ -10,6 +10,7 @@ __all__ = [
     "DECISION_ROUTE",
     "INTERNAL_PREFIX",
     "ROUTE_HEADER",
+    "TRANSLATE_HEADER",
 ]
 
 INTERNAL_PREFIX = "x-archway-"
@@ -17,6 +18,11 @@ INTERNAL_PREFIX = "x-archway-"
 
 ROUTE_HEADER = "x-archway-cluster"
 """Set by the ext_proc server; the Envoy route's ``cluster_header`` reads it."""
+
+TRANSLATE_HEADER = "x-archway-translate"
+"""Set by the ext_proc server on requests it translates (``openai-to-anthropic``, ...).
+The Envoy route that matches it enables the response-translation filter and
+echoes it onto the response, where that filter reads it and strips it."""
 
 DECISION_MODEL = "x-archway-model"
 DECISION_PROVIDER = "x-archway-provider"

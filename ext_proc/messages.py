@@ -7,8 +7,10 @@ only place that knows the ext_proc v3 message layout.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     BodyMutation,
     BodyResponse,
@@ -22,13 +24,46 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
 __all__ = [
+    "ResponseBodyMode",
     "body_response",
     "header_map",
     "headers_response",
     "immediate_response",
+    "response_body_response",
+    "response_headers_response",
 ]
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+class ResponseBodyMode(StrEnum):
+    """How Envoy should hand the response body over, decided at response headers."""
+
+    NONE = "none"
+    """Not at all: the body goes to the client untouched."""
+    STREAMED = "streamed"
+    """Chunk by chunk as it arrives; each answer replaces that chunk."""
+    BUFFERED = "buffered"
+    """Whole, once; the answer replaces it and may still set headers."""
+
+
+def _response_mode(body_mode: int) -> ProcessingMode:
+    # Envoy honours a mode override only in answer to a headers message, so the
+    # response-translation filter switches its body mode here, per response.
+    return ProcessingMode(
+        request_header_mode=ProcessingMode.SKIP,
+        response_header_mode=ProcessingMode.SEND,
+        request_body_mode=ProcessingMode.NONE,
+        response_body_mode=body_mode,
+        request_trailer_mode=ProcessingMode.SKIP,
+        response_trailer_mode=ProcessingMode.SKIP,
+    )
+
+
+_MODE_OVERRIDES = {
+    ResponseBodyMode.STREAMED: _response_mode(ProcessingMode.STREAMED),
+    ResponseBodyMode.BUFFERED: _response_mode(ProcessingMode.BUFFERED),
+}
 
 
 def header_map(headers: HttpHeaders) -> dict[str, str]:
@@ -106,3 +141,31 @@ def immediate_response(
             details=details,
         )
     )
+
+
+def response_headers_response(
+    set_headers: Iterable[tuple[str, str]] = (),
+    remove_headers: Iterable[str] = (),
+    *,
+    body_mode: ResponseBodyMode = ResponseBodyMode.NONE,
+) -> ProcessingResponse:
+    """Continue after the response headers, asking for the body as ``body_mode`` says."""
+    common = CommonResponse(header_mutation=_mutation(set_headers, remove_headers))
+    response = ProcessingResponse(response_headers=HeadersResponse(response=common))
+    override = _MODE_OVERRIDES.get(body_mode)
+    if override is not None:
+        response.mode_override.CopyFrom(override)
+    return response
+
+
+def response_body_response(
+    body: bytes, set_headers: Iterable[tuple[str, str]] = ()
+) -> ProcessingResponse:
+    """Replace a response body chunk (streamed) or the whole body (buffered) with ``body``.
+
+    Headers can still change only in buffered mode, where Envoy holds them back.
+    """
+    common = CommonResponse(body_mutation=BodyMutation(body=body))
+    if set_headers:
+        common.header_mutation.CopyFrom(_mutation(set_headers, ()))
+    return ProcessingResponse(response_body=BodyResponse(response=common))

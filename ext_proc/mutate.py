@@ -1,8 +1,11 @@
 """From a request body to the mutations Envoy applies: pure functions, no protobuf.
 
 ``plan_request`` parses the body, resolves the model and returns a
-``RequestPlan``: the headers to set and remove and the new body. The processor
-turns the plan into a ProcessingResponse; ``archway explain`` prints it.
+``RequestPlan``: the headers to set and remove and the new body. When the
+client and the provider speak different APIs, the body is translated to the
+provider's and the plan carries the ``TranslationContext`` the response needs.
+The processor turns the plan into a ProcessingResponse; ``archway explain``
+prints it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from ext_proc.headers import (
     DECISION_RESOLUTION,
     DECISION_ROUTE,
     ROUTE_HEADER,
+    TRANSLATE_HEADER,
 )
-from ext_proc.providers import WireAPI, auth_headers, request_path, spec_for
+from ext_proc.providers import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
 from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.translate import TranslationContext, translate_request
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -44,6 +49,18 @@ class RequestPlan:
     remove_headers: tuple[str, ...]
     body: bytes | None
     """The new body, or ``None`` when the client's body goes upstream unchanged."""
+    translation: TranslationContext | None = None
+    """Set when the body was translated to the provider's API."""
+
+
+_FOREIGN_HEADER_PREFIXES: dict[WireAPI, str] = {
+    WireAPI.OPENAI: "anthropic-",
+    WireAPI.ANTHROPIC: "openai-",
+}
+"""Client SDK headers that mean nothing to a provider of the other API."""
+
+_MAX_COMPLETION_TOKENS_PROVIDERS = frozenset({"openai", "azure_openai"})
+"""Providers whose reasoning models refuse ``max_tokens`` and want ``max_completion_tokens``."""
 
 
 def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -126,17 +143,9 @@ def plan_request(
     spec = spec_for(provider)
     provider_api = spec.api if spec else WireAPI.OPENAI
     client_api = endpoint.api
-    if client_api is WireAPI.ANTHROPIC and provider_api is not WireAPI.ANTHROPIC:
-        raise GatewayError(
-            400,
-            f"{decision.model} speaks the OpenAI API; /v1/messages requests can only go to "
-            "Anthropic-API providers. Send this request to /v1/chat/completions instead.",
-            code="api_mismatch",
-            param="model",
-        )
 
     set_headers = list(decision_headers(decision))
-    set_headers.append((":path", request_path(provider, decision.upstream, client_api)))
+    set_headers.append((":path", request_path(provider, decision.upstream, provider_api)))
     remove: list[str] = []
     if not provider.passthrough_auth:
         remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
@@ -147,20 +156,64 @@ def plan_request(
         if name in pinned and name in headers:
             continue
         set_headers.append((name, value))
-    remove = [h for h in remove if h not in {name for name, _ in set_headers}]
 
+    translation: TranslationContext | None = None
     new_body: bytes | None = None
-    if parsed.get("model") != decision.upstream_model:
+    if client_api is not provider_api:
         parsed["model"] = decision.upstream_model
-        new_body = _serialize(parsed)
+        translated, translation = translate_request(
+            client_api, provider_api, parsed, max_tokens_field=_max_tokens_field(spec)
+        )
+        set_headers.append((TRANSLATE_HEADER, translation.header_value()))
+        foreign = _FOREIGN_HEADER_PREFIXES[provider_api]
+        remove.extend(h for h in headers if h.startswith(foreign))
+        # The response body must reach Archway readable: a compressed one could
+        # not be translated.
+        if "accept-encoding" in headers:
+            remove.append("accept-encoding")
+        if provider.passthrough_auth:
+            _passthrough_credentials(headers, provider_api, set_headers, remove)
+        new_body = _encode(translated)
+    elif parsed.get("model") != decision.upstream_model:
+        parsed["model"] = decision.upstream_model
+        new_body = _encode(parsed)
+    if new_body is not None:
         set_headers.append(("content-length", str(len(new_body))))
-    return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body)
+    set_names = {name for name, _ in set_headers}
+    remove = [h for h in remove if h not in set_names]
+    return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body, translation)
 
 
-def _serialize(body: dict[str, Any]) -> bytes:
+def _encode(body: Mapping[str, Any]) -> bytes:
     try:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     except UnicodeEncodeError:
         # A lone surrogate escape ("\ud800") is valid JSON but not encodable as
         # UTF-8; re-escaping everything sends exactly what the client wrote.
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _max_tokens_field(spec: ProviderSpec | None) -> str:
+    if spec is not None and spec.name in _MAX_COMPLETION_TOKENS_PROVIDERS:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def _passthrough_credentials(
+    headers: Mapping[str, str],
+    provider_api: WireAPI,
+    set_headers: list[tuple[str, str]],
+    remove: list[str],
+) -> None:
+    """Forward the client's own key in the provider's style: an Anthropic SDK
+    sends ``x-api-key``, an OpenAI-compatible server wants ``Authorization: Bearer``."""
+    if provider_api is WireAPI.OPENAI:
+        key = headers.get("x-api-key")
+        if key and "authorization" not in headers:
+            set_headers.append(("authorization", f"Bearer {key}"))
+            remove.append("x-api-key")
+        return
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key and "x-api-key" not in headers:
+        set_headers.append(("x-api-key", key))
+        remove.append("authorization")

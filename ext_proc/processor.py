@@ -1,6 +1,13 @@
 """The per-request state machine: request headers, then body, then a response.
 
-One ``RequestProcessor`` lives for one ext_proc stream (one HTTP request).
+One ``RequestProcessor`` lives for one ext_proc stream. Envoy opens two kinds:
+
+- the routing filter's, for every request: request headers, then the
+  buffered request body (resolve, rewrite, translate the request);
+- the response-translation filter's, only for requests whose body was
+  translated (Envoy's route enables that filter on ``TRANSLATE_HEADER``):
+  response headers, then the response body, streamed or buffered.
+
 ``handle`` is a coroutine because some phases wait on I/O (the preference
 router); phases that do not, never suspend. It never raises: every outcome is
 a ProcessingResponse, so Envoy always gets an answer and the client always
@@ -10,6 +17,7 @@ gets JSON in its own API's shape.
 from __future__ import annotations
 
 import logging
+import time
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     BodyResponse,
@@ -24,18 +32,50 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from ext_proc import messages
 from ext_proc.endpoints import Endpoint, classify, client_api, models_listing
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.headers import INTERNAL_PREFIX
+from ext_proc.headers import INTERNAL_PREFIX, TRANSLATE_HEADER
+from ext_proc.messages import ResponseBodyMode
 from ext_proc.mutate import plan_request
 from ext_proc.providers import WireAPI
 from ext_proc.resolve import RoutingTable
+from ext_proc.translate import (
+    StreamTranslator,
+    TranslationContext,
+    stream_translator,
+    translate_error,
+    translate_response,
+)
+from ext_proc.translate.sse import SSEError
 
 __all__ = ["RequestProcessor"]
 
 log = logging.getLogger("archway.processor")
 
 
+_SSE_TYPE = "text/event-stream"
+
+
+class _ResponseTranslation:
+    """The response side of one translated request."""
+
+    __slots__ = ("context", "created", "status", "stream")
+
+    def __init__(
+        self,
+        context: TranslationContext,
+        status: int,
+        created: int,
+        stream: StreamTranslator | None = None,
+    ) -> None:
+        self.context = context
+        self.status = status
+        self.created = created
+        """OpenAI's ``created``; Anthropic responses carry no timestamp."""
+        self.stream = stream
+        """Set for a streamed (SSE) body; ``None`` for a buffered JSON one."""
+
+
 class RequestProcessor:
-    __slots__ = ("_api", "_endpoint", "_headers", "_table")
+    __slots__ = ("_api", "_endpoint", "_headers", "_response", "_table")
 
     def __init__(self, table: RoutingTable) -> None:
         # The table is captured per request, so a config reload never changes
@@ -44,6 +84,7 @@ class RequestProcessor:
         self._api = WireAPI.OPENAI
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
+        self._response: _ResponseTranslation | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
@@ -52,6 +93,10 @@ class RequestProcessor:
                 return self._on_request_headers(request.request_headers)
             if phase == "request_body":
                 return await self._on_request_body(request.request_body)
+            if phase == "response_body":
+                return self._on_response_body(request.response_body)
+            if phase == "response_headers":
+                return self._on_response_headers(request.response_headers)
             return _pass_through(phase)
         except GatewayError as exc:
             return self._error(exc)
@@ -96,10 +141,84 @@ class RequestProcessor:
             )
         return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
 
+    def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
+        headers = messages.header_map(msg)
+        context = TranslationContext.from_header(headers.get(TRANSLATE_HEADER))
+        if context is None:
+            # Nothing to translate: the route was picked on a client's forged
+            # header before it was stripped. Leave the body alone.
+            return messages.response_headers_response()
+        self._api = context.client
+        remove = [TRANSLATE_HEADER]
+        if msg.end_of_stream:
+            return messages.response_headers_response(remove_headers=remove)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise GatewayError(
+                502,
+                f"The model provider sent a {encoding}-encoded body, which Archway cannot "
+                "translate.",
+                code="upstream_encoding",
+            )
+        status = _status(headers)
+        created = int(time.time())
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if status >= 300:
+            # Errors are small JSON (or text) bodies: rewritten whole, in the
+            # client's error shape, with the upstream's status kept.
+            self._response = _ResponseTranslation(context, status, created)
+            return messages.response_headers_response(
+                [("content-type", "application/json")],
+                remove,
+                body_mode=ResponseBodyMode.BUFFERED,
+            )
+        if media_type == _SSE_TYPE:
+            stream = stream_translator(context, created=created)
+            self._response = _ResponseTranslation(context, status, created, stream)
+            # The translated stream has another length; Envoy sends it chunked.
+            remove.append("content-length")
+            return messages.response_headers_response(
+                remove_headers=remove, body_mode=ResponseBodyMode.STREAMED
+            )
+        if media_type == "application/json" or media_type.endswith("+json"):
+            self._response = _ResponseTranslation(context, status, created)
+            return messages.response_headers_response(
+                remove_headers=remove, body_mode=ResponseBodyMode.BUFFERED
+            )
+        return messages.response_headers_response(remove_headers=remove)
+
+    def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
+        translation = self._response
+        if translation is None:
+            return _pass_through("response_body")
+        stream = translation.stream
+        if stream is not None:
+            try:
+                out = stream.feed(msg.body)
+                if msg.end_of_stream:
+                    out += stream.finish()
+            except SSEError as exc:
+                raise GatewayError(
+                    502, f"The model provider's stream is broken: {exc}.", code="upstream_stream"
+                ) from None
+            return messages.response_body_response(out)
+        if translation.status >= 300:
+            body = translate_error(translation.context, translation.status, msg.body)
+        else:
+            body = translate_response(translation.context, msg.body, created=translation.created)
+        return messages.response_body_response(body, [("content-length", str(len(body)))])
+
     def _error(self, exc: GatewayError) -> ProcessingResponse:
         return messages.immediate_response(
             exc.status, error_body(self._api, exc), exc.headers, details=exc.code
         )
+
+
+def _status(headers: dict[str, str]) -> int:
+    try:
+        return int(headers.get(":status", "200"))
+    except ValueError:
+        return 200
 
 
 def _pass_through(phase: str | None) -> ProcessingResponse:

@@ -154,11 +154,8 @@ def upstream_for(provider: ProviderConfig) -> Upstream:
 
 
 def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI) -> str:
-    """The upstream path for a chat request spoken in ``api``.
-
-    Anthropic also serves an OpenAI-compatible ``/v1/chat/completions``, so an
-    OpenAI client reaches it untranslated.
-    """
+    """The upstream path for a chat request spoken in ``api``: the provider's own
+    API, since requests from clients of the other API are translated to it."""
     spec = spec_for(provider)
     if spec is not None and spec.name == "azure_openai" and not upstream.path_prefix:
         return (

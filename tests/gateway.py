@@ -4,15 +4,28 @@ server on its own event loop thread, and a real Envoy."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ext_proc.bootstrap import render_bootstrap
 from ext_proc.config import Config, load_config
-from ext_proc.echo import EchoUpstream
+from ext_proc.echo import ReceivedRequest
 from ext_proc.envoy_process import EnvoyProcess
 from ext_proc.server import RunningServer, start_server
+
+
+class RecordingUpstream(Protocol):
+    """A fake provider that remembers what it received (``EchoUpstream``, ``FakeProvider``)."""
+
+    @property
+    def requests(self) -> list[ReceivedRequest]: ...
+
+    def clear(self) -> None: ...
 
 
 class ServerThread:
@@ -48,7 +61,7 @@ class ServerThread:
 class Gateway:
     config: Config
     port: int
-    upstreams: dict[str, EchoUpstream]
+    upstreams: Mapping[str, RecordingUpstream]
     envoy: EnvoyProcess
     server: ServerThread
     stack: list[object] = field(default_factory=list)
@@ -61,11 +74,22 @@ class Gateway:
         for upstream in self.upstreams.values():
             upstream.clear()
 
+    def stats(self, prefix: str) -> dict[str, int]:
+        """Envoy's counters whose names start with ``prefix``, from its admin API."""
+        url = f"{self.envoy.admin_url}/stats?format=json&filter=^{prefix}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            data = json.load(response)
+        return {
+            s["name"]: s["value"]
+            for s in data["stats"]
+            if "name" in s and isinstance(s.get("value"), int)
+        }
+
 
 def start_gateway(
     config_text: str,
     tmp: Path,
-    upstreams: dict[str, EchoUpstream],
+    upstreams: Mapping[str, RecordingUpstream],
     *,
     envoy_log: Path | None = None,
     watch: bool = False,

@@ -24,6 +24,7 @@ import grpc
 import pytest
 import yaml
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3.http_status_pb2 import HttpStatus
@@ -32,6 +33,8 @@ from ext_proc.bootstrap import (
     BUFFER_HEADROOM_BYTES,
     CLIENT_PATH_HEADER,
     EXT_PROC_CLUSTER,
+    TRANSLATION_FILTER,
+    TRANSLATION_STAT_PREFIX,
     bootstrap_dict,
     render_bootstrap,
 )
@@ -44,7 +47,7 @@ from ext_proc.envoy_process import (
     find_envoy_binary,
     validate_bootstrap,
 )
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
+from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
 from ext_proc.providers import upstream_for
 
 SECRET = "sk-archway-test-secret-do-not-render"
@@ -182,13 +185,14 @@ def test_upstream_connect_timeout_and_buffers() -> None:
 
 def test_route_reads_cluster_header_and_echoes_decisions() -> None:
     hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]), index=1)
-    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes == [
-        {
-            "match": {"prefix": "/"},
-            "route": {"cluster_header": ROUTE_HEADER, "timeout": "30s", "auto_host_rewrite": True},
-        }
-    ]
+    translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    action = {"cluster_header": ROUTE_HEADER, "timeout": "30s", "auto_host_rewrite": True}
+    assert untranslated == {"match": {"prefix": "/"}, "route": action}
+    assert translated["route"] == action
+    assert translated["match"] == {
+        "prefix": "/",
+        "headers": [{"name": TRANSLATE_HEADER, "present_match": True}],
+    }
     echoed = hcm["route_config"]["response_headers_to_add"]
     assert [h["header"] for h in echoed] == [
         {"key": name, "value": f"%REQ({name})%"} for name in CLIENT_DECISION_HEADERS
@@ -219,8 +223,6 @@ def test_listeners_and_admin() -> None:
 def test_ext_proc_filter_modes_and_limits() -> None:
     config = CONFIGS["two_listeners_custom_gateway"]
     hcm = _hcm(bootstrap_dict(config))
-    names = [f["name"] for f in hcm["http_filters"]]
-    assert names[-2:] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
     ext_proc = _filter(hcm, "envoy.filters.http.ext_proc")
     assert ext_proc["processing_mode"] == {
         "request_header_mode": "SEND",
@@ -237,6 +239,39 @@ def test_ext_proc_filter_modes_and_limits() -> None:
     assert ext_proc["message_timeout"] == "2.500s"
     assert ext_proc["failure_mode_allow"] is True
     assert ext_proc["allow_mode_override"] is True
+
+
+def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> None:
+    hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]))
+    names = [f["name"] for f in hcm["http_filters"]]
+    # After routing, so its per-route config is read on the route routing picked.
+    assert names[-3:] == [
+        "envoy.filters.http.ext_proc",
+        TRANSLATION_FILTER,
+        "envoy.filters.http.router",
+    ]
+    translation = _filter(hcm, TRANSLATION_FILTER)
+    assert translation["stat_prefix"] == TRANSLATION_STAT_PREFIX
+    assert set(translation["processing_mode"].values()) == {"SKIP", "NONE"}
+    assert translation["allow_mode_override"] is True
+    assert (
+        translation["grpc_service"] == _filter(hcm, "envoy.filters.http.ext_proc")["grpc_service"]
+    )
+
+    translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert "typed_per_filter_config" not in untranslated
+    per_route = translated["typed_per_filter_config"][TRANSLATION_FILTER]
+    assert per_route["@type"].endswith("ExtProcPerRoute")
+    mode = per_route["overrides"]["processing_mode"]
+    assert mode["response_header_mode"] == "SEND"
+    assert {v for k, v in mode.items() if k != "response_header_mode"} == {"SKIP", "NONE"}
+    assert translated["response_headers_to_add"] == [
+        {
+            "header": {"key": TRANSLATE_HEADER, "value": f"%REQ({TRANSLATE_HEADER})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+    ]
 
 
 def test_ext_proc_cluster_is_http2_and_follows_overrides() -> None:
@@ -286,6 +321,7 @@ def test_access_log_is_json_with_decisions() -> None:
     for name in ("response_flags", "upstream_cluster", "request_id", "model", "route"):
         assert name in fields
     assert fields["model"] == "%REQ(x-archway-model)%"
+    assert fields["translation"] == f"%REQ({TRANSLATE_HEADER})%"
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -457,20 +493,48 @@ def _set(name: str, value: str) -> HeaderValueOption:
     )
 
 
+OVERRIDE_IN_HEADERS_PATH = "/override-in-headers"
+_ASK_FOR_RESPONSE_HEADERS = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND,
+    request_body_mode=ProcessingMode.BUFFERED,
+    response_header_mode=ProcessingMode.SEND,
+)
+
+
 @dataclass
 class _FakeProcessor(pb_grpc.ExternalProcessorServicer):
     """Routes on the body's ``model``: the name of a cluster in ``clusters``,
-    ``immediate`` (answers 413 itself) or ``unrouted`` (sets no route header)."""
+    ``immediate`` (answers 413 itself) or ``unrouted`` (sets no route header).
+
+    It asks Envoy for the response headers with a ``mode_override``, from the
+    body phase for the model ``override-in-body``, from the headers phase for
+    the path ``OVERRIDE_IN_HEADERS_PATH``, and records the phases of each stream.
+    """
 
     clusters: dict[str, str] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    streams: list[list[str]] = field(default_factory=list)
 
     def Process(self, requests: Iterator[pb.ProcessingRequest], context: Any) -> Iterator[Any]:
+        phases: list[str] = []
+        self.streams.append(phases)
         for request in requests:
-            if request.HasField("request_headers"):
-                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-            elif request.HasField("request_body"):
-                yield self._decide(json.loads(request.request_body.body)["model"])
+            phase = request.WhichOneof("request") or ""
+            phases.append(phase)
+            if phase == "request_headers":
+                response = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                headers = {h.key: h.raw_value for h in request.request_headers.headers.headers}
+                if headers.get(":path") == OVERRIDE_IN_HEADERS_PATH.encode():
+                    response.mode_override.CopyFrom(_ASK_FOR_RESPONSE_HEADERS)
+                yield response
+            elif phase == "request_body":
+                model = json.loads(request.request_body.body)["model"]
+                response = self._decide(model)
+                if model == "override-in-body":
+                    response.mode_override.CopyFrom(_ASK_FOR_RESPONSE_HEADERS)
+                yield response
+            elif phase == "response_headers":
+                yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
 
     def _decide(self, model: str) -> pb.ProcessingResponse:
         if model == "immediate":
@@ -499,6 +563,7 @@ class _Gateway:
     envoy: EnvoyProcess
     address: tuple[str, int]
     log: Path
+    processor: _FakeProcessor
 
     def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(*self.address, timeout=15)
@@ -555,7 +620,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Gateway]:
         gateway=GatewaySettings(max_request_body_bytes=BODY_LIMIT),
     )
     clusters = {p.model_id: upstream_for(p).cluster for p in providers}
-    clusters["slow"] = clusters["ok"]
+    clusters["slow"] = clusters["override-in-body"] = clusters["ok"]
     processor = _FakeProcessor(clusters=clusters, paths={"slow": "/slow"})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
@@ -569,7 +634,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Gateway]:
         with EnvoyProcess(output=log) as envoy:
             envoy.start(text)
             envoy.wait_ready(timeout_s=20)
-            yield _Gateway(envoy, envoy.listener_addresses()["egress_traffic"], log)
+            address = envoy.listener_addresses()["egress_traffic"]
+            yield _Gateway(envoy, address, log, processor)
     finally:
         server.stop(grace=None)
         upstream.shutdown()
@@ -630,3 +696,19 @@ def test_ext_proc_immediate_response_is_untouched(gateway: _Gateway) -> None:
     assert status == 413
     assert headers["content-type"] == "application/json"
     assert body == {"from": "archway"}
+
+
+# Why response translation has a filter of its own (see ext_proc.bootstrap): Envoy
+# switches response processing on only when asked in answer to a headers message.
+
+
+def test_envoy_ignores_a_mode_override_sent_with_the_body_response(gateway: _Gateway) -> None:
+    status, _, body = gateway.chat("override-in-body")
+    assert status == 200, body
+    assert gateway.processor.streams[-1] == ["request_headers", "request_body"]
+
+
+def test_envoy_honours_a_mode_override_sent_with_the_headers_response(gateway: _Gateway) -> None:
+    status, _, body = gateway.chat("ok", path=OVERRIDE_IN_HEADERS_PATH)
+    assert status == 200, body
+    assert gateway.processor.streams[-1] == ["request_headers", "request_body", "response_headers"]

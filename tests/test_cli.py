@@ -12,7 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import anthropic
 import grpc
+import openai
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
@@ -85,6 +87,9 @@ def test_explain_prints_the_decision_and_masks_credentials(keys, capsys) -> None
     assert "x-archway-model: anthropic/claude-sonnet-4-5" in out
     assert "x-api-key: ***" in out
     assert SECRET not in out
+    # The explained request is an OpenAI one; Anthropic gets it translated.
+    assert "x-archway-translate: openai-to-anthropic" in out
+    assert "body:        translated from the openai API to the anthropic API" in out
 
 
 def test_explain_json_and_body_file(keys, tmp_path: Path, capsys) -> None:
@@ -95,6 +100,7 @@ def test_explain_json_and_body_file(keys, tmp_path: Path, capsys) -> None:
     assert decision["resolution"] == "default"
     assert decision["model"] == "openai/gpt-5.2"
     assert decision["set_headers"]["authorization"] == "Bearer ***"
+    assert decision["translation"] is None
 
 
 def test_explain_rejection_exits_2(keys, capsys) -> None:
@@ -163,6 +169,7 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         content = body["choices"][0]["message"]["content"]
         assert content.startswith("echo from anthropic")
         assert "model=claude-sonnet-4-5" in content and "x-api-key: ***" in content
+        _stream_both_ways(base)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         for child in children:
@@ -171,6 +178,22 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _stream_both_ways(base_url: str) -> None:
+    """Each SDK streams from a provider of the other API, translated."""
+    messages = [{"role": "user", "content": "hi"}]
+    gpt = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=10)
+    chunks = gpt.chat.completions.create(model="creative-model", messages=messages, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("echo from anthropic: POST /v1/messages")
+    claude = anthropic.Anthropic(
+        base_url=base_url.removesuffix("/v1"), api_key="k", max_retries=0, timeout=10
+    )
+    with claude.messages.stream(model="fast-model", max_tokens=64, messages=messages) as stream:
+        text = "".join(stream.text_stream)
+        assert stream.get_final_message().stop_reason == "end_turn"
+    assert text.startswith("echo from openai: POST /v1/chat/completions")
 
 
 def _is_zombie(pid: int) -> bool:

@@ -137,13 +137,18 @@ def test_provider_model_routes_to_openai(gw: Gateway) -> None:
 
 
 def test_provider_model_routes_to_anthropic(gw: Gateway) -> None:
-    headers, _ = chat(gw, "anthropic/claude-sonnet-4-5")
+    headers, completion = chat(gw, "anthropic/claude-sonnet-4-5")
     req = only_request(gw, "anthropic")
+    # Translated to Anthropic's native API (see test_e2e_translation.py).
+    assert req.path == "/v1/messages"
     assert req.json()["model"] == "claude-sonnet-4-5"
     assert req.headers["x-api-key"] == "sk-ant-test"
     assert req.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in req.headers
     assert headers["x-archway-provider"] == "anthropic"
+    assert completion.choices[0].message.content.startswith(
+        "echo from anthropic: POST /v1/messages"
+    )
 
 
 def test_alias_routes_to_its_target(gw: Gateway) -> None:
@@ -342,13 +347,21 @@ def test_bad_requests_get_openai_errors(gw, path, body, headers, method, status,
 def test_anthropic_client_errors_use_anthropic_shape(gw: Gateway) -> None:
     client = anthropic.Anthropic(base_url=gw.url, api_key="k", max_retries=0, timeout=10)
     with pytest.raises(anthropic.BadRequestError) as err:
-        client.messages.create(model="openai/gpt-5.2", max_tokens=8, messages=MESSAGES)
+        client.messages.create(model="anthropic/claude-opus-0", max_tokens=8, messages=MESSAGES)
     assert err.value.status_code == 400
     assert err.value.body["type"] == "error"
     assert err.value.body["error"]["type"] == "invalid_request_error"
-    with pytest.raises(anthropic.BadRequestError) as err:
-        client.messages.create(model="anthropic/claude-opus-0", max_tokens=8, messages=MESSAGES)
     assert "creative-model" in err.value.body["error"]["message"]
+    # A field the OpenAI API cannot honour is refused by name, not dropped.
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(
+            model="openai/gpt-5.2",
+            max_tokens=8,
+            messages=MESSAGES,
+            tools=[{"type": "web_search_20250305", "name": "web_search"}],
+        )
+    assert "web_search_20250305" in err.value.body["error"]["message"]
+    assert all(u.requests == [] for u in gw.upstreams.values())
 
 
 def test_gateway_keeps_serving_after_errors(gw: Gateway) -> None:

@@ -609,12 +609,15 @@ def test_the_header_routes_route_after_archway_decides(tmp_path: Path) -> None:
 
             # A client's own x-archway-cluster is stripped before Archway sets the real one.
             status, headers, _ = _post(
-                url, b'{"model": "claude-sonnet-4-5"}', {ROUTE_HEADER: "openai"}
+                url,
+                b'{"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}',
+                {ROUTE_HEADER: "openai"},
             )
             assert status == 200
             assert headers["x-archway-model"] == "anthropic/claude-sonnet-4-5"
             assert "x-archway-route" not in headers
-            assert [r.path for r in anthropic.requests] == ["/v1/chat/completions"]
+            # Translated to Anthropic's own API (issue 4).
+            assert [r.path for r in anthropic.requests] == ["/v1/messages"]
             assert anthropic.requests[0].headers["x-api-key"] == "sk-ant-test"
             assert anthropic.requests[0].headers["host"] == "127.0.0.1"
             assert openai.requests == []

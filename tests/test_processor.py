@@ -7,6 +7,7 @@ import json
 
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
     HttpHeaders,
@@ -184,13 +185,19 @@ def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
 
 
 def test_errors_on_messages_use_anthropic_shape() -> None:
-    status, body = immediate(run("/v1/messages", {"model": "openai/gpt-5.2"}))
+    status, body = immediate(run("/v1/messages", {"model": "openai/gpt-99"}))
     assert status == 400
     assert body == {
         "type": "error",
         "error": {"type": "invalid_request_error", "message": body["error"]["message"]},
     }
-    assert "/v1/chat/completions" in body["error"]["message"]
+    assert "openai/gpt-5.2" in body["error"]["message"]
+    # A request that cannot be translated says which field is the problem.
+    status, body = immediate(
+        run("/v1/messages", {"model": "openai/gpt-5.2", "max_tokens": 5, "messages": "hi"})
+    )
+    assert status == 400 and body["type"] == "error"
+    assert "'messages' must be a list" in body["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -234,3 +241,193 @@ def test_lone_surrogate_escapes_survive_a_model_rewrite() -> None:
     assert b"\\ud800" in new_body
     assert json.loads(new_body)["messages"][0]["content"] == "a\ud800b \u00e9"
     assert json.loads(new_body)["model"] == "gpt-5.2"
+
+
+# --- translation: request side -------------------------------------------------------
+
+
+def test_openai_client_to_anthropic_is_translated_to_native_messages() -> None:
+    resp = run(
+        "/v1/chat/completions",
+        {
+            "model": "anthropic/claude-sonnet-4-5",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+            ],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        {"authorization": "Bearer client", "accept-encoding": "gzip, br", "openai-project": "p"},
+    )
+    sets, removes = mutation(resp, "request_body")
+    assert sets[":path"] == "/v1/messages"
+    assert sets["x-archway-translate"] == "openai-to-anthropic;include-usage"
+    assert sets["x-api-key"] == "sk-anthropic-secret"
+    assert sets["anthropic-version"] == "2023-06-01"
+    assert sorted(removes) == ["accept-encoding", "authorization", "openai-project"]
+    body = resp.request_body.response.body_mutation.body
+    assert sets["content-length"] == str(len(body))
+    assert json.loads(body) == {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 4096,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+
+
+def test_anthropic_client_to_openai_is_translated_to_chat_completions() -> None:
+    resp = run(
+        "/v1/messages",
+        {"model": "fast-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        {"x-api-key": "client", "anthropic-version": "2023-06-01", "anthropic-beta": "x"},
+    )
+    sets, removes = mutation(resp, "request_body")
+    assert sets[":path"] == "/v1/chat/completions"
+    assert sets["x-archway-translate"] == "anthropic-to-openai"
+    assert sets["authorization"] == "Bearer sk-openai-secret"
+    assert sorted(removes) == ["anthropic-beta", "anthropic-version", "x-api-key"]
+    assert json.loads(resp.request_body.response.body_mutation.body) == {
+        "model": "gpt-5.2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_completion_tokens": 5,
+    }
+
+
+def test_passthrough_credentials_change_style_with_the_api() -> None:
+    resp = run(
+        "/v1/messages",
+        {"model": "mistral/mistral-large", "max_tokens": 5, "messages": []},
+        {"x-api-key": "client-own-key"},
+    )
+    sets, removes = mutation(resp, "request_body")
+    assert sets["authorization"] == "Bearer client-own-key"
+    assert removes == ["x-api-key"]
+    # Mistral is OpenAI-compatible but not OpenAI: the widely known field.
+    assert json.loads(resp.request_body.response.body_mutation.body)["max_tokens"] == 5
+
+
+def test_same_api_requests_carry_no_translation_header() -> None:
+    for path, body in (
+        ("/v1/chat/completions", {"model": "fast-model", "messages": []}),
+        ("/v1/messages", {"model": "anthropic/claude-sonnet-4-5", "max_tokens": 1}),
+    ):
+        sets, _ = mutation(run(path, body), "request_body")
+        assert "x-archway-translate" not in sets
+
+
+# --- translation: response side (the translation filter's own stream) ---------------
+
+
+def response_headers_msg(headers: dict[str, str], *, eos: bool = False) -> ProcessingRequest:
+    hv = [HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    return ProcessingRequest(
+        response_headers=HttpHeaders(headers=HeaderMap(headers=hv), end_of_stream=eos)
+    )
+
+
+def response_body_msg(body: bytes, *, eos: bool) -> ProcessingRequest:
+    return ProcessingRequest(response_body=HttpBody(body=body, end_of_stream=eos))
+
+
+def upstream_headers(content_type: str, status: int = 200, **extra: str) -> dict[str, str]:
+    return {
+        ":status": str(status),
+        "content-type": content_type,
+        "content-length": "123",
+        "x-archway-translate": "openai-to-anthropic",
+        **extra,
+    }
+
+
+def test_untranslated_response_is_left_alone() -> None:
+    resp = RequestProcessor(TABLE).handle(
+        response_headers_msg({":status": "200", "content-type": "application/json"})
+    )
+    assert resp.WhichOneof("response") == "response_headers"
+    assert not resp.HasField("mode_override")
+    assert not resp.response_headers.response.header_mutation.remove_headers
+
+
+def test_sse_response_is_streamed_and_translated_chunk_by_chunk() -> None:
+    p = RequestProcessor(TABLE)
+    resp = p.handle(response_headers_msg(upstream_headers("text/event-stream")))
+    assert resp.mode_override.response_body_mode == ProcessingMode.STREAMED
+    _, removes = mutation(resp, "response_headers")
+    assert sorted(removes) == ["content-length", "x-archway-translate"]
+
+    start = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+        b'"model":"claude-x","usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+    )
+    delta = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"caf\xc3\xa9"}}\n\n'
+    )
+    stream = start + delta + b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    cut = len(start) + delta.index(b"\xa9")  # inside the event, inside the "é"
+    first = p.handle(response_body_msg(stream[:cut], eos=False))
+    out = first.response_body.response.body_mutation.body
+    assert out.count(b"data: ") == 1 and b'"role":"assistant"' in out
+    second = p.handle(response_body_msg(stream[cut:], eos=True))
+    out = second.response_body.response.body_mutation.body
+    assert '"content":"café"'.encode() in out
+    assert out.endswith(b"data: [DONE]\n\n")
+
+
+def test_json_response_is_buffered_and_rewritten_with_its_length() -> None:
+    p = RequestProcessor(TABLE)
+    resp = p.handle(response_headers_msg(upstream_headers("application/json")))
+    assert resp.mode_override.response_body_mode == ProcessingMode.BUFFERED
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "model": "claude-x",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "max_tokens",
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+    resp = p.handle(response_body_msg(json.dumps(message).encode(), eos=True))
+    body = resp.response_body.response.body_mutation.body
+    sets, _ = mutation(resp, "response_body")
+    assert sets["content-length"] == str(len(body))
+    completion = json.loads(body)
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert completion["choices"][0]["message"]["content"] == "hi"
+
+
+def test_upstream_error_keeps_its_status_in_the_clients_shape() -> None:
+    p = RequestProcessor(TABLE)
+    resp = p.handle(response_headers_msg(upstream_headers("application/json", 529)))
+    assert resp.mode_override.response_body_mode == ProcessingMode.BUFFERED
+    sets, _ = mutation(resp, "response_headers")
+    assert sets["content-type"] == "application/json"
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    resp = p.handle(response_body_msg(json.dumps(error).encode(), eos=True))
+    body = json.loads(resp.response_body.response.body_mutation.body)
+    assert body == {
+        "error": {
+            "message": "Overloaded",
+            "type": "server_error",
+            "param": None,
+            "code": "overloaded_error",
+        }
+    }
+
+
+def test_compressed_upstream_body_is_a_502_in_the_clients_shape() -> None:
+    resp = RequestProcessor(TABLE).handle(
+        response_headers_msg(upstream_headers("application/json", **{"content-encoding": "gzip"}))
+    )
+    status, body = immediate(resp)
+    assert status == 502 and body["error"]["code"] == "upstream_encoding"
+
+
+def test_bodyless_translated_response_needs_no_body_phase() -> None:
+    resp = RequestProcessor(TABLE).handle(
+        response_headers_msg(upstream_headers("application/json", 204), eos=True)
+    )
+    assert not resp.HasField("mode_override")
+    _, removes = mutation(resp, "response_headers")
+    assert removes == ["x-archway-translate"]

@@ -1,0 +1,95 @@
+"""Helpers both translation directions share: compact JSON, data URLs, and
+reading an upstream error whatever shape it came in."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ext_proc.errors import GatewayError
+
+__all__ = [
+    "UpstreamError",
+    "as_dict",
+    "as_list",
+    "data_url",
+    "dumps",
+    "read_upstream_error",
+    "split_data_url",
+    "unsupported",
+]
+
+_ERROR_PREVIEW_CHARS = 500
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON that keeps non-ASCII text as is (smaller, and what providers send)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def unsupported(param: str, message: str) -> GatewayError:
+    """A request field the other API cannot honour: a 400 naming it, never a silent drop."""
+    return GatewayError(400, message, code="unsupported_parameter", param=param)
+
+
+def split_data_url(url: str) -> tuple[str, str] | None:
+    """``data:<media type>;base64,<data>`` as ``(media type, data)``, else ``None``."""
+    if not url.startswith("data:"):
+        return None
+    header, sep, data = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not sep or encoding != "base64" or not media_type:
+        return None
+    return media_type, data
+
+
+def data_url(media_type: str, data: str) -> str:
+    return f"data:{media_type};base64,{data}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamError:
+    """What an upstream error said, independent of its wire shape."""
+
+    message: str
+    kind: str | None
+    """OpenAI's ``code`` or ``type``, or Anthropic's ``error.type``."""
+    shape: str
+    """``openai``, ``anthropic`` or ``text`` (not a JSON error at all)."""
+
+
+def read_upstream_error(status: int, body: bytes) -> UpstreamError:
+    """Read an error body in OpenAI's shape, Anthropic's, or neither.
+
+    Envoy's own replies (upstream unreachable, timeout) arrive already in the
+    client's shape, so the caller can tell them apart by ``shape``.
+    """
+    try:
+        parsed = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        parsed = None
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            text = message if isinstance(message, str) and message else f"HTTP {status}"
+            if parsed.get("type") == "error":
+                kind = error.get("type")
+                return UpstreamError(text, kind if isinstance(kind, str) else None, "anthropic")
+            kind = error.get("code") or error.get("type")
+            return UpstreamError(text, kind if isinstance(kind, str) else None, "openai")
+        if isinstance(error, str) and error:
+            # Several OpenAI-compatible servers (Ollama, vLLM) answer {"error": "..."}.
+            return UpstreamError(error, None, "text")
+    text = body.decode("utf-8", "replace").strip()[:_ERROR_PREVIEW_CHARS]
+    message = f"The model provider answered HTTP {status}" + (f": {text}" if text else ".")
+    return UpstreamError(message, None, "text")
