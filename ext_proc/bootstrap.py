@@ -28,9 +28,17 @@ from typing import Any
 import yaml
 
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
+from ext_proc.headers import (
+    CLIENT_DECISION_HEADERS,
+    CLIENT_PATH_HEADER,
+    ROUTE_HEADER,
+    TRANSLATE_HEADER,
+    UPSTREAM_PHASE,
+    UPSTREAM_PHASE_KEY,
+)
 from ext_proc.health import EXT_PROC_SERVICE
-from ext_proc.providers import Upstream, upstream_for
+from ext_proc.providers import Upstream, failover_cluster_name, upstream_for
+from ext_proc.resolve import build_routing_table, failover_chains
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -54,16 +62,6 @@ TRANSLATION_FILTER = "archway.translate"
 
 TRANSLATION_STAT_PREFIX = "translate"
 """Its stats: ``http.<listener>.ext_proc.translate.streams_started`` and so on."""
-
-CLIENT_PATH_HEADER = "x-envoy-archway-client-path"
-"""The path the client asked for, copied before ext_proc runs.
-
-The ext_proc server rewrites ``:path`` to the upstream's path (an OpenAI client
-routed to Anthropic ends up on ``/v1/messages``), so Envoy's error replies pick
-the client's error shape from this copy instead. It is set with overwrite (a
-client cannot forge it), and the ``x-envoy-`` prefix keeps it out of the
-ext_proc server's reach: Envoy refuses ext_proc mutations of ``x-envoy-*``
-headers by default, and the server strips only ``x-archway-*``."""
 
 BUFFER_HEADROOM_BYTES = 256 * 1024
 """Added to ``max_request_body_bytes`` for buffers that also hold headers, gRPC
@@ -121,6 +119,21 @@ _T_DOWNSTREAM_CONNECTIONS = (
 _T_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _T_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_T_PREVIOUS_PRIORITIES = (
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+    "PreviousPrioritiesConfig"
+)
+_T_UPSTREAM_CODEC = (
+    "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+)
+_TLS_MATCH_KEY = "archway_upstream"
+"""Endpoint metadata key that picks each failover endpoint's own TLS setup."""
+_RAW_BUFFER: dict[str, Any] = {
+    "name": "envoy.transport_sockets.raw_buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+    },
+}
 
 ACCESS_LOG_FORMAT: dict[str, str] = {
     "start_time": "%START_TIME%",
@@ -199,11 +212,15 @@ def bootstrap_dict(
         _upstream_cluster(upstream, config.overrides, gateway)
         for upstream in _distinct_upstreams(config)
     ]
+    clusters += [
+        _failover_cluster(name, chain, config.overrides, gateway)
+        for name, chain in failover_chains(build_routing_table(config)).items()
+    ]
     return {
         "admin": {"address": _socket_address(gateway.admin_address, admin)},
         "overload_manager": _overload_manager(),
         "static_resources": {
-            "listeners": [_listener(listener, gateway) for listener in config.listeners],
+            "listeners": [_listener(listener, config) for listener in config.listeners],
             "clusters": clusters,
         },
     }
@@ -266,7 +283,8 @@ def _overload_manager() -> dict[str, Any]:
 # --- listeners -----------------------------------------------------------------
 
 
-def _listener(listener: Listener, gateway: GatewaySettings) -> dict[str, Any]:
+def _listener(listener: Listener, config: Config) -> dict[str, Any]:
+    gateway = config.gateway
     return {
         "name": listener.name,
         "address": _socket_address(listener.address, listener.port),
@@ -276,7 +294,7 @@ def _listener(listener: Listener, gateway: GatewaySettings) -> dict[str, Any]:
                 "filters": [
                     {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _http_connection_manager(listener, gateway),
+                        "typed_config": _http_connection_manager(listener, config),
                     }
                 ]
             }
@@ -284,7 +302,8 @@ def _listener(listener: Listener, gateway: GatewaySettings) -> dict[str, Any]:
     }
 
 
-def _http_connection_manager(listener: Listener, gateway: GatewaySettings) -> dict[str, Any]:
+def _http_connection_manager(listener: Listener, config: Config) -> dict[str, Any]:
+    gateway = config.gateway
     # The idle timeout must not fire before the route timeout does: a reasoning
     # model can think for minutes before its first byte.
     idle_s = max(listener.timeout_s + 5.0, _MIN_STREAM_IDLE_TIMEOUT_S)
@@ -295,7 +314,7 @@ def _http_connection_manager(listener: Listener, gateway: GatewaySettings) -> di
         "stream_idle_timeout": _duration(idle_s),
         "request_timeout": _duration(_REQUEST_RECEIVE_TIMEOUT_S),
         "access_log": [_access_log()],
-        "route_config": _route_config(listener),
+        "route_config": _route_config(listener, config),
         "local_reply_config": _local_reply_config(gateway),
         "http_filters": [
             _client_path_filter(),
@@ -324,6 +343,22 @@ def _client_path_filter() -> dict[str, Any]:
             },
         },
     }
+
+
+def _ext_proc_grpc_service(gateway: GatewaySettings, *, upstream: bool) -> dict[str, Any]:
+    service: dict[str, Any] = {
+        "envoy_grpc": {
+            "cluster_name": EXT_PROC_CLUSTER,
+            # A body mutation carries the whole rewritten body in one
+            # message; gRPC's 4 MiB default would fail larger ones.
+            "max_receive_message_length": buffer_limit_bytes(gateway),
+        },
+    }
+    if upstream:
+        # One server, two roles: this stream metadata tells the server that the
+        # stream is a retry attempt in a failover cluster, not a new request.
+        service["initial_metadata"] = [{"key": UPSTREAM_PHASE_KEY, "value": UPSTREAM_PHASE}]
+    return service
 
 
 def _ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
@@ -373,39 +408,68 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
     }
 
 
-def _ext_proc_service(gateway: GatewaySettings) -> dict[str, Any]:
+def _ext_proc_service(gateway: GatewaySettings, *, upstream: bool = False) -> dict[str, Any]:
     return {
         "@type": _T_EXT_PROC,
-        "grpc_service": {
-            "envoy_grpc": {
-                "cluster_name": EXT_PROC_CLUSTER,
-                # A body mutation carries a whole body in one message; gRPC's
-                # 4 MiB default would fail larger ones.
-                "max_receive_message_length": buffer_limit_bytes(gateway),
-            },
-        },
+        "grpc_service": _ext_proc_grpc_service(gateway, upstream=upstream),
         "failure_mode_allow": gateway.failure_mode_allow,
         "message_timeout": _duration(gateway.message_timeout_s),
     }
 
 
-def _route_config(listener: Listener) -> dict[str, Any]:
-    echo = [_echo_request_header(name) for name in CLIENT_DECISION_HEADERS]
-    action = {
+def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
+    # ADD_IF_ABSENT: when a fallback answered, the upstream processor already put
+    # the model that did on the response, and it must not be overwritten.
+    echo = [_echo_request_header(name, "ADD_IF_ABSENT") for name in CLIENT_DECISION_HEADERS]
+    chains = failover_chains(build_routing_table(config))
+    default_action = {
         "cluster_header": ROUTE_HEADER,
         "timeout": _duration(listener.timeout_s),
         "auto_host_rewrite": True,
     }
-    # Chosen again after the routing filter's body phase (it clears the route
-    # cache), so this route sees the translation header that phase set.
-    translated = {
+    # Special clusters first (failover retries, per-provider timeouts), matched
+    # on the cluster Archway chose; then every other cluster by the header.
+    actions: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [
+        *(
+            (_cluster_match(name), _failover_action(chain, listener, config))
+            for name, chain in chains.items()
+        ),
+        *(
+            (_cluster_match(cluster), _timeout_action(cluster, timeout_s))
+            for cluster, timeout_s in _provider_timeouts(config).items()
+        ),
+        ([], default_action),
+    ]
+    routes: list[dict[str, Any]] = []
+    for headers, action in actions:
+        routes.append(_translated_route(headers, action))
+        match: dict[str, Any] = {"prefix": "/", "headers": headers} if headers else {"prefix": "/"}
+        routes.append({"match": match, "route": action})
+    virtual_host: dict[str, Any] = {"name": "llm", "domains": ["*"], "routes": routes}
+    if chains:
+        # The upstream processor tells each retry's model by its attempt number.
+        virtual_host["include_request_attempt_count"] = True
+    return {
+        "name": f"{listener.name}_routes",
+        "virtual_hosts": [virtual_host],
+        "response_headers_to_add": echo,
+    }
+
+
+def _translated_route(headers: list[dict[str, Any]], action: dict[str, Any]) -> dict[str, Any]:
+    """The same route for requests Archway translates: chosen again after the
+    routing filter's body phase (it clears the route cache), so it sees the
+    translation header that phase set, and turns the translation filter on."""
+    return {
         "match": {
             "prefix": "/",
-            "headers": [{"name": TRANSLATE_HEADER, "present_match": True}],
+            "headers": [*headers, {"name": TRANSLATE_HEADER, "present_match": True}],
         },
         "route": dict(action),
         # The translation filter reads the direction from the response.
-        "response_headers_to_add": [_echo_request_header(TRANSLATE_HEADER)],
+        "response_headers_to_add": [
+            _echo_request_header(TRANSLATE_HEADER, "OVERWRITE_IF_EXISTS_OR_ADD")
+        ],
         "typed_per_filter_config": {
             TRANSLATION_FILTER: {
                 "@type": _T_EXT_PROC_PER_ROUTE,
@@ -413,19 +477,61 @@ def _route_config(listener: Listener) -> dict[str, Any]:
             }
         },
     }
-    untranslated = {"match": {"prefix": "/"}, "route": action}
+
+
+def _echo_request_header(name: str, append_action: str) -> dict[str, Any]:
     return {
-        "name": f"{listener.name}_routes",
-        "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": [translated, untranslated]}],
-        "response_headers_to_add": echo,
+        "header": {"key": name, "value": f"%REQ({name})%"},
+        "append_action": append_action,
+        "keep_empty_value": False,
     }
 
 
-def _echo_request_header(name: str) -> dict[str, Any]:
+def _cluster_match(cluster: str) -> list[dict[str, Any]]:
+    # Matched after the ext_proc server set the header and cleared the route
+    # cache; a client's own copy was stripped before that.
+    return [{"name": ROUTE_HEADER, "string_match": {"exact": cluster}}]
+
+
+def _provider_timeouts(config: Config) -> dict[str, float]:
+    """Per upstream cluster, the longest per-provider timeout set on it."""
+    out: dict[str, float] = {}
+    for provider in config.providers:
+        if provider.timeout_s is not None:
+            cluster = upstream_for(provider).cluster
+            out[cluster] = max(out.get(cluster, 0.0), provider.timeout_s)
+    return out
+
+
+def _timeout_action(cluster: str, timeout_s: float) -> dict[str, Any]:
+    return {"cluster": cluster, "timeout": _duration(timeout_s), "auto_host_rewrite": True}
+
+
+def _failover_action(
+    chain: tuple[Upstream, ...], listener: Listener, config: Config
+) -> dict[str, Any]:
+    """Retries that walk the failover cluster's priority levels, one per attempt."""
+    timeouts = _provider_timeouts(config)
+    retry: dict[str, Any] = {
+        # Connect failures, resets, 5xx and 429: what a fallback can fix.
+        "retry_on": "connect-failure,refused-stream,reset,5xx,retriable-status-codes",
+        "retriable_status_codes": [429],
+        "num_retries": len(chain) - 1,
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": _T_PREVIOUS_PRIORITIES, "update_frequency": 1},
+        },
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+    }
+    if any(u.cluster in timeouts for u in chain):
+        per_try = max(timeouts.get(u.cluster, listener.timeout_s) for u in chain)
+        retry["per_try_timeout"] = _duration(per_try)
     return {
-        "header": {"key": name, "value": f"%REQ({name})%"},
-        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        "keep_empty_value": False,
+        "cluster": failover_cluster_name(tuple(u.cluster for u in chain)),
+        # Every attempt may take its full time.
+        "timeout": _duration(listener.timeout_s * len(chain)),
+        "auto_host_rewrite": True,
+        "retry_policy": retry,
     }
 
 
@@ -665,6 +771,97 @@ def _upstream_cluster(
     if upstream.tls:
         cluster["transport_socket"] = _upstream_tls(upstream, overrides)
     return cluster
+
+
+def _failover_cluster(
+    name: str, chain: tuple[Upstream, ...], overrides: Overrides, gateway: GatewaySettings
+) -> dict[str, Any]:
+    """A cluster whose priority levels are a model and its fallbacks, in order.
+
+    Envoy's retry moves one priority down per attempt; the ext_proc filter in the
+    cluster's upstream filter chain rewrites model, path and credentials for the
+    endpoint each attempt goes to. Each endpoint picks its own TLS setup (SNI,
+    SAN) by metadata, since one chain may span providers.
+    """
+    priorities = []
+    for priority, upstream in enumerate(chain):
+        endpoint = {
+            "address": _socket_address(upstream.host, upstream.port),
+            "hostname": upstream.host_header,
+        }
+        priorities.append(
+            {
+                "priority": priority,
+                "lb_endpoints": [
+                    {
+                        "endpoint": endpoint,
+                        "metadata": {
+                            "filter_metadata": {
+                                "envoy.transport_socket_match": {_TLS_MATCH_KEY: upstream.cluster}
+                            }
+                        },
+                    }
+                ],
+            }
+        )
+    sockets: dict[str, dict[str, Any]] = {}
+    for upstream in chain:
+        sockets.setdefault(
+            upstream.cluster,
+            {
+                "name": upstream.cluster,
+                "match": {_TLS_MATCH_KEY: upstream.cluster},
+                "transport_socket": _upstream_tls(upstream, overrides)
+                if upstream.tls
+                else _RAW_BUFFER,
+            },
+        )
+    any_dns = any(not _is_ip(u.host) for u in chain)
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STRICT_DNS" if any_dns else "STATIC",
+        "connect_timeout": _duration(overrides.upstream_connect_timeout_s),
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(gateway),
+        "load_assignment": {"cluster_name": name, "endpoints": priorities},
+        "transport_socket_matches": list(sockets.values()),
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {
+                "@type": _T_HTTP_OPTIONS,
+                # HTTP/1.1: one protocol every endpoint of a mixed chain speaks.
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    _upstream_ext_proc_filter(gateway),
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {"@type": _T_UPSTREAM_CODEC},
+                    },
+                ],
+            }
+        },
+    }
+    if any_dns:
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
+
+
+def _upstream_ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            **_ext_proc_service(gateway, upstream=True),
+            # The server skips the body on a first attempt and asks for the
+            # response headers only when a fallback answers.
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "allow_mode_override": True,
+        },
+    }
 
 
 def _upstream_http_options(tls: bool) -> dict[str, Any]:

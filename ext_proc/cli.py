@@ -284,7 +284,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "resolution": d.resolution.value,
             "alias": d.alias,
             "route": d.route,
-            "cluster": d.upstream.cluster,
+            "cluster": d.cluster,
+            "fallbacks": list(d.fallbacks),
             "set_headers": dict(headers),
             "remove_headers": list(plan.remove_headers),
             "body_rewritten": plan.body is not None,
@@ -295,7 +296,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(f"requested:   {d.requested!r}")
     print(f"resolution:  {d.resolution.value}" + (f" (alias {d.alias})" if d.alias else ""))
     print(f"model:       {d.model} (sent upstream as {d.upstream_model!r})")
-    print(f"upstream:    {_origin(d.upstream)} [cluster {d.upstream.cluster}]")
+    print(f"upstream:    {_origin(d.upstream)} [cluster {d.cluster}]")
+    if d.fallbacks:
+        print(f"fallbacks:   {', '.join(d.fallbacks)} (on connect failure, 429 or 5xx)")
     print("headers set:")
     for k, v in headers:
         print(f"  {k}: {v}")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 __all__ = [
     "CLIENT_DECISION_HEADERS",
+    "CLIENT_PATH_HEADER",
+    "DECISION_FALLBACK",
     "DECISION_MODEL",
     "DECISION_PROVIDER",
     "DECISION_RESOLUTION",
     "DECISION_ROUTE",
+    "FALLBACK_CHAIN",
     "INTERNAL_PREFIX",
     "ROUTE_HEADER",
     "TRANSLATE_HEADER",
+    "UPSTREAM_PHASE",
+    "UPSTREAM_PHASE_KEY",
 ]
 
 INTERNAL_PREFIX = "x-archway-"
@@ -28,6 +33,12 @@ DECISION_MODEL = "x-archway-model"
 DECISION_PROVIDER = "x-archway-provider"
 DECISION_RESOLUTION = "x-archway-resolution"
 DECISION_ROUTE = "x-archway-route"
+DECISION_FALLBACK = "x-archway-fallback"
+"""On the response, when a fallback answered: how many models failed before it."""
+
+FALLBACK_CHAIN = "x-archway-fallbacks"
+"""Set by the ext_proc server on requests whose model has fallbacks: the model of
+each attempt, space-separated, primary first. Read by the upstream processor."""
 
 CLIENT_DECISION_HEADERS = (
     DECISION_MODEL,
@@ -38,3 +49,18 @@ CLIENT_DECISION_HEADERS = (
 """Set on the request by the ext_proc server; Envoy's route copies them onto the
 response (``%REQ(...)%``) so the client sees the decision without a second
 ext_proc round trip."""
+
+CLIENT_PATH_HEADER = "x-envoy-archway-client-path"
+"""The path the client asked for, copied by Envoy before ext_proc runs.
+
+The ext_proc server rewrites ``:path`` to the upstream's path (an OpenAI client
+routed to Anthropic ends up on ``/v1/messages``), so Envoy's error replies and
+the upstream processor pick the client's API from this copy instead. It is set
+with overwrite (a client cannot forge it), and the ``x-envoy-`` prefix keeps it
+out of the ext_proc server's reach: Envoy refuses ext_proc mutations of
+``x-envoy-*`` headers by default, and the server strips only ``x-archway-*``."""
+
+UPSTREAM_PHASE_KEY = "x-archway-phase"
+UPSTREAM_PHASE = "upstream"
+"""gRPC stream metadata the ext_proc filter in a failover cluster's upstream filter
+chain sends: its streams are retry attempts, handled by the upstream processor."""

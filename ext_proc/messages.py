@@ -25,6 +25,7 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 
 __all__ = [
     "ResponseBodyMode",
+    "attempt_headers_response",
     "body_response",
     "header_map",
     "headers_response",
@@ -100,6 +101,38 @@ def headers_response(
     """Continue after the request headers, optionally changing some."""
     common = CommonResponse(header_mutation=_mutation(set_headers, remove_headers))
     return ProcessingResponse(request_headers=HeadersResponse(response=common))
+
+
+_UPSTREAM_FIRST_ATTEMPT = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND,
+    response_header_mode=ProcessingMode.SKIP,
+    request_body_mode=ProcessingMode.NONE,
+    response_body_mode=ProcessingMode.NONE,
+    request_trailer_mode=ProcessingMode.SKIP,
+    response_trailer_mode=ProcessingMode.SKIP,
+)
+"""A first attempt already carries what the routing filter decided."""
+_UPSTREAM_RETRY = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND,
+    response_header_mode=ProcessingMode.SEND,
+    request_body_mode=ProcessingMode.BUFFERED,
+    response_body_mode=ProcessingMode.NONE,
+    request_trailer_mode=ProcessingMode.SKIP,
+    response_trailer_mode=ProcessingMode.SKIP,
+)
+"""A retry needs its body's model rewritten, and reports its model on the response."""
+
+
+def attempt_headers_response(
+    set_headers: Iterable[tuple[str, str]],
+    remove_headers: Iterable[str],
+    *,
+    retry: bool,
+) -> ProcessingResponse:
+    """Continue after an upstream attempt's request headers (failover clusters)."""
+    response = headers_response(set_headers, remove_headers)
+    response.mode_override.CopyFrom(_UPSTREAM_RETRY if retry else _UPSTREAM_FIRST_ATTEMPT)
+    return response
 
 
 def body_response(

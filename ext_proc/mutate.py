@@ -22,6 +22,7 @@ from ext_proc.headers import (
     DECISION_PROVIDER,
     DECISION_RESOLUTION,
     DECISION_ROUTE,
+    FALLBACK_CHAIN,
     ROUTE_HEADER,
     TRANSLATE_HEADER,
 )
@@ -36,6 +37,8 @@ __all__ = [
     "parse_body",
     "plan_request",
     "requested_model",
+    "rewrite_model",
+    "upstream_headers",
 ]
 
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
@@ -118,14 +121,41 @@ def requested_model(body: Mapping[str, Any]) -> str | None:
 def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
     """The headers that tell Envoy where to route and the client what was decided."""
     out = [
-        (ROUTE_HEADER, decision.upstream.cluster),
+        (ROUTE_HEADER, decision.cluster),
         (DECISION_MODEL, decision.model),
         (DECISION_PROVIDER, decision.provider.provider),
         (DECISION_RESOLUTION, decision.resolution.value),
     ]
     if decision.route is not None:
         out.append((DECISION_ROUTE, decision.route))
+    if decision.fallbacks:
+        # Read by the upstream processor on a retry: which model each attempt is for.
+        out.append((FALLBACK_CHAIN, " ".join((decision.model, *decision.fallbacks))))
     return tuple(out)
+
+
+def upstream_headers(
+    decision: RoutingDecision, headers: Mapping[str, str]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``:path`` (the provider's native API) and credentials for sending a request
+    to the decision's provider: headers to set, and the client's (or an earlier
+    attempt's) credentials to drop."""
+    provider = decision.provider
+    spec = spec_for(provider)
+    api = spec.api if spec else WireAPI.OPENAI
+    set_headers = [(":path", request_path(provider, decision.upstream, api))]
+    remove: list[str] = []
+    if not provider.passthrough_auth:
+        remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
+    pinned = {name for name, _ in spec.static_headers} if spec else set()
+    for name, value in auth_headers(provider):
+        # A client's own anthropic-version wins over the catalog's pin, so SDKs
+        # that need a newer version get it; credentials never yield.
+        if name in pinned and name in headers:
+            continue
+        set_headers.append((name, value))
+    replaced = {name for name, _ in set_headers}
+    return set_headers, [h for h in remove if h not in replaced]
 
 
 def plan_request(
@@ -145,17 +175,8 @@ def plan_request(
     client_api = endpoint.api
 
     set_headers = list(decision_headers(decision))
-    set_headers.append((":path", request_path(provider, decision.upstream, provider_api)))
-    remove: list[str] = []
-    if not provider.passthrough_auth:
-        remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
-    pinned = {name for name, _ in spec.static_headers} if spec else set()
-    for name, value in auth_headers(provider):
-        # A client's own anthropic-version wins over the catalog's pin, so SDKs
-        # that need a newer version get it; credentials never yield.
-        if name in pinned and name in headers:
-            continue
-        set_headers.append((name, value))
+    upstream_set, remove = upstream_headers(decision, headers)
+    set_headers.extend(upstream_set)
 
     translation: TranslationContext | None = None
     new_body: bytes | None = None
@@ -174,14 +195,21 @@ def plan_request(
         if provider.passthrough_auth:
             _passthrough_credentials(headers, provider_api, set_headers, remove)
         new_body = _encode(translated)
-    elif parsed.get("model") != decision.upstream_model:
-        parsed["model"] = decision.upstream_model
-        new_body = _encode(parsed)
+    else:
+        new_body = rewrite_model(parsed, decision.upstream_model)
     if new_body is not None:
         set_headers.append(("content-length", str(len(new_body))))
     set_names = {name for name, _ in set_headers}
     remove = [h for h in remove if h not in set_names]
     return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body, translation)
+
+
+def rewrite_model(body: dict[str, Any], model: str) -> bytes | None:
+    """The body with ``model`` set, or ``None`` when it already says ``model``."""
+    if body.get("model") == model:
+        return None
+    body["model"] = model
+    return _encode(body)
 
 
 def _encode(body: Mapping[str, Any]) -> bytes:

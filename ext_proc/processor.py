@@ -137,7 +137,7 @@ class RequestProcessor:
                 d.requested,
                 d.model,
                 d.resolution.value,
-                d.upstream.cluster,
+                d.cluster,
             )
         return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
 

@@ -21,6 +21,7 @@ __all__ = [
     "Upstream",
     "WireAPI",
     "auth_headers",
+    "failover_cluster_name",
     "request_path",
     "spec_for",
     "upstream_for",
@@ -183,3 +184,9 @@ def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:
         out.extend(spec.static_headers)
     out.extend((k.lower(), v) for k, v in provider.headers)
     return tuple(out)
+
+
+def failover_cluster_name(clusters: tuple[str, ...]) -> str:
+    """The cluster whose priority levels are ``clusters``, in order: one per
+    distinct chain of upstream endpoints, named so the access log reads well."""
+    return "failover_" + "__".join(clusters)

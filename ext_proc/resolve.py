@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from ext_proc.config import Config, ProviderConfig
 from ext_proc.errors import GatewayError
-from ext_proc.providers import Upstream, upstream_for
+from ext_proc.providers import Upstream, failover_cluster_name, upstream_for
 
 __all__ = [
     "AUTO_MODELS",
@@ -29,6 +29,7 @@ __all__ = [
     "RoutingDecision",
     "RoutingTable",
     "build_routing_table",
+    "failover_chains",
     "resolve_model",
 ]
 
@@ -61,6 +62,11 @@ class RoutingDecision:
     alias: str | None = None
     route: str | None = None
     """The preference route chosen or the reason it was not (``other``, ``error``)."""
+    fallbacks: tuple[str, ...] = ()
+    """Models (``provider/model``) Envoy tries, in order, if this one fails."""
+    cluster: str = ""
+    """The cluster Envoy routes to: the upstream's, or the failover cluster whose
+    priority levels are this model's upstream and then each fallback's."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class RoutingTable:
     upstreams: dict[str, Upstream]
     """Keyed by ``ProviderConfig.model``."""
     aliases: dict[str, str] = field(default_factory=dict)
+    alias_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     routes: dict[str, str] = field(default_factory=dict)
     """Preference route name -> the model that serves it."""
 
@@ -104,6 +111,7 @@ def build_routing_table(config: Config) -> RoutingTable:
         by_bare_id={k: tuple(v) for k, v in bare.items()},
         upstreams={p.model: upstream_for(p) for p in config.providers},
         aliases=dict(config.aliases),
+        alias_fallbacks=dict(config.alias_fallbacks),
         routes=routes,
     )
 
@@ -214,6 +222,27 @@ def _wildcard_id(model_id: str) -> str:
     return model_id
 
 
+def _chain(
+    table: RoutingTable, first: Upstream, fallbacks: tuple[str, ...]
+) -> tuple[Upstream, ...]:
+    return (first, *(table.upstreams[_lookup(table, name)[0].model] for name in fallbacks))
+
+
+def failover_chains(table: RoutingTable) -> dict[str, tuple[Upstream, ...]]:
+    """Every failover cluster the config needs: its name, and the upstream of each
+    priority level (the model's own first, then each fallback's), in order."""
+    heads: list[tuple[ProviderConfig, tuple[str, ...]]] = [
+        (p, p.fallbacks) for p in table.config.providers if p.fallbacks
+    ]
+    for alias, fallbacks in table.alias_fallbacks.items():
+        heads.append((_lookup(table, table.aliases[alias])[0], fallbacks))
+    chains: dict[str, tuple[Upstream, ...]] = {}
+    for provider, fallbacks in heads:
+        chain = _chain(table, table.upstreams[provider.model], fallbacks)
+        chains.setdefault(failover_cluster_name(tuple(u.cluster for u in chain)), chain)
+    return chains
+
+
 def _listing(table: RoutingTable) -> str:
     names = table.available()
     shown = ", ".join(names[:_MAX_LISTED])
@@ -232,13 +261,24 @@ def _decision(
     alias: str | None = None,
     route: str | None = None,
 ) -> RoutingDecision:
+    upstream = table.upstreams[provider.model]
+    fallbacks = (
+        table.alias_fallbacks.get(alias, provider.fallbacks) if alias else provider.fallbacks
+    )
+    cluster = upstream.cluster
+    if fallbacks:
+        cluster = failover_cluster_name(
+            tuple(u.cluster for u in _chain(table, upstream, fallbacks))
+        )
     return RoutingDecision(
         provider=provider,
-        upstream=table.upstreams[provider.model],
+        upstream=upstream,
         model=f"{provider.provider}/{model_id}",
         upstream_model=model_id,
         resolution=resolution,
         requested=requested,
         alias=alias,
         route=route,
+        fallbacks=fallbacks,
+        cluster=cluster,
     )

@@ -18,6 +18,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from ext_proc.config import Config
+from ext_proc.failover import AttemptProcessor
+from ext_proc.headers import UPSTREAM_PHASE, UPSTREAM_PHASE_KEY
 from ext_proc.health import DEFAULT_DRAIN_S, ServerHealth
 from ext_proc.processor import RequestProcessor
 from ext_proc.reload import ConfigReloader
@@ -42,7 +44,11 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ProcessingResponse]:
-        processor = RequestProcessor(self.table)
+        processor: RequestProcessor | AttemptProcessor
+        if (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in (context.invocation_metadata() or ()):
+            processor = AttemptProcessor(self.table)
+        else:
+            processor = RequestProcessor(self.table)
         async for request in request_iterator:
             yield await processor.handle(request)
 
