@@ -361,13 +361,17 @@ def _ext_proc_grpc_service(gateway: GatewaySettings, *, upstream: bool) -> dict[
     return service
 
 
-def _ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
+def _ext_proc_filter(gateway: GatewaySettings, *, upstream: bool = False) -> dict[str, Any]:
+    """The routing filter, or (``upstream``) its twin in a failover cluster's
+    upstream filter chain, which sees each retry attempt."""
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            **_ext_proc_service(gateway),
+            **_ext_proc_service(gateway, upstream=upstream),
             # Routing needs the headers and the whole body (the model is in the body).
-            # Responses are the translation filter's business.
+            # Responses are the translation filter's business. Upstream, the server
+            # skips the body of a first attempt and asks for the response headers
+            # only when a fallback answers, by mode overrides.
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
@@ -830,7 +834,7 @@ def _failover_cluster(
                 # HTTP/1.1: one protocol every endpoint of a mixed chain speaks.
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _upstream_ext_proc_filter(gateway),
+                    _ext_proc_filter(gateway, upstream=True),
                     {
                         "name": "envoy.filters.http.upstream_codec",
                         "typed_config": {"@type": _T_UPSTREAM_CODEC},
@@ -842,26 +846,6 @@ def _failover_cluster(
     if any_dns:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
-
-
-def _upstream_ext_proc_filter(gateway: GatewaySettings) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            **_ext_proc_service(gateway, upstream=True),
-            # The server skips the body on a first attempt and asks for the
-            # response headers only when a fallback answers.
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SKIP",
-                "response_body_mode": "NONE",
-                "response_trailer_mode": "SKIP",
-            },
-            "allow_mode_override": True,
-        },
-    }
 
 
 def _upstream_http_options(tls: bool) -> dict[str, Any]:

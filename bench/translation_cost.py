@@ -1,6 +1,6 @@
 """What response translation costs, measured through a real Envoy on loopback.
 
-    python -m benchmarks.translation_cost [--requests 200]
+    python -m bench.translation_cost [--requests 200]
 
 Starts echo providers, the ext_proc server and two Envoys that differ only in
 the response-translation filter and its route: ``with`` is what Archway renders,
