@@ -317,6 +317,8 @@ _ROUTER_HINT = (
     "set router.model_path to a converted Arch-Router directory (archway router convert)"
 )
 _OVERRIDE_IGNORED["llm_routing_model"] = _ROUTER_HINT
+# The names ext_proc.router gives to "no route" (config knows nothing of that package).
+_RESERVED_ROUTES = ("other", "error", "timeout")
 _ROUTER_COMMON_KEYS = ("backend", "model_path", "timeout", "token_budget", "max_messages")
 _ROUTER_BACKEND_KEYS: dict[str, tuple[str, ...]] = {
     "arch_router": (
@@ -1460,6 +1462,15 @@ class _Loader:
                 )
         seen: dict[str, _PreferenceEntry] = {}
         for pref in entries:
+            if pref.name in _RESERVED_ROUTES:
+                self.error(
+                    pref.line,
+                    pref.path,
+                    f"{pref.name!r} is reserved: the router answers it when no route fits "
+                    "or it fails",
+                    "rename the routing preference",
+                )
+                continue
             first = seen.get(pref.name)
             if first is not None:
                 self.error(

@@ -1184,6 +1184,14 @@ def test_router_without_preferences_warns(tmp_path: Path) -> None:
     )
 
 
+def test_reserved_route_names_are_refused(tmp_path: Path) -> None:
+    found = problem(tmp_path, MINIMAL + PREFERENCES.replace("code generation", "other"))
+    assert found == (
+        f"{where(tmp_path, 5, 'routing_preferences[0].name')}'other' is reserved: the router "
+        "answers it when no route fits or it fails; rename the routing preference"
+    )
+
+
 def test_plano_routing_section_points_at_the_router_section(tmp_path: Path) -> None:
     config = load(tmp_path, MINIMAL + "routing:\n  model: Arch-Router\n")
     assert config.warnings == (
