@@ -136,9 +136,10 @@ class ArchRouterOptions:
     device: str = "auto"
     compute_type: str = "auto"
     """CTranslate2's: ``auto`` takes the fastest the device supports (int8 on a CPU)."""
-    intra_threads: int = 1
-    """Threads per generation. One is the fastest for a small model on a small CPU:
-    a 1.5B model's matrices are too small to pay for splitting them."""
+    intra_threads: int = 0
+    """Threads per generation; 0 lets CTranslate2 use one per core. On the 1.5B
+    shape two threads beat one on a 2-core machine (bench/router_bench.py); one is
+    better for tiny models, or when other processes need the cores."""
     max_batch_size: int | None = None
     """``None``: 8 on a GPU, 1 on a CPU. A CPU's prefill is compute-bound, and
     CTranslate2 decodes the part of longer prompts past the shortest one token by
