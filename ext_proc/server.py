@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +24,8 @@ from ext_proc.health import DEFAULT_DRAIN_S, ServerHealth
 from ext_proc.processor import RequestProcessor
 from ext_proc.reload import ConfigReloader
 from ext_proc.resolve import RoutingTable, build_routing_table
+from ext_proc.router.factory import build_router
+from ext_proc.router.service import ConfiguredRouter
 
 __all__ = ["ExternalProcessor", "RunningServer", "serve_forever", "start_server"]
 
@@ -36,8 +38,9 @@ _MESSAGE_OVERHEAD = 1024 * 1024
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     """``envoy.service.ext_proc.v3.ExternalProcessor``, routing LLM requests."""
 
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(self, table: RoutingTable, router: ConfiguredRouter | None = None) -> None:
         self.table = table
+        self.router = router
 
     async def Process(
         self,
@@ -48,7 +51,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         if (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in (context.invocation_metadata() or ()):
             processor = AttemptProcessor(self.table)
         else:
-            processor = RequestProcessor(self.table)
+            processor = RequestProcessor(self.table, self.router)
         async for request in request_iterator:
             yield await processor.handle(request)
 
@@ -67,6 +70,10 @@ class RunningServer:
             await self.reloader.stop()
         await self.health.draining()
         await self.server.stop(grace_s)
+        # After the streams drain: no request is left waiting on the router.
+        router, self.servicer.router = self.servicer.router, None
+        if router is not None:
+            await router.close()
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -80,20 +87,32 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 
 
 async def start_server(
-    config: Config, host: str, port: int, *, watch: bool = False
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    watch: bool = False,
+    router_factory: Callable[[Config], ConfiguredRouter | None] = build_router,
 ) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
+    The server owns the preference router: ``router_factory`` builds it before
+    the port opens (so no request meets a half-loaded model) and ``stop`` closes
+    it. Raises ``RouterUnavailableError`` when the configured router cannot load.
     With ``watch``, the config file is reloaded on SIGHUP or when it changes.
     """
+    # Loading a model takes seconds of CPU: off the event loop.
+    router = await asyncio.to_thread(router_factory, config)
     server = grpc.aio.server(options=server_options(config))
-    servicer = ExternalProcessor(build_routing_table(config))
+    servicer = ExternalProcessor(build_routing_table(config), router)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     health = ServerHealth()
     await health.attach(server)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(target)
     if bound == 0:
+        if router is not None:
+            await router.close()
         raise OSError(f"cannot listen on {target} (address in use or not available)")
     await server.start()
     await health.serving()

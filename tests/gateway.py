@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +16,11 @@ from ext_proc.bootstrap import render_bootstrap
 from ext_proc.config import Config, load_config
 from ext_proc.echo import ReceivedRequest
 from ext_proc.envoy_process import EnvoyProcess
+from ext_proc.router.factory import build_router
+from ext_proc.router.service import ConfiguredRouter
 from ext_proc.server import RunningServer, start_server
+
+RouterFactory = Callable[[Config], ConfiguredRouter | None]
 
 
 class RecordingUpstream(Protocol):
@@ -31,10 +35,18 @@ class RecordingUpstream(Protocol):
 class ServerThread:
     """The grpc.aio ext_proc server, run on an event loop in a background thread."""
 
-    def __init__(self, config: Config, port: int = 0, *, watch: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        port: int = 0,
+        *,
+        watch: bool = False,
+        router_factory: RouterFactory = build_router,
+    ) -> None:
         self._config = config
         self._port = port
         self._watch = watch
+        self._router_factory = router_factory
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -42,9 +54,16 @@ class ServerThread:
     def start(self) -> int:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(
-            start_server(self._config, "127.0.0.1", self._port, watch=self._watch), self._loop
+            start_server(
+                self._config,
+                "127.0.0.1",
+                self._port,
+                watch=self._watch,
+                router_factory=self._router_factory,
+            ),
+            self._loop,
         )
-        self.running = fut.result(timeout=10)
+        self.running = fut.result(timeout=60)
         return self.running.port
 
     def stop(self) -> None:
@@ -93,14 +112,16 @@ def start_gateway(
     *,
     envoy_log: Path | None = None,
     watch: bool = False,
+    router_factory: RouterFactory = build_router,
 ) -> Gateway:
     """Start Envoy and the ext_proc server for ``config_text``; the caller stops them
     with ``stop_gateway`` (fixtures do it in a ``finally``). ``envoy_log`` captures
-    Envoy's output (access log included) instead of passing it through."""
+    Envoy's output (access log included) instead of passing it through;
+    ``router_factory`` replaces the configured preference router (a scripted one)."""
     path = tmp / "config.yaml"
     path.write_text(config_text)
     config = load_config(path)
-    server = ServerThread(config, watch=watch)
+    server = ServerThread(config, watch=watch, router_factory=router_factory)
     # Always to a file, so a failed start reports Envoy's own words.
     envoy = EnvoyProcess(output=envoy_log or tmp / "envoy.log")
     try:
