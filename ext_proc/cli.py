@@ -1,4 +1,5 @@
-"""The ``archway`` command line: check, render, explain, serve and up.
+"""The ``archway`` command line: check, render, explain, route, serve, up and
+router convert.
 
 Nothing else in the package imports this module; it is the outermost edge,
 where files are read, processes started and text printed.
@@ -14,16 +15,20 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
 from ext_proc.endpoints import classify
 from ext_proc.errors import GatewayError
-from ext_proc.mutate import CREDENTIAL_HEADERS, plan_request
+from ext_proc.mutate import CREDENTIAL_HEADERS, parse_body, plan_request, requested_model
 from ext_proc.providers import Upstream, upstream_for
-from ext_proc.resolve import build_routing_table, resolve_model
+from ext_proc.resolve import AUTO_MODELS, build_routing_table, resolve_model
+from ext_proc.router.factory import RouterUnavailableError, build_router, routes_of
+from ext_proc.router.tokenizer import ModelFilesError
 
 __all__ = ["main"]
 
@@ -45,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"archway: {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return 1
+    except (RouterUnavailableError, ModelFilesError) as exc:
+        print(f"archway: the preference router cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -83,6 +91,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--json", action="store_true", help="print JSON")
     explain.set_defaults(func=_cmd_explain)
+
+    route = sub.add_parser(
+        "route", help="run the preference router on a conversation, offline, and print its choice"
+    )
+    route.add_argument("config", type=Path)
+    said = route.add_mutually_exclusive_group(required=True)
+    said.add_argument("text", nargs="?", help="a user message")
+    said.add_argument("--body", type=Path, help="a JSON request body file")
+    route.add_argument(
+        "--path",
+        default="/v1/chat/completions",
+        help="the client's path: /v1/chat/completions (OpenAI) or /v1/messages (Anthropic)",
+    )
+    route.add_argument("--json", action="store_true", help="print JSON")
+    route.add_argument("-v", "--verbose", action="store_true")
+    route.set_defaults(func=_cmd_route)
+
+    router = sub.add_parser("router", help="preference-router model tools")
+    router_sub = router.add_subparsers(required=True, metavar="TOOL")
+    convert = router_sub.add_parser(
+        "convert",
+        help="convert a local Hugging Face model (e.g. Arch-Router-1.5B) for CTranslate2",
+    )
+    convert.add_argument("source", type=Path, help="the Hugging Face model directory")
+    convert.add_argument("output", type=Path, help="the directory to write (router.model_path)")
+    convert.add_argument(
+        "--quantization",
+        default="int8",
+        help="weight type: int8 (default, fastest on CPU), float16 or int8_float16 for a GPU, "
+        "float32, or none to keep the checkpoint's",
+    )
+    convert.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    convert.set_defaults(func=_cmd_router_convert)
 
     serve = sub.add_parser("serve", help="run the ext_proc gRPC server alone")
     serve.add_argument("config", type=Path)
@@ -137,9 +178,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print("routing preferences:")
         for pref in config.routing_preferences:
             print(f"  {pref.name} -> {', '.join(pref.models)}: {pref.description}")
+        print(f"preference router: {_router_summary(config)}")
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _router_summary(config: Config) -> str:
+    router = config.router
+    if router is None:
+        return "off (no router section): requests with no model go to the default model"
+    where = router.model_path or getattr(router.options, "endpoint", "")
+    return f"{router.backend} ({where}), timeout {router.timeout_s:g}s"
 
 
 def _origin(up: Upstream) -> str:
@@ -206,9 +256,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             print(f"rejected: HTTP {exc.status} ({exc.code}): {exc.message}")
         return 2
     d = plan.decision
+    router_note = _router_note(config, body)
     headers = [(k, _mask(k, v)) for k, v in plan.set_headers]
     if args.json:
         out = {
+            "router_called": router_note.startswith("asked"),
+            "router": router_note,
             "model": d.model,
             "provider": d.provider.provider,
             "upstream_model": d.upstream_model,
@@ -232,6 +285,114 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if plan.remove_headers:
         print("headers removed: " + ", ".join(plan.remove_headers))
     print("body:        " + ("model rewritten" if plan.body is not None else "unchanged"))
+    print(f"router:      {router_note}")
+    return 0
+
+
+def _router_note(config: Config, body: bytes) -> str:
+    """Whether the preference router would be asked for this body, and why."""
+    try:
+        requested = requested_model(parse_body({"content-type": "application/json"}, body))
+    except GatewayError:
+        return "not asked: the request is rejected"
+    if requested is not None and requested.strip().lower() not in AUTO_MODELS:
+        return "not asked: the request names its model"
+    if config.router is None:
+        return "not asked: no router section; the default model serves"
+    if not routes_of(config):
+        return "not asked: no routing_preferences"
+    return (
+        f"asked ({config.router.backend}); explain does not run it, so the decision above "
+        "is the fallback: `archway route` runs it"
+    )
+
+
+# --- route -------------------------------------------------------------------
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    config = load_config(args.config, allow_missing_env=True)
+    if args.body is not None:
+        body = args.body.read_bytes()
+    else:
+        body = json.dumps({"messages": [{"role": "user", "content": args.text}]}).encode()
+    endpoint = classify("POST", args.path)
+    try:
+        parsed = parse_body({"content-type": "application/json"}, body)
+    except GatewayError as exc:
+        print(f"rejected: HTTP {exc.status} ({exc.code}): {exc.message}", file=sys.stderr)
+        return 2
+    if config.router is None or not routes_of(config):
+        print(
+            "archway: nothing to route with: the config needs routing_preferences and a "
+            "router section",
+            file=sys.stderr,
+        )
+        return 1
+    started = time.perf_counter()
+    router = build_router(config)
+    assert router is not None
+    loaded = time.perf_counter()
+    result = asyncio.run(_route_once(router, parsed, endpoint.api))
+    decided = time.perf_counter()
+    table = build_routing_table(config)
+    try:
+        decision = resolve_model(table, None, route=result["route"])
+        model = decision.model
+        resolution = decision.resolution.value
+    except GatewayError as exc:
+        model, resolution = f"(none: {exc.message})", "rejected"
+    out = {
+        "route": result["route"],
+        "model": model,
+        "resolution": resolution,
+        "prompt_tokens": result["prompt_tokens"],
+        "load_s": round(loaded - started, 3),
+        "latency_s": round(decided - loaded, 3),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"route:        {out['route']}")
+    print(f"model:        {model} (resolution {resolution})")
+    if out["prompt_tokens"] is not None:
+        print(f"prompt:       {out['prompt_tokens']} tokens")
+    print(f"latency:      {out['latency_s']:.3f}s (model load {out['load_s']:.3f}s)")
+    return 0
+
+
+async def _route_once(router: Any, body: dict[str, Any], api: Any) -> dict[str, Any]:
+    from ext_proc.router.arch_router import ArchRouter
+    from ext_proc.router.conversation import select_conversation
+
+    try:
+        choice = await router.decide(body, api)
+        tokens = None
+        if isinstance(router.backend, ArchRouter):
+            conversation = select_conversation(
+                body,
+                api,
+                count_tokens=router.count_tokens,
+                max_messages=router.max_messages,
+                token_budget=router.token_budget,
+            )
+            tokens = router.backend.prompt.encode(conversation).length
+        return {"route": choice.route, "prompt_tokens": tokens}
+    finally:
+        await router.close()
+
+
+# --- router convert ----------------------------------------------------------
+
+
+def _cmd_router_convert(args: argparse.Namespace) -> int:
+    from ext_proc.router.convert import convert_model
+
+    quantization = None if args.quantization.lower() == "none" else args.quantization
+    started = time.perf_counter()
+    out = convert_model(args.source, args.output, quantization=quantization, force=args.force)
+    print(f"converted {args.source} -> {out} in {time.perf_counter() - started:.1f}s")
+    print(f"set router.model_path: {out.resolve()}")
     return 0
 
 

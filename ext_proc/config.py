@@ -23,12 +23,17 @@ from yaml.constructor import ConstructorError, SafeConstructor
 __all__ = [
     "DEFAULT_LISTENER",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
+    "ROUTER_BACKENDS",
+    "ArchRouterOptions",
     "Config",
     "ConfigError",
     "GatewaySettings",
     "Listener",
     "Overrides",
     "ProviderConfig",
+    "RemoteRouterOptions",
+    "RouterOptions",
+    "RouterSettings",
     "RoutingPreference",
     "load_config",
     "load_config_text",
@@ -105,6 +110,77 @@ class RoutingPreference:
     models: tuple[str, ...]
 
 
+ROUTER_BACKENDS = ("arch_router", "remote")
+"""Preference-router backends: Arch-Router in-process on CTranslate2, or Arch-Router
+served elsewhere behind an OpenAI-compatible endpoint."""
+
+CT2_DEVICES = ("auto", "cpu", "cuda")
+CT2_COMPUTE_TYPES = (
+    "auto",
+    "default",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+
+@dataclass(frozen=True)
+class ArchRouterOptions:
+    """Settings only the in-process CTranslate2 backend has."""
+
+    device: str = "auto"
+    compute_type: str = "auto"
+    """CTranslate2's: ``auto`` takes the fastest the device supports (int8 on a CPU)."""
+    intra_threads: int = 1
+    """Threads per generation. One is the fastest for a small model on a small CPU:
+    a 1.5B model's matrices are too small to pay for splitting them."""
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.002
+    """How long the first request of a batch waits for others to join it."""
+    max_new_tokens: int | None = None
+    """``None``: just enough for ``{"route": "<the longest route name>"}``."""
+    static_prompt: bool = True
+    """Cache the model state for the part of the prompt that only the config fixes."""
+
+
+@dataclass(frozen=True)
+class RemoteRouterOptions:
+    """Settings only the remote backend has: an OpenAI-compatible endpoint
+    (vLLM, Ollama, llama.cpp's server) that serves Arch-Router."""
+
+    endpoint: str
+    """Base URL, e.g. ``http://127.0.0.1:8000/v1``; ``/chat/completions`` is appended."""
+    model: str
+    access_key: str | None = field(default=None, repr=False)
+    max_new_tokens: int | None = None
+
+
+RouterOptions = ArchRouterOptions | RemoteRouterOptions
+"""Backend-specific settings; a new backend adds its own class here."""
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The top-level ``router:`` section (an Archway extension): which preference
+    router runs, and the settings every backend shares."""
+
+    backend: str
+    model_path: Path | None
+    """A local model directory, made absolute (relative paths are from the config file)."""
+    timeout_s: float = 5.0
+    """Past this, the request goes to the default model with ``x-archway-route: timeout``."""
+    token_budget: int = 2048
+    """Tokens of conversation the router reads, counted with the model's tokenizer."""
+    max_messages: int = 16
+    options: RouterOptions = field(default_factory=ArchRouterOptions)
+    line: int | None = None
+
+
 @dataclass(frozen=True)
 class Overrides:
     """The parts of Plano's ``overrides`` section that Archway uses."""
@@ -137,6 +213,8 @@ class Config:
     routing_preferences: tuple[RoutingPreference, ...] = ()
     overrides: Overrides = field(default_factory=Overrides)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    router: RouterSettings | None = None
+    """``None`` when the config has no ``router:`` section: open models go to the default."""
     version: str | None = None
     source: Path | None = None
     warnings: tuple[str, ...] = ()
@@ -229,12 +307,31 @@ _OVERRIDE_IGNORED = dict.fromkeys(
         "optimize_context_window",
         "use_agent_orchestrator",
         "disable_signals",
-        "llm_routing_model",
         "agent_orchestration_model",
         "orchestrator_model_context_length",
     ),
     _IGNORED,
 )
+_ROUTER_HINT = (
+    "Archway runs the preference router itself and ignores this; "
+    "set router.model_path to a converted Arch-Router directory (archway router convert)"
+)
+_OVERRIDE_IGNORED["llm_routing_model"] = _ROUTER_HINT
+# The names ext_proc.router gives to "no route" (config knows nothing of that package).
+_RESERVED_ROUTES = ("other", "error", "timeout")
+_ROUTER_COMMON_KEYS = ("backend", "model_path", "timeout", "token_budget", "max_messages")
+_ROUTER_BACKEND_KEYS: dict[str, tuple[str, ...]] = {
+    "arch_router": (
+        "device",
+        "compute_type",
+        "intra_threads",
+        "max_batch_size",
+        "batch_wait",
+        "max_new_tokens",
+        "static_prompt",
+    ),
+    "remote": ("endpoint", "model", "access_key", "max_new_tokens"),
+}
 _GATEWAY_KEYS = (
     "ext_proc_address",
     "ext_proc_port",
@@ -804,7 +901,9 @@ class _Loader:
         assert isinstance(root, yaml.MappingNode)
         top = self.pairs(root, "")
         for key, (key_node, _) in top.items():
-            if key in _PLANO_ONLY_SECTIONS:
+            if key == "routing":
+                self.warn(key_node, key, _ROUTER_HINT)
+            elif key in _PLANO_ONLY_SECTIONS:
                 self.warn(key_node, key, "Plano section not implemented by Archway; ignored")
             elif key not in _TOP_KEYS:
                 self.unknown_key(key_node, "", key, (*_TOP_KEYS, *_PLANO_ONLY_SECTIONS))
@@ -820,15 +919,12 @@ class _Loader:
         preferences = self.preferences(value("routing_preferences"), inline, providers)
         overrides = self.overrides(value("overrides"))
         gateway = self.gateway(value("archway"))
-        router = value("router")
-        if not _is_null(router) and not isinstance(router, yaml.MappingNode):
-            # Reserved for the preference router's settings; only its shape is checked now.
-            assert router is not None
-            self.error(
-                router,
+        router = self.router(value("router"), top.get("router"))
+        if router is not None and not preferences:
+            self.warn(
+                top["router"][0],
                 "router",
-                f"expected a mapping, got {_describe(router)}",
-                "write it as indented `key: value` lines",
+                "a router is configured but there are no routing_preferences, so it is never asked",
             )
         if listeners is not None and gateway is not None:
             self.check_ports(top, listeners, gateway)
@@ -843,6 +939,7 @@ class _Loader:
             ),
             overrides=overrides,
             gateway=gateway,
+            router=router,
             version=version,
             source=self.source.resolve() if self.source is not None else None,
             warnings=tuple(self.warnings.lines()),
@@ -1193,7 +1290,7 @@ class _Loader:
         value = self.expand(raw, node, path, missing_ok=self.allow_missing_env)
         return value, raw if refers else None
 
-    def base_url(self, node: yaml.Node | None, path: str) -> str | None:
+    def base_url(self, node: yaml.Node | None, path: str, what: str = "base_url") -> str | None:
         url = self.text(node, path)
         if url is None:
             return None
@@ -1207,7 +1304,7 @@ class _Loader:
             self.error(
                 node,
                 path,
-                f"base_url {_shown_url(node.value)} is not an http(s) URL",
+                f"{what} {_shown_url(node.value)} is not an http(s) URL",
                 "write it like https://api.example.com/v1",
             )
             return None
@@ -1365,6 +1462,15 @@ class _Loader:
                 )
         seen: dict[str, _PreferenceEntry] = {}
         for pref in entries:
+            if pref.name in _RESERVED_ROUTES:
+                self.error(
+                    pref.line,
+                    pref.path,
+                    f"{pref.name!r} is reserved: the router answers it when no route fits "
+                    "or it fails",
+                    "rename the routing preference",
+                )
+                continue
             first = seen.get(pref.name)
             if first is not None:
                 self.error(
@@ -1479,6 +1585,130 @@ class _Loader:
                 self.boolean(fields.get("failure_mode_allow"), "archway.failure_mode_allow"),
                 d.failure_mode_allow,
             ),
+        )
+
+    def router(
+        self, node: yaml.Node | None, entry: tuple[yaml.Node, yaml.Node] | None
+    ) -> RouterSettings | None:
+        """The ``router:`` section; ``None`` when absent or broken (reported)."""
+        if entry is None or _is_null(node):
+            return None
+        allowed = dict.fromkeys(_ROUTER_COMMON_KEYS)
+        for keys in _ROUTER_BACKEND_KEYS.values():
+            allowed.update(dict.fromkeys(keys))
+        fields = self.mapping(node, "router", tuple(allowed))
+        if fields is None:
+            return None
+        errors_before = len(self.errors.items)
+        if "backend" in fields:
+            backend = self.choice(fields["backend"], "router.backend", ROUTER_BACKENDS, "backend")
+        else:
+            # `router: {endpoint, model}` is the remote form the issue and Plano users write.
+            backend = "remote" if "endpoint" in fields else "arch_router"
+        if backend is None:
+            return None
+        own = set(_ROUTER_COMMON_KEYS) | set(_ROUTER_BACKEND_KEYS[backend])
+        for key in fields:
+            if key not in own:
+                owner = next(b for b, keys in _ROUTER_BACKEND_KEYS.items() if key in keys)
+                self.error(
+                    fields[key],
+                    f"router.{key}",
+                    f"{key} is a setting of backend {owner!r}, not {backend!r}",
+                    f"remove it, or set backend: {owner}",
+                )
+        model_path = self.model_path(fields.get("model_path"), required=backend == "arch_router")
+        if backend == "arch_router" and "model_path" not in fields:
+            self.missing_key(
+                node, "router", "model_path", "`model_path: DIR`, a converted Arch-Router directory"
+            )
+        defaults = RouterSettings(backend=backend, model_path=None)
+        timeout = self.duration(fields.get("timeout"), "router.timeout", positive=True)
+        token_budget = self.integer(fields.get("token_budget"), "router.token_budget", low=16)
+        max_messages = self.integer(fields.get("max_messages"), "router.max_messages", low=1)
+        options = (
+            self.arch_router_options(fields)
+            if backend == "arch_router"
+            else self.remote_router_options(node, fields)
+        )
+        if options is None or len(self.errors.items) > errors_before:
+            return None
+        return RouterSettings(
+            backend=backend,
+            model_path=model_path,
+            timeout_s=timeout if timeout is not None else defaults.timeout_s,
+            token_budget=token_budget if token_budget is not None else defaults.token_budget,
+            max_messages=max_messages if max_messages is not None else defaults.max_messages,
+            options=options,
+            line=_line(entry[0]),
+        )
+
+    def model_path(self, node: yaml.Node | None, *, required: bool) -> Path | None:
+        text = self.text(node, "router.model_path")
+        if text is None:
+            return None
+        if not text.strip():
+            self.error(node, "router.model_path", "empty path", "write the model directory")
+            return None
+        path = Path(text).expanduser()
+        if not path.is_absolute() and self.source is not None:
+            # Relative to the config, not to wherever `archway` happens to run.
+            path = self.source.resolve().parent / path
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            fix = (
+                "convert the model with `archway router convert SRC OUT` and set model_path to OUT"
+                if required
+                else "point it at a directory holding the model's tokenizer files"
+            )
+            self.error(node, "router.model_path", f"{str(path)!r} {what}", fix)
+            return None
+        return path
+
+    def arch_router_options(self, fields: Mapping[str, yaml.Node]) -> ArchRouterOptions | None:
+        d = ArchRouterOptions()
+        device = self.choice(fields.get("device"), "router.device", CT2_DEVICES, "device")
+        compute_type = self.choice(
+            fields.get("compute_type"), "router.compute_type", CT2_COMPUTE_TYPES, "compute type"
+        )
+        # 0 lets CTranslate2 pick (one thread per core).
+        threads = self.integer(fields.get("intra_threads"), "router.intra_threads", low=0)
+        batch = self.integer(fields.get("max_batch_size"), "router.max_batch_size", low=1, high=256)
+        wait = self.duration(fields.get("batch_wait"), "router.batch_wait", positive=False)
+        new_tokens = self.integer(
+            fields.get("max_new_tokens"), "router.max_new_tokens", low=1, high=4096
+        )
+        static = self.boolean(fields.get("static_prompt"), "router.static_prompt")
+        return ArchRouterOptions(
+            device=device or d.device,
+            compute_type=compute_type or d.compute_type,
+            intra_threads=threads if threads is not None else d.intra_threads,
+            max_batch_size=batch or d.max_batch_size,
+            batch_wait_s=wait if wait is not None else d.batch_wait_s,
+            max_new_tokens=new_tokens,
+            static_prompt=static if static is not None else d.static_prompt,
+        )
+
+    def remote_router_options(
+        self, node: yaml.Node | None, fields: Mapping[str, yaml.Node]
+    ) -> RemoteRouterOptions | None:
+        assert node is not None
+        endpoint = self.base_url(fields.get("endpoint"), "router.endpoint", "endpoint")
+        if "endpoint" not in fields:
+            self.missing_key(node, "router", "endpoint", "`endpoint: http://HOST:PORT/v1`")
+        model = self.text(fields.get("model"), "router.model")
+        if "model" not in fields:
+            self.missing_key(
+                node, "router", "model", "`model: NAME`, as the endpoint names Arch-Router"
+            )
+        access_key, _ = self.access_key(fields.get("access_key"), "router.access_key")
+        new_tokens = self.integer(
+            fields.get("max_new_tokens"), "router.max_new_tokens", low=1, high=4096
+        )
+        if endpoint is None or model is None:
+            return None
+        return RemoteRouterOptions(
+            endpoint=endpoint, model=model, access_key=access_key, max_new_tokens=new_tokens
         )
 
     def check_ports(

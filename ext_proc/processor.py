@@ -25,9 +25,10 @@ from ext_proc import messages
 from ext_proc.endpoints import Endpoint, classify, client_api, models_listing
 from ext_proc.errors import GatewayError, error_body
 from ext_proc.headers import INTERNAL_PREFIX
-from ext_proc.mutate import plan_request
+from ext_proc.mutate import parse_body, plan_request, requested_model
 from ext_proc.providers import WireAPI
-from ext_proc.resolve import RoutingTable
+from ext_proc.resolve import AUTO_MODELS, RoutingTable
+from ext_proc.router.service import ConfiguredRouter
 
 __all__ = ["RequestProcessor"]
 
@@ -35,12 +36,13 @@ log = logging.getLogger("archway.processor")
 
 
 class RequestProcessor:
-    __slots__ = ("_api", "_endpoint", "_headers", "_table")
+    __slots__ = ("_api", "_endpoint", "_headers", "_router", "_table")
 
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(self, table: RoutingTable, router: ConfiguredRouter | None = None) -> None:
         # The table is captured per request, so a config reload never changes
         # the rules under a request already in flight.
         self._table = table
+        self._router = router
         self._api = WireAPI.OPENAI
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
@@ -84,17 +86,32 @@ class RequestProcessor:
     async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._endpoint is None:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
-        plan = plan_request(self._table, self._endpoint, self._headers, msg.body)
+        route = await self._preference_route(self._endpoint, msg.body)
+        plan = plan_request(self._table, self._endpoint, self._headers, msg.body, route=route)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
             log.debug(
-                "routed requested=%r -> %s via %s (cluster %s)",
+                "routed requested=%r -> %s via %s%s (cluster %s)",
                 d.requested,
                 d.model,
                 d.resolution.value,
+                f" ({d.route})" if d.route else "",
                 d.upstream.cluster,
             )
         return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
+
+    async def _preference_route(self, endpoint: Endpoint, body: bytes) -> str | None:
+        """The preference router's route when the client left the model open;
+        ``None`` (no router asked) for explicit models and aliases."""
+        if self._router is None:
+            return None
+        # A bad body raises here just as plan_request would: the same 4xx.
+        parsed = parse_body(self._headers, body)
+        requested = requested_model(parsed)
+        if requested is not None and requested.strip().lower() not in AUTO_MODELS:
+            return None
+        choice = await self._router.decide(parsed, endpoint.api)
+        return choice.route
 
     def _error(self, exc: GatewayError) -> ProcessingResponse:
         return messages.immediate_response(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -18,6 +18,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from ext_proc.config import Config
 from ext_proc.processor import RequestProcessor
 from ext_proc.resolve import RoutingTable, build_routing_table
+from ext_proc.router.factory import build_router
+from ext_proc.router.service import ConfiguredRouter
 
 __all__ = ["ExternalProcessor", "RunningServer", "serve_forever", "start_server"]
 
@@ -30,15 +32,16 @@ _MESSAGE_OVERHEAD = 1024 * 1024
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     """``envoy.service.ext_proc.v3.ExternalProcessor``, routing LLM requests."""
 
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(self, table: RoutingTable, router: ConfiguredRouter | None = None) -> None:
         self.table = table
+        self.router = router
 
     async def Process(
         self,
         request_iterator: AsyncIterator[ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ProcessingResponse]:
-        processor = RequestProcessor(self.table)
+        processor = RequestProcessor(self.table, self.router)
         async for request in request_iterator:
             yield await processor.handle(request)
 
@@ -52,6 +55,10 @@ class RunningServer:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.server.stop(grace_s)
+        # After the streams drain: no request is left waiting on the router.
+        router, self.servicer.router = self.servicer.router, None
+        if router is not None:
+            await router.close()
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -64,14 +71,29 @@ def server_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
-async def start_server(config: Config, host: str, port: int) -> RunningServer:
-    """Start serving on ``host:port`` (port 0 picks a free one)."""
+async def start_server(
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    router_factory: Callable[[Config], ConfiguredRouter | None] = build_router,
+) -> RunningServer:
+    """Start serving on ``host:port`` (port 0 picks a free one).
+
+    The server owns the preference router: ``router_factory`` builds it before
+    the port opens (so no request meets a half-loaded model) and ``stop`` closes
+    it. Raises ``RouterUnavailableError`` when the configured router cannot load.
+    """
+    # Loading a model takes seconds of CPU: off the event loop.
+    router = await asyncio.to_thread(router_factory, config)
     server = grpc.aio.server(options=server_options(config))
-    servicer = ExternalProcessor(build_routing_table(config))
+    servicer = ExternalProcessor(build_routing_table(config), router)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(target)
     if bound == 0:
+        if router is not None:
+            await router.close()
         raise OSError(f"cannot listen on {target} (address in use or not available)")
     await server.start()
     log.info("ext_proc server listening on %s:%d", host, bound)

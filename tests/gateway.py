@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +13,19 @@ from ext_proc.bootstrap import render_bootstrap
 from ext_proc.config import Config, load_config
 from ext_proc.echo import EchoUpstream
 from ext_proc.envoy_process import EnvoyProcess
+from ext_proc.router.factory import build_router
+from ext_proc.router.service import ConfiguredRouter
 from ext_proc.server import RunningServer, start_server
+
+RouterFactory = Callable[[Config], ConfiguredRouter | None]
 
 
 class ServerThread:
     """The grpc.aio ext_proc server, run on an event loop in a background thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, router_factory: RouterFactory = build_router) -> None:
         self._config = config
+        self._router_factory = router_factory
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.running: RunningServer | None = None
@@ -27,9 +33,10 @@ class ServerThread:
     def start(self) -> int:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(
-            start_server(self._config, "127.0.0.1", 0), self._loop
+            start_server(self._config, "127.0.0.1", 0, router_factory=self._router_factory),
+            self._loop,
         )
-        self.running = fut.result(timeout=10)
+        self.running = fut.result(timeout=60)
         return self.running.port
 
     def stop(self) -> None:
@@ -58,13 +65,20 @@ class Gateway:
             upstream.clear()
 
 
-def start_gateway(config_text: str, tmp: Path, upstreams: dict[str, EchoUpstream]) -> Gateway:
+def start_gateway(
+    config_text: str,
+    tmp: Path,
+    upstreams: dict[str, EchoUpstream],
+    *,
+    router_factory: RouterFactory = build_router,
+) -> Gateway:
     """Start Envoy and the ext_proc server for ``config_text``; the caller stops them
-    with ``stop_gateway`` (fixtures do it in a ``finally``)."""
+    with ``stop_gateway`` (fixtures do it in a ``finally``). ``router_factory``
+    replaces the configured preference router (a scripted one, say)."""
     path = tmp / "config.yaml"
     path.write_text(config_text)
     config = load_config(path)
-    server = ServerThread(config)
+    server = ServerThread(config, router_factory)
     envoy = EnvoyProcess()
     try:
         ext_port = server.start()

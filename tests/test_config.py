@@ -10,11 +10,14 @@ import pytest
 
 from ext_proc.config import (
     DEFAULT_MAX_REQUEST_BODY_BYTES,
+    ArchRouterOptions,
     Config,
     ConfigError,
     GatewaySettings,
     Listener,
     Overrides,
+    RemoteRouterOptions,
+    RouterSettings,
     RoutingPreference,
     load_config,
     load_config_text,
@@ -970,7 +973,8 @@ def test_overrides(tmp_path: Path) -> None:
         f"{where(tmp_path, 7, 'overrides.optimize_context_window')}"
         "Plano setting not used by Archway; ignored",
         f"{where(tmp_path, 8, 'overrides.llm_routing_model')}"
-        "Plano setting not used by Archway; ignored",
+        "Archway runs the preference router itself and ignores this; set router.model_path "
+        "to a converted Arch-Router directory (archway router convert)",
     )
 
 
@@ -1030,10 +1034,171 @@ def test_archway_settings_are_checked(tmp_path: Path) -> None:
     ]
 
 
-def test_router_section_is_reserved_and_silent(tmp_path: Path) -> None:
-    config = load(tmp_path, MINIMAL + "router:\n  model: whatever\n  anything: [1, 2]\n")
+PREFERENCES = """\
+routing_preferences:
+  - name: code generation
+    description: writing new code
+    models: [openai/gpt-5.2]
+"""
+
+
+def test_router_section_absent_or_null_means_no_router(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL).router is None
+    assert load(tmp_path, MINIMAL + "router:\n").router is None
+
+
+def test_arch_router_settings_with_defaults(tmp_path: Path) -> None:
+    (tmp_path / "models" / "arch").mkdir(parents=True)
+    config = load(tmp_path, MINIMAL + PREFERENCES + "router:\n  model_path: models/arch\n")
+    assert config.router == RouterSettings(
+        backend="arch_router",
+        model_path=(tmp_path / "models" / "arch").resolve(),
+        timeout_s=5.0,
+        token_budget=2048,
+        max_messages=16,
+        options=ArchRouterOptions(),
+        line=8,
+    )
     assert config.warnings == ()
-    assert load(tmp_path, MINIMAL + "router:\n").warnings == ()
+
+
+def test_arch_router_settings_all_keys(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        MINIMAL
+        + PREFERENCES
+        + dedent(f"""\
+        router:
+          backend: arch_router
+          model_path: {tmp_path}
+          timeout: 750ms
+          token_budget: 1024
+          max_messages: 8
+          device: cpu
+          compute_type: int8
+          intra_threads: 2
+          max_batch_size: 4
+          batch_wait: 5ms
+          max_new_tokens: 12
+          static_prompt: false
+        """),
+    )
+    assert config.router is not None
+    assert (config.router.timeout_s, config.router.token_budget, config.router.max_messages) == (
+        0.75,
+        1024,
+        8,
+    )
+    assert config.router.options == ArchRouterOptions(
+        device="cpu",
+        compute_type="int8",
+        intra_threads=2,
+        max_batch_size=4,
+        batch_wait_s=0.005,
+        max_new_tokens=12,
+        static_prompt=False,
+    )
+
+
+def test_remote_router_is_inferred_from_endpoint(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        MINIMAL
+        + PREFERENCES
+        + dedent("""\
+        router:
+          endpoint: http://127.0.0.1:8000/v1
+          model: katanemo/Arch-Router-1.5B
+          access_key: $OPENAI_API_KEY
+        """),
+    )
+    assert config.router is not None
+    assert config.router.backend == "remote"
+    assert config.router.model_path is None
+    assert config.router.options == RemoteRouterOptions(
+        endpoint="http://127.0.0.1:8000/v1",
+        model="katanemo/Arch-Router-1.5B",
+        access_key=ENV["OPENAI_API_KEY"],
+    )
+    assert ENV["OPENAI_API_KEY"] not in repr(config.router)
+
+
+def test_router_problems_name_line_key_and_fix(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        MINIMAL
+        + PREFERENCES
+        + dedent("""\
+        router:
+          backend: arch-router
+        """),
+    )
+    assert found == [
+        f"{where(tmp_path, 9, 'router.backend')}unknown backend 'arch-router'; "
+        "did you mean 'arch_router'?"
+    ]
+    found = problems(
+        tmp_path,
+        MINIMAL
+        + PREFERENCES
+        + dedent("""\
+        router:
+          backend: arch_router
+          model_path: missing/dir
+          timeout: soon
+          intra_threads: -1
+          endpoint: http://x:1/v1
+          devise: cpu
+        """),
+    )
+    missing = (tmp_path / "missing" / "dir").resolve()
+    assert found == [
+        f"{where(tmp_path, 10, 'router.model_path')}{str(missing)!r} does not exist; convert "
+        "the model with `archway router convert SRC OUT` and set model_path to OUT",
+        f"{where(tmp_path, 11, 'router.timeout')}invalid duration 'soon'; write a number of "
+        "seconds or a duration such as 30s, 500ms, 2m or 1h",
+        f"{where(tmp_path, 12, 'router.intra_threads')}-1 is out of range; use a number at least 0",
+        f"{where(tmp_path, 13, 'router.endpoint')}endpoint is a setting of backend 'remote', "
+        "not 'arch_router'; remove it, or set backend: remote",
+        f"{where(tmp_path, 14, 'router.devise')}unknown key 'devise'; did you mean 'device'?",
+    ]
+
+
+def test_arch_router_needs_a_model_path_and_remote_an_endpoint(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + PREFERENCES + "router:\n  timeout: 2s\n")
+    assert found == [
+        f"{where(tmp_path, 9, 'router')}missing required key 'model_path'; add "
+        "`model_path: DIR`, a converted Arch-Router directory"
+    ]
+    found = problems(tmp_path, MINIMAL + PREFERENCES + "router:\n  backend: remote\n")
+    assert any("missing required key 'endpoint'" in line for line in found)
+    assert any("missing required key 'model'" in line for line in found)
+
+
+def test_router_without_preferences_warns(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL + f"router:\n  model_path: {tmp_path}\n")
+    assert config.router is not None
+    assert config.warnings == (
+        f"{where(tmp_path, 4, 'router')}a router is configured but there are no "
+        "routing_preferences, so it is never asked",
+    )
+
+
+def test_reserved_route_names_are_refused(tmp_path: Path) -> None:
+    found = problem(tmp_path, MINIMAL + PREFERENCES.replace("code generation", "other"))
+    assert found == (
+        f"{where(tmp_path, 5, 'routing_preferences[0].name')}'other' is reserved: the router "
+        "answers it when no route fits or it fails; rename the routing preference"
+    )
+
+
+def test_plano_routing_section_points_at_the_router_section(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL + "routing:\n  model: Arch-Router\n")
+    assert config.warnings == (
+        f"{where(tmp_path, 4, 'routing')}Archway runs the preference router itself and "
+        "ignores this; set router.model_path to a converted Arch-Router directory "
+        "(archway router convert)",
+    )
 
 
 def test_router_section_must_be_a_mapping(tmp_path: Path) -> None:

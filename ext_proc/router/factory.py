@@ -1,0 +1,103 @@
+"""From a config to a running preference router: the one place that knows every
+backend. A backend registers a builder under its ``router.backend`` name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ext_proc.config import (
+    ArchRouterOptions,
+    Config,
+    RemoteRouterOptions,
+    RouterSettings,
+)
+from ext_proc.router import PreferenceRouter, Route
+from ext_proc.router.service import ConfiguredRouter
+
+__all__ = ["BACKENDS", "Backend", "RouterUnavailableError", "build_router", "routes_of"]
+
+
+class RouterUnavailableError(Exception):
+    """The configured router cannot start: a missing extra, model file or setting."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    router: PreferenceRouter
+    count_tokens: Callable[[str], int]
+
+
+def routes_of(config: Config) -> tuple[Route, ...]:
+    """The routes the router chooses from, in config order."""
+    return tuple(Route(p.name, p.description) for p in config.routing_preferences if p.models)
+
+
+def _arch_router(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
+    options = settings.options
+    assert isinstance(options, ArchRouterOptions) and settings.model_path is not None
+    try:
+        # Imported here to fail early, with the fix, rather than mid-load.
+        import ctranslate2  # noqa: F401
+        import jinja2  # noqa: F401
+        import tokenizers  # noqa: F401
+
+        from ext_proc.router.arch_router import ArchRouter
+        from ext_proc.router.tokenizer import ModelFilesError
+    except ImportError as exc:
+        raise RouterUnavailableError(
+            f"router backend arch_router needs {exc.name}: pip install 'archway[router]'"
+        ) from None
+    try:
+        router = ArchRouter.load(settings.model_path, routes, options)
+    except ModelFilesError as exc:
+        raise RouterUnavailableError(str(exc)) from None
+    return Backend(router, router.count_tokens)
+
+
+def _remote(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
+    from ext_proc.router.remote import RemoteArchRouter, estimate_tokens
+
+    options = settings.options
+    assert isinstance(options, RemoteRouterOptions)
+    count = estimate_tokens
+    if settings.model_path is not None:
+        # With the model's tokenizer at hand, the budget is exact.
+        from ext_proc.router.arch_router import ArchRouterPrompt
+        from ext_proc.router.tokenizer import ModelFilesError, ModelTokenizer
+
+        try:
+            count = ArchRouterPrompt(
+                ModelTokenizer.from_dir(settings.model_path), routes
+            ).count_tokens
+        except (ImportError, ModelFilesError) as exc:
+            raise RouterUnavailableError(f"router.model_path: {exc}") from None
+    router = RemoteArchRouter(routes, options, timeout_s=settings.timeout_s, count_tokens=count)
+    return Backend(router, count)
+
+
+BACKENDS: dict[str, Callable[[RouterSettings, tuple[Route, ...]], Backend]] = {
+    "arch_router": _arch_router,
+    "remote": _remote,
+}
+
+
+def build_router(config: Config) -> ConfiguredRouter | None:
+    """The config's router, loaded (seconds for a model: call it off the event
+    loop); ``None`` when the config has no router or no routes to choose from."""
+    settings = config.router
+    routes = routes_of(config)
+    if settings is None or not routes:
+        return None
+    builder = BACKENDS.get(settings.backend)
+    if builder is None:
+        raise RouterUnavailableError(f"unknown router backend {settings.backend!r}")
+    backend = builder(settings, routes)
+    return ConfiguredRouter(
+        backend=backend.router,
+        route_names=frozenset(r.name for r in routes),
+        count_tokens=backend.count_tokens,
+        timeout_s=settings.timeout_s,
+        max_messages=settings.max_messages,
+        token_budget=settings.token_budget,
+    )

@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny Arch-Router-shaped model, built once per test run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    hf_dir: Path
+    """The Hugging Face checkpoint and tokenizer (what a user downloads)."""
+    ct2_dir: Path
+    """Its float32 CTranslate2 conversion (what router.model_path points at)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ext_proc.router.convert import convert_model
+    from tests.tiny_qwen import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-arch-router")
+    hf_dir = root / "hf"
+    build_tokenizer(hf_dir)
+    build_model(hf_dir)
+    # float32, so CTranslate2's greedy output can be compared with transformers'.
+    ct2_dir = convert_model(hf_dir, root / "ct2", quantization="float32")
+    return TinyModel(hf_dir, ct2_dir)

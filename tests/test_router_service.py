@@ -1,0 +1,63 @@
+"""The decision rules around any backend: routes, fallbacks, timeouts, never a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from ext_proc.providers import WireAPI
+from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, Turn
+from tests.scripted_router import ScriptedRouter, by_keyword, configured
+
+
+def decide(router: ScriptedRouter, text: str, *, timeout_s: float = 1.0) -> str:
+    body = {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": text}]}
+    choice = asyncio.run(configured(router, timeout_s=timeout_s).decide(body, WireAPI.OPENAI))
+    return choice.route
+
+
+@pytest.mark.parametrize(
+    ("text", "route"),
+    [
+        ("write code please", "code generation"),
+        ("tell a story", "creative writing"),
+        ("what is the time", ROUTE_OTHER),
+        ("unknown route please", ROUTE_OTHER),
+        ("boom", ROUTE_ERROR),
+    ],
+)
+def test_backend_answers_map_to_routes_or_reasons(text: str, route: str) -> None:
+    assert decide(ScriptedRouter(by_keyword), text) == route
+
+
+def test_backend_sees_the_selected_conversation_only() -> None:
+    router = ScriptedRouter(by_keyword)
+    decide(router, "write code")
+    assert router.calls == [(Turn("user", "write code"),)]
+
+
+def test_slow_backend_times_out_to_the_default() -> None:
+    router = ScriptedRouter(by_keyword, delay_s=5.0)
+    started = time.perf_counter()
+    assert decide(router, "write code", timeout_s=0.05) == ROUTE_TIMEOUT
+    assert time.perf_counter() - started < 1.0
+
+
+def test_no_conversation_text_never_asks_the_backend() -> None:
+    router = ScriptedRouter(by_keyword)
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    choice = asyncio.run(configured(router).decide(body, WireAPI.OPENAI))
+    assert choice.route == ROUTE_OTHER and router.calls == []
+
+
+def test_a_failing_token_counter_is_an_error_not_an_exception() -> None:
+    router = configured(ScriptedRouter(by_keyword))
+
+    def broken(text: str) -> int:
+        raise RuntimeError("tokenizer gone")
+
+    router.count_tokens = broken
+    body = {"messages": [{"role": "user", "content": "write code"}]}
+    assert asyncio.run(router.decide(body, WireAPI.OPENAI)).route == ROUTE_ERROR
