@@ -8,6 +8,7 @@ __all__ = [
     "DECISION_PROVIDER",
     "DECISION_RESOLUTION",
     "DECISION_ROUTE",
+    "DECISION_ROUTE_SCORE",
     "INTERNAL_PREFIX",
     "ROUTE_HEADER",
 ]
@@ -22,12 +23,16 @@ DECISION_MODEL = "x-archway-model"
 DECISION_PROVIDER = "x-archway-provider"
 DECISION_RESOLUTION = "x-archway-resolution"
 DECISION_ROUTE = "x-archway-route"
+DECISION_ROUTE_SCORE = "x-archway-route-score"
+"""The preference router's confidence in ``x-archway-route``, where the backend has
+one (the embedding router's cosine similarity)."""
 
 CLIENT_DECISION_HEADERS = (
     DECISION_MODEL,
     DECISION_PROVIDER,
     DECISION_RESOLUTION,
     DECISION_ROUTE,
+    DECISION_ROUTE_SCORE,
 )
 """Set on the request by the ext_proc server; Envoy's route copies them onto the
 response (``%REQ(...)%``) so the client sees the decision without a second

@@ -19,6 +19,7 @@ from ext_proc.headers import (
     DECISION_PROVIDER,
     DECISION_RESOLUTION,
     DECISION_ROUTE,
+    DECISION_ROUTE_SCORE,
     ROUTE_HEADER,
 )
 from ext_proc.providers import WireAPI, auth_headers, request_path, spec_for
@@ -118,8 +119,12 @@ def plan_request(
     body: bytes,
     *,
     route: str | None = None,
+    route_score: float | None = None,
 ) -> RequestPlan:
-    """Everything to change about one LLM request, or a ``GatewayError``."""
+    """Everything to change about one LLM request, or a ``GatewayError``.
+
+    ``route`` and ``route_score`` are the preference router's answer for an open
+    model; the score is reported only alongside a route."""
     parsed = parse_body(headers, body)
     decision = resolve_model(table, requested_model(parsed), route=route)
     provider = decision.provider
@@ -136,6 +141,8 @@ def plan_request(
         )
 
     set_headers = list(decision_headers(decision))
+    if decision.route is not None and route_score is not None:
+        set_headers.append((DECISION_ROUTE_SCORE, f"{route_score:.4f}"))
     set_headers.append((":path", request_path(provider, decision.upstream, client_api)))
     remove: list[str] = []
     if not provider.passthrough_auth:

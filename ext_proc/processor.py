@@ -28,6 +28,7 @@ from ext_proc.headers import INTERNAL_PREFIX
 from ext_proc.mutate import parse_body, plan_request, requested_model
 from ext_proc.providers import WireAPI
 from ext_proc.resolve import AUTO_MODELS, RoutingTable
+from ext_proc.router import RouteChoice
 from ext_proc.router.service import ConfiguredRouter
 
 __all__ = ["RequestProcessor"]
@@ -86,8 +87,15 @@ class RequestProcessor:
     async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._endpoint is None:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
-        route = await self._preference_route(self._endpoint, msg.body)
-        plan = plan_request(self._table, self._endpoint, self._headers, msg.body, route=route)
+        choice = await self._preference_route(self._endpoint, msg.body)
+        plan = plan_request(
+            self._table,
+            self._endpoint,
+            self._headers,
+            msg.body,
+            route=choice.route if choice is not None else None,
+            route_score=choice.score if choice is not None else None,
+        )
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
             log.debug(
@@ -100,7 +108,7 @@ class RequestProcessor:
             )
         return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
 
-    async def _preference_route(self, endpoint: Endpoint, body: bytes) -> str | None:
+    async def _preference_route(self, endpoint: Endpoint, body: bytes) -> RouteChoice | None:
         """The preference router's route when the client left the model open;
         ``None`` (no router asked) for explicit models and aliases."""
         if self._router is None:
@@ -110,8 +118,7 @@ class RequestProcessor:
         requested = requested_model(parsed)
         if requested is not None and requested.strip().lower() not in AUTO_MODELS:
             return None
-        choice = await self._router.decide(parsed, endpoint.api)
-        return choice.route
+        return await self._router.decide(parsed, endpoint.api)
 
     def _error(self, exc: GatewayError) -> ProcessingResponse:
         return messages.immediate_response(
