@@ -96,8 +96,9 @@ DEFAULT_OTHER_EXAMPLES: tuple[str, ...] = (
     "what are the best places to visit in Italy?",
 )
 """The built-in background for ``other`` (``router.other_examples`` replaces it).
-Entries too close to a configured route are dropped at start-up, so a gateway
-whose routes are about travel or cooking still routes those requests."""
+Its entries too close to a configured route are dropped at start-up, so a
+gateway whose routes are about travel or cooking still routes those requests.
+A configured background is taken as written: its author knows the routes."""
 
 _BACKGROUND_MAX_SIMILARITY = 0.6
 """A background entry at least this close to one of a route's vectors is the
@@ -167,6 +168,8 @@ class RouteIndex:
         route_vectors: Sequence[np.ndarray],
         background: np.ndarray,
         rule: DecisionRule,
+        *,
+        prune_background: bool = True,
     ) -> None:
         if len(routes) != len(route_vectors) or not routes:
             raise ValueError("one block of vectors per route, and at least one route")
@@ -177,7 +180,7 @@ class RouteIndex:
             [np.full(len(v), i, dtype=np.intp) for i, v in enumerate(route_vectors)]
         )
         background = _normalize(np.asarray(background, dtype=np.float32).reshape(-1, self.dim))
-        if len(background):
+        if prune_background and len(background):
             nearest = (background @ self._vectors.T).max(axis=1)
             background = background[nearest < _BACKGROUND_MAX_SIMILARITY]
         self._background = background
@@ -322,6 +325,7 @@ class EmbeddingRouter:
             blocks,
             background if background is not None else np.zeros((0, dim), dtype=np.float32),
             self.rule,
+            prune_background=other_examples is None,
         )
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
