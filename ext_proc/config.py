@@ -144,7 +144,11 @@ class ArchRouterOptions:
     intra_threads: int = 1
     """Threads per generation. One is the fastest for a small model on a small CPU:
     a 1.5B model's matrices are too small to pay for splitting them."""
-    max_batch_size: int = 8
+    max_batch_size: int | None = None
+    """``None``: 8 on a GPU, 1 on a CPU. A CPU's prefill is compute-bound, and
+    CTranslate2 decodes the part of longer prompts past the shortest one token by
+    token, so a batch of four different conversations took twice as long as four
+    one after another (bench/router_bench.py)."""
     batch_wait_s: float = 0.002
     """How long the first request of a batch waits for others to join it."""
     max_new_tokens: int | None = None
@@ -1794,7 +1798,7 @@ class _Loader:
             device=device or d.device,
             compute_type=compute_type or d.compute_type,
             intra_threads=threads if threads is not None else d.intra_threads,
-            max_batch_size=batch or d.max_batch_size,
+            max_batch_size=batch,
             batch_wait_s=wait if wait is not None else d.batch_wait_s,
             max_new_tokens=new_tokens,
             static_prompt=static if static is not None else d.static_prompt,

@@ -18,7 +18,9 @@ from ext_proc.router.tokenizer import ModelFilesError, ModelTokenizer
 from tests.conftest import TinyModel
 from tests.tiny_qwen import ANSWER, EXAMPLE_CONVERSATION, ROUTES, transformers_greedy
 
-OPTIONS = ArchRouterOptions(device="cpu", compute_type="float32", intra_threads=1)
+OPTIONS = ArchRouterOptions(
+    device="cpu", compute_type="float32", intra_threads=1, max_batch_size=8, batch_wait_s=0.05
+)
 CONVERSATIONS = (
     EXAMPLE_CONVERSATION,
     (Turn("user", 'Explain quantum physics\n\tin detail, naïvely: "why" ∑ 😀'),),
@@ -127,6 +129,7 @@ def test_int8_conversion_loads_and_routes(tiny_model: TinyModel, tmp_path: Path)
 
     out = convert_model(tiny_model.hf_dir, tmp_path / "int8", quantization="int8")
     router = ArchRouter.load(out, ROUTES, ArchRouterOptions(device="cpu", intra_threads=1))
+    assert router.batcher._max_batch_size == 1, "no batching on a CPU unless configured"
 
     async def main():
         try:

@@ -41,6 +41,7 @@ _PROBE = (
     Turn("assistant", "Sure."),
     Turn("user", "Now write code"),
 )
+_GPU_BATCH = 8
 _OUTPUT_MARGIN = 4
 """Tokens beyond ``{"route": "<longest name>"}``: the end token and a stray space."""
 
@@ -123,16 +124,22 @@ class ArchRouter:
     """``PreferenceRouter`` on an in-process model (CTranslate2)."""
 
     def __init__(
-        self, prompt: ArchRouterPrompt, generate: GenerateFn, options: ArchRouterOptions
+        self,
+        prompt: ArchRouterPrompt,
+        generate: GenerateFn,
+        options: ArchRouterOptions,
+        *,
+        device: str = "cpu",
     ) -> None:
         self.prompt = prompt
         self._generate = generate
         self._route_names = frozenset(r.name for r in prompt.routes)
         self.max_new_tokens = options.max_new_tokens or prompt.max_new_tokens()
         self._end_ids = prompt.end_ids()
+        batch_size = options.max_batch_size or (_GPU_BATCH if device == "cuda" else 1)
         self.batcher: MicroBatcher[EncodedPrompt, str] = MicroBatcher(
             self._run_batch,
-            max_batch_size=options.max_batch_size,
+            max_batch_size=batch_size,
             max_wait_s=options.batch_wait_s,
         )
 
@@ -157,7 +164,7 @@ class ArchRouter:
             engine.compute_type,
             len(prompt.static_ids),
         )
-        return cls(prompt, engine.generate, options)
+        return cls(prompt, engine.generate, options, device=engine.device)
 
     def count_tokens(self, text: str) -> int:
         return self.prompt.count_tokens(text)

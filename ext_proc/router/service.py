@@ -45,7 +45,10 @@ class ConfiguredRouter:
     async def decide(self, body: Mapping[str, Any], api: WireAPI) -> RouteChoice:
         """The route for this request body; never raises."""
         try:
-            conversation = select_conversation(
+            # Tokenizing (and trimming) up to a few MiB of messages takes milliseconds:
+            # a worker thread keeps them off the event loop that serves every stream.
+            conversation = await asyncio.to_thread(
+                select_conversation,
                 body,
                 api,
                 count_tokens=self.count_tokens,
