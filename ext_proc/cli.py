@@ -128,7 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     router_sub = router.add_subparsers(required=True, metavar="TOOL")
     convert = router_sub.add_parser(
         "convert",
-        help="convert a local Hugging Face model (e.g. Arch-Router-1.5B) for CTranslate2",
+        help="convert a local Hugging Face model (Arch-Router-1.5B, or a BERT sentence "
+        "encoder with --encoder) for CTranslate2",
+    )
+    convert.add_argument(
+        "--encoder",
+        action="store_true",
+        help="SOURCE is a BERT sentence encoder (e.g. all-MiniLM-L6-v2) for the embedding "
+        "router; converted from its safetensors with numpy, no torch needed",
     )
     convert.add_argument("source", type=Path, help="the Hugging Face model directory")
     convert.add_argument("output", type=Path, help="the directory to write (router.model_path)")
@@ -463,11 +470,12 @@ async def _route_once(router: Any, body: dict[str, Any], api: Any) -> dict[str, 
 
 
 def _cmd_router_convert(args: argparse.Namespace) -> int:
-    from ext_proc.router.convert import convert_model
+    from ext_proc.router.convert import convert_encoder, convert_model
 
     quantization = None if args.quantization.lower() == "none" else args.quantization
+    convert = convert_encoder if args.encoder else convert_model
     started = time.perf_counter()
-    out = convert_model(args.source, args.output, quantization=quantization, force=args.force)
+    out = convert(args.source, args.output, quantization=quantization, force=args.force)
     print(f"converted {args.source} -> {out} in {time.perf_counter() - started:.1f}s")
     print(f"set router.model_path: {out.resolve()}")
     return 0

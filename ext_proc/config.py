@@ -28,6 +28,7 @@ __all__ = [
     "ArchRouterOptions",
     "Config",
     "ConfigError",
+    "EmbeddingRouterOptions",
     "GatewaySettings",
     "Listener",
     "Overrides",
@@ -114,11 +115,15 @@ class RoutingPreference:
     name: str
     description: str
     models: tuple[str, ...]
+    examples: tuple[str, ...] = ()
+    """Example user requests for this route (an Archway extension, ``examples:``);
+    the embedding router compares conversations with them."""
 
 
-ROUTER_BACKENDS = ("arch_router", "remote")
-"""Preference-router backends: Arch-Router in-process on CTranslate2, or Arch-Router
-served elsewhere behind an OpenAI-compatible endpoint."""
+ROUTER_BACKENDS = ("arch_router", "remote", "embedding")
+"""Preference-router backends: Arch-Router in-process on CTranslate2, Arch-Router
+served elsewhere behind an OpenAI-compatible endpoint, or a sentence encoder on
+CTranslate2 that compares the conversation with the routes (milliseconds on a CPU)."""
 
 CT2_DEVICES = ("auto", "cpu", "cuda")
 CT2_COMPUTE_TYPES = (
@@ -171,7 +176,30 @@ class RemoteRouterOptions:
     max_new_tokens: int | None = None
 
 
-RouterOptions = ArchRouterOptions | RemoteRouterOptions
+@dataclass(frozen=True)
+class EmbeddingRouterOptions:
+    """Settings only the embedding backend has. The decision defaults were tuned
+    on the dev split of tests/data/routing_set.yaml (see bench/)."""
+
+    device: str = "cpu"
+    compute_type: str = "auto"
+    """``auto``: int8 on a CPU, within 0.996 cosine of float32 and twice as fast."""
+    intra_threads: int = 0
+    """0 lets CTranslate2 pick (one per core, up to four)."""
+    max_batch_size: int = 32
+    """Requests whose turns share one encoder call."""
+    threshold: float = 0.05
+    """Below this cosine to its best route, a conversation is ``other``."""
+    margin: float = 0.1
+    """``other`` when the background of everyday requests beats every route on the
+    latest user turn by more than this."""
+    history_weight: float = 0.3
+    """Each older user turn's weight relative to the next newer one."""
+    other_examples: tuple[str, ...] | None = None
+    """Replaces the built-in background of off-topic requests; ``None``: built-in."""
+
+
+RouterOptions = ArchRouterOptions | RemoteRouterOptions | EmbeddingRouterOptions
 """Backend-specific settings; a new backend adds its own class here."""
 
 
@@ -313,8 +341,10 @@ _PROVIDER_KEYS = (
     "timeout",
 )
 _MAX_FALLBACKS = 4
-_INLINE_PREFERENCE_KEYS = ("name", "description")
-_PREFERENCE_KEYS = ("name", "description", "models")
+# `examples` is an Archway extension (utterances for the embedding router);
+# Plano's own keys load unchanged.
+_INLINE_PREFERENCE_KEYS = ("name", "description", "examples")
+_PREFERENCE_KEYS = ("name", "description", "models", "examples")
 _PREFERENCE_IGNORED = {"selection_policy": _IGNORED}
 _OVERRIDE_KEYS = ("upstream_connect_timeout", "upstream_tls_ca_path")
 _OVERRIDE_IGNORED = dict.fromkeys(
@@ -347,6 +377,16 @@ _ROUTER_BACKEND_KEYS: dict[str, tuple[str, ...]] = {
         "static_prompt",
     ),
     "remote": ("endpoint", "model", "access_key", "max_new_tokens"),
+    "embedding": (
+        "device",
+        "compute_type",
+        "intra_threads",
+        "max_batch_size",
+        "threshold",
+        "margin",
+        "history_weight",
+        "other_examples",
+    ),
 }
 _GATEWAY_KEYS = (
     "ext_proc_address",
@@ -562,6 +602,7 @@ class _PreferenceEntry:
     path: str
     valid: bool
     """False when a model it names is unusable: kept only so duplicate names are found."""
+    examples: tuple[str, ...] = ()
 
 
 class _Loader:
@@ -822,6 +863,17 @@ class _Loader:
             return None
         return int(value)
 
+    def number(self, node: yaml.Node | None, path: str, *, low: float, high: float) -> float | None:
+        value = self.typed(
+            node, path, (_INT, _FLOAT), "a number", "write a number such as 0.1", float
+        )
+        if value is None:
+            return None
+        if not math.isfinite(float(value)) or not low <= float(value) <= high:
+            self.error(node, path, f"{value} is out of range", f"use a number from {low} to {high}")
+            return None
+        return float(value)
+
     def boolean(self, node: yaml.Node | None, path: str) -> bool | None:
         words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -953,7 +1005,7 @@ class _Loader:
             aliases=aliases,
             alias_fallbacks=dict(self.alias_fallbacks),
             routing_preferences=tuple(
-                RoutingPreference(p.name, p.description, p.models) for p in preferences
+                RoutingPreference(p.name, p.description, p.models, p.examples) for p in preferences
             ),
             overrides=overrides,
             gateway=gateway,
@@ -1282,6 +1334,7 @@ class _Loader:
                         line=_line(entry),
                         path=f"{pref_path}.name",
                         valid=model is not None,
+                        examples=found[2],
                     )
                 )
 
@@ -1511,7 +1564,9 @@ class _Loader:
 
     def preference_fields(
         self, node: yaml.Node, path: str, *, inline: bool
-    ) -> tuple[str, str] | None:
+    ) -> tuple[str, str, tuple[str, ...]] | None:
+        """Name, description and examples; ``None`` when name or description is
+        unusable (reported)."""
         keys = _INLINE_PREFERENCE_KEYS if inline else _PREFERENCE_KEYS
         ignored = None if inline else _PREFERENCE_IGNORED
         fields = self.mapping(node, path, keys, ignored)
@@ -1527,7 +1582,20 @@ class _Loader:
                 value = None
             if value is not None:
                 found.append(value)
-        return (found[0], found[1]) if len(found) == 2 else None
+        examples = self.examples(fields.get("examples"), f"{path}.examples")
+        return (found[0], found[1], examples) if len(found) == 2 else None
+
+    def examples(self, node: yaml.Node | None, path: str) -> tuple[str, ...]:
+        if _is_null(node):
+            return ()
+        out: list[str] = []
+        for number, item in enumerate(self.sequence(node, path) or []):
+            text = self.text(item, f"{path}[{number}]")
+            if text is not None and not text.strip():
+                self.error(item, f"{path}[{number}]", "empty example", "write a user request")
+            elif text is not None:
+                out.append(text)
+        return tuple(out)
 
     def preferences(
         self,
@@ -1551,6 +1619,7 @@ class _Loader:
                         line=_line(entry),
                         path=f"{path}.name",
                         valid=bool(models),
+                        examples=found[2],
                     )
                 )
         seen: dict[str, _PreferenceEntry] = {}
@@ -1710,20 +1779,27 @@ class _Loader:
                     f"{key} is a setting of backend {owner!r}, not {backend!r}",
                     f"remove it, or set backend: {owner}",
                 )
-        model_path = self.model_path(fields.get("model_path"), required=backend == "arch_router")
-        if backend == "arch_router" and "model_path" not in fields:
-            self.missing_key(
-                node, "router", "model_path", "`model_path: DIR`, a converted Arch-Router directory"
+        local = backend in ("arch_router", "embedding")
+        convert = "archway router convert --encoder" if backend == "embedding" else None
+        model_path = self.model_path(fields.get("model_path"), required=local, convert=convert)
+        if local and "model_path" not in fields:
+            what = (
+                "a converted sentence encoder (archway router convert --encoder)"
+                if backend == "embedding"
+                else "a converted Arch-Router directory"
             )
+            self.missing_key(node, "router", "model_path", f"`model_path: DIR`, {what}")
         defaults = RouterSettings(backend=backend, model_path=None)
         timeout = self.duration(fields.get("timeout"), "router.timeout", positive=True)
         token_budget = self.integer(fields.get("token_budget"), "router.token_budget", low=16)
         max_messages = self.integer(fields.get("max_messages"), "router.max_messages", low=1)
-        options = (
-            self.arch_router_options(fields)
-            if backend == "arch_router"
-            else self.remote_router_options(node, fields)
-        )
+        options: RouterOptions | None
+        if backend == "arch_router":
+            options = self.arch_router_options(fields)
+        elif backend == "embedding":
+            options = self.embedding_router_options(fields)
+        else:
+            options = self.remote_router_options(node, fields)
         if options is None or len(self.errors.items) > errors_before:
             return None
         return RouterSettings(
@@ -1736,7 +1812,9 @@ class _Loader:
             line=_line(entry[0]),
         )
 
-    def model_path(self, node: yaml.Node | None, *, required: bool) -> Path | None:
+    def model_path(
+        self, node: yaml.Node | None, *, required: bool, convert: str | None = None
+    ) -> Path | None:
         text = self.text(node, "router.model_path")
         if text is None:
             return None
@@ -1750,13 +1828,46 @@ class _Loader:
         if not path.is_dir():
             what = "does not exist" if not path.exists() else "is not a directory"
             fix = (
-                "convert the model with `archway router convert SRC OUT` and set model_path to OUT"
+                f"convert the model with `{convert or 'archway router convert'} SRC OUT` "
+                "and set model_path to OUT"
                 if required
                 else "point it at a directory holding the model's tokenizer files"
             )
             self.error(node, "router.model_path", f"{str(path)!r} {what}", fix)
             return None
         return path
+
+    def embedding_router_options(
+        self, fields: Mapping[str, yaml.Node]
+    ) -> EmbeddingRouterOptions | None:
+        d = EmbeddingRouterOptions()
+        device = self.choice(fields.get("device"), "router.device", CT2_DEVICES, "device")
+        compute_type = self.choice(
+            fields.get("compute_type"), "router.compute_type", CT2_COMPUTE_TYPES, "compute type"
+        )
+        threads = self.integer(fields.get("intra_threads"), "router.intra_threads", low=0)
+        batch = self.integer(
+            fields.get("max_batch_size"), "router.max_batch_size", low=1, high=1024
+        )
+        # Cosines live in [-1, 1]: a threshold or margin outside that is a typo.
+        threshold = self.number(fields.get("threshold"), "router.threshold", low=-1.0, high=1.0)
+        margin = self.number(fields.get("margin"), "router.margin", low=-2.0, high=2.0)
+        history = self.number(
+            fields.get("history_weight"), "router.history_weight", low=0.0, high=1.0
+        )
+        other = None
+        if "other_examples" in fields:
+            other = self.examples(fields["other_examples"], "router.other_examples")
+        return EmbeddingRouterOptions(
+            device=device or d.device,
+            compute_type=compute_type or d.compute_type,
+            intra_threads=threads if threads is not None else d.intra_threads,
+            max_batch_size=batch or d.max_batch_size,
+            threshold=threshold if threshold is not None else d.threshold,
+            margin=margin if margin is not None else d.margin,
+            history_weight=history if history is not None else d.history_weight,
+            other_examples=other,
+        )
 
     def arch_router_options(self, fields: Mapping[str, yaml.Node]) -> ArchRouterOptions | None:
         d = ArchRouterOptions()

@@ -10,6 +10,7 @@ __all__ = [
     "DECISION_PROVIDER",
     "DECISION_RESOLUTION",
     "DECISION_ROUTE",
+    "DECISION_ROUTE_SCORE",
     "FALLBACK_CHAIN",
     "INTERNAL_PREFIX",
     "ROUTE_HEADER",
@@ -40,11 +41,16 @@ FALLBACK_CHAIN = "x-archway-fallbacks"
 """Set by the ext_proc server on requests whose model has fallbacks: the model of
 each attempt, space-separated, primary first. Read by the upstream processor."""
 
+DECISION_ROUTE_SCORE = "x-archway-route-score"
+"""The preference router's confidence in ``x-archway-route``, where the backend has
+one (the embedding router's cosine similarity)."""
+
 CLIENT_DECISION_HEADERS = (
     DECISION_MODEL,
     DECISION_PROVIDER,
     DECISION_RESOLUTION,
     DECISION_ROUTE,
+    DECISION_ROUTE_SCORE,
 )
 """Set on the request by the ext_proc server; Envoy's route copies them onto the
 response (``%REQ(...)%``) so the client sees the decision without a second

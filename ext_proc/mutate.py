@@ -22,6 +22,7 @@ from ext_proc.headers import (
     DECISION_PROVIDER,
     DECISION_RESOLUTION,
     DECISION_ROUTE,
+    DECISION_ROUTE_SCORE,
     FALLBACK_CHAIN,
     ROUTE_HEADER,
     TRANSLATE_HEADER,
@@ -165,8 +166,12 @@ def plan_request(
     body: bytes,
     *,
     route: str | None = None,
+    route_score: float | None = None,
 ) -> RequestPlan:
-    """Everything to change about one LLM request, or a ``GatewayError``."""
+    """Everything to change about one LLM request, or a ``GatewayError``.
+
+    ``route`` and ``route_score`` are the preference router's answer for an open
+    model; the score is reported only alongside a route."""
     parsed = parse_body(headers, body)
     decision = resolve_model(table, requested_model(parsed), route=route)
     provider = decision.provider
@@ -175,6 +180,8 @@ def plan_request(
     client_api = endpoint.api
 
     set_headers = list(decision_headers(decision))
+    if decision.route is not None and route_score is not None:
+        set_headers.append((DECISION_ROUTE_SCORE, f"{route_score:.4f}"))
     upstream_set, remove = upstream_headers(decision, headers)
     set_headers.extend(upstream_set)
 

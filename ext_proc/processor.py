@@ -37,6 +37,7 @@ from ext_proc.messages import ResponseBodyMode
 from ext_proc.mutate import parse_body, plan_request, requested_model
 from ext_proc.providers import WireAPI
 from ext_proc.resolve import AUTO_MODELS, RoutingTable
+from ext_proc.router import RouteChoice
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.translate import (
     StreamTranslator,
@@ -131,8 +132,15 @@ class RequestProcessor:
     async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._endpoint is None:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
-        route = await self._preference_route(self._endpoint, msg.body)
-        plan = plan_request(self._table, self._endpoint, self._headers, msg.body, route=route)
+        choice = await self._preference_route(self._endpoint, msg.body)
+        plan = plan_request(
+            self._table,
+            self._endpoint,
+            self._headers,
+            msg.body,
+            route=choice.route if choice is not None else None,
+            route_score=choice.score if choice is not None else None,
+        )
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
             log.debug(
@@ -145,7 +153,7 @@ class RequestProcessor:
             )
         return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
 
-    async def _preference_route(self, endpoint: Endpoint, body: bytes) -> str | None:
+    async def _preference_route(self, endpoint: Endpoint, body: bytes) -> RouteChoice | None:
         """The preference router's route when the client left the model open;
         ``None`` (no router asked) for explicit models and aliases."""
         if self._router is None:
@@ -155,8 +163,7 @@ class RequestProcessor:
         requested = requested_model(parsed)
         if requested is not None and requested.strip().lower() not in AUTO_MODELS:
             return None
-        choice = await self._router.decide(parsed, endpoint.api)
-        return choice.route
+        return await self._router.decide(parsed, endpoint.api)
 
     def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)

@@ -31,3 +31,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     # float32, so CTranslate2's greedy output can be compared with transformers'.
     ct2_dir = convert_model(hf_dir, root / "ct2", quantization="float32")
     return TinyModel(hf_dir, ct2_dir)
+
+
+@dataclass(frozen=True)
+class TinyEncoder:
+    hf_dir: Path
+    """A tiny BERT checkpoint (safetensors) and WordPiece tokenizer."""
+    ct2_dir: Path
+    """Its float32 CTranslate2 encoder, converted by Archway's numpy converter."""
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> TinyEncoder:
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ext_proc.router.convert import convert_encoder
+    from tests.tiny_bert import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    hf_dir = root / "hf"
+    build_tokenizer(hf_dir)
+    build_model(hf_dir)
+    ct2_dir = convert_encoder(hf_dir, root / "ct2", quantization="float32")
+    return TinyEncoder(hf_dir, ct2_dir)

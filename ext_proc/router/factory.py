@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ext_proc.config import (
     ArchRouterOptions,
     Config,
+    EmbeddingRouterOptions,
     RemoteRouterOptions,
     RouterSettings,
 )
@@ -30,7 +31,9 @@ class Backend:
 
 def routes_of(config: Config) -> tuple[Route, ...]:
     """The routes the router chooses from, in config order."""
-    return tuple(Route(p.name, p.description) for p in config.routing_preferences if p.models)
+    return tuple(
+        Route(p.name, p.description, p.examples) for p in config.routing_preferences if p.models
+    )
 
 
 def _arch_router(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
@@ -76,9 +79,46 @@ def _remote(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
     return Backend(router, count)
 
 
+def _embedding(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
+    options = settings.options
+    assert isinstance(options, EmbeddingRouterOptions) and settings.model_path is not None
+    try:
+        # Imported here to fail early, with the fix, rather than mid-load.
+        import ctranslate2  # noqa: F401
+        import numpy  # noqa: F401
+        import tokenizers  # noqa: F401
+
+        from ext_proc.router.embedding import DecisionRule, EmbeddingRouter
+        from ext_proc.router.tokenizer import ModelFilesError
+    except ImportError as exc:
+        raise RouterUnavailableError(
+            f"router backend embedding needs {exc.name}: pip install 'archway[router]'"
+        ) from None
+    rule = DecisionRule(
+        threshold=options.threshold,
+        margin=options.margin,
+        history_weight=options.history_weight,
+    )
+    try:
+        router = EmbeddingRouter.load(
+            settings.model_path,
+            routes,
+            rule=rule,
+            other_examples=options.other_examples,
+            device=options.device,
+            compute_type=options.compute_type,
+            intra_threads=options.intra_threads,
+            max_batch_size=options.max_batch_size,
+        )
+    except ModelFilesError as exc:
+        raise RouterUnavailableError(str(exc)) from None
+    return Backend(router, router.count_tokens)
+
+
 BACKENDS: dict[str, Callable[[RouterSettings, tuple[Route, ...]], Backend]] = {
     "arch_router": _arch_router,
     "remote": _remote,
+    "embedding": _embedding,
 }
 
 
