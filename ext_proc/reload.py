@@ -49,6 +49,13 @@ def check_reloadable(current: Config, new: Config) -> str | None:
             "the new config changes Envoy's listeners or upstream endpoints; "
             "re-render the bootstrap (archway render) and restart Envoy (or archway up)"
         )
+    # The preference router is loaded once, with its routes, when the server
+    # starts; a reload that changed either would be silently half-applied.
+    if current.router != new.router or current.routing_preferences != new.routing_preferences:
+        return (
+            "the new config changes the preference router or its routing_preferences, "
+            "which load when the server starts; restart archway serve (or archway up)"
+        )
     return None
 
 

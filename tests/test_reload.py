@@ -66,6 +66,15 @@ def test_reload_applies_good_configs_and_refuses_bad_ones(tmp_path: Path, caplog
     _write(path, TEMPLATE.format(upstream="http://127.0.0.1:10", target="gpt-5"))
     result = reloader.reload()
     assert not result.applied and "restart Envoy" in result.reason
+    # Routing preferences load with the router at start: refused too.
+    _write(
+        path,
+        TEMPLATE.format(upstream="http://127.0.0.1:9", target="gpt-5")
+        + "routing_preferences:\n  - name: code\n    description: writing code\n"
+        + "    models: [openai/gpt-5]\n",
+    )
+    result = reloader.reload()
+    assert not result.applied and "preference router" in result.reason
     assert len(applied) == 1
     assert "keeping the running config" in caplog.text
     assert "sk-reload-secret" not in caplog.text
