@@ -165,10 +165,18 @@ def plan_request(
     body: bytes,
     *,
     route: str | None = None,
+    parsed: dict[str, Any] | None = None,
+    decision: RoutingDecision | None = None,
 ) -> RequestPlan:
-    """Everything to change about one LLM request, or a ``GatewayError``."""
-    parsed = parse_body(headers, body)
-    decision = resolve_model(table, requested_model(parsed), route=route)
+    """Everything to change about one LLM request, or a ``GatewayError``.
+
+    ``parsed`` is the body already parsed by the caller, and ``decision`` one it
+    already made (a session's pinned decision); each is otherwise made here.
+    """
+    if parsed is None:
+        parsed = parse_body(headers, body)
+    if decision is None:
+        decision = resolve_model(table, requested_model(parsed), route=route)
     provider = decision.provider
     spec = spec_for(provider)
     provider_api = spec.api if spec else WireAPI.OPENAI

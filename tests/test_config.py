@@ -917,7 +917,7 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         filters: []
         prompt_targets: []
         ratelimits: []
-        routing: {session_ttl_seconds: 60}
+        routing: {session_ttl_seconds: 60, session_cache: {type: redis}}
         model_metrics_sources: []
         prompt_caching: {enabled: true}
         """),
@@ -934,7 +934,7 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         "filters",
         "prompt_targets",
         "ratelimits",
-        "routing",
+        "routing.session_cache",
         "model_metrics_sources",
         "prompt_caching",
     ]
