@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     BodyResponse,
@@ -29,14 +30,22 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     TrailersResponse,
 )
 
-from ext_proc import messages
+from ext_proc import affinity, messages
 from ext_proc.endpoints import Endpoint, classify, client_api, models_listing
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.headers import INTERNAL_PREFIX, TRANSLATE_HEADER
+from ext_proc.headers import (
+    AFFINITY_NEW,
+    AFFINITY_PINNED,
+    CLIENT_AFFINITY_HEADER,
+    DECISION_AFFINITY,
+    INTERNAL_PREFIX,
+    TRANSLATE_HEADER,
+)
 from ext_proc.messages import ResponseBodyMode
-from ext_proc.mutate import plan_request
+from ext_proc.mutate import parse_body, plan_request, requested_model
+from ext_proc.observe import RequestTelemetry
 from ext_proc.providers import WireAPI
-from ext_proc.resolve import RoutingTable
+from ext_proc.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
 from ext_proc.translate import (
     StreamTranslator,
     TranslationContext,
@@ -52,6 +61,7 @@ log = logging.getLogger("archway.processor")
 
 
 _SSE_TYPE = "text/event-stream"
+_REQUEST_PHASES = frozenset({"request_headers", "request_body", "request_trailers", None})
 
 
 class _ResponseTranslation:
@@ -75,9 +85,19 @@ class _ResponseTranslation:
 
 
 class RequestProcessor:
-    __slots__ = ("_api", "_endpoint", "_headers", "_response", "_table")
+    __slots__ = (
+        "_api",
+        "_endpoint",
+        "_headers",
+        "_response",
+        "_table",
+        "_telemetry",
+        "_trace_context",
+    )
 
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(
+        self, table: RoutingTable, *, trace_context: Mapping[str, str] | None = None
+    ) -> None:
         # The table is captured per request, so a config reload never changes
         # the rules under a request already in flight.
         self._table = table
@@ -85,6 +105,9 @@ class RequestProcessor:
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
         self._response: _ResponseTranslation | None = None
+        self._telemetry = RequestTelemetry()
+        self._trace_context = trace_context
+        """The gRPC stream's W3C trace context (Envoy's span), when tracing is on."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
@@ -99,21 +122,24 @@ class RequestProcessor:
                 return self._on_response_headers(request.response_headers)
             return _pass_through(phase)
         except GatewayError as exc:
-            return self._error(exc)
+            return self._error(exc, phase)
         except Exception:
             # Never a traceback to the client and never a hung stream.
             log.exception("unexpected error while processing %s", phase)
             return self._error(
-                GatewayError(500, "Archway failed to process this request.", code="internal_error")
+                GatewayError(500, "Archway failed to process this request.", code="internal_error"),
+                phase,
             )
 
     def _on_request_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
         path = headers.get(":path", "/")
+        self._telemetry.started(headers, self._trace_context, path)
         self._api = client_api(path)
         endpoint = classify(headers.get(":method", "GET"), path)
         if endpoint is Endpoint.MODELS:
             api = WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
+            self._telemetry.answered()
             return messages.immediate_response(200, models_listing(self._table, api))
         if msg.end_of_stream:
             raise GatewayError(
@@ -129,7 +155,36 @@ class RequestProcessor:
     async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._endpoint is None:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
-        plan = plan_request(self._table, self._endpoint, self._headers, msg.body)
+        table = self._table
+        parsed = None
+        decision: RoutingDecision | None = None
+        pins: affinity.AffinityCache | None = None
+        session = self._headers.get(CLIENT_AFFINITY_HEADER)
+        key = affinity.session_key(session) if session is not None else None
+        if key is not None:
+            parsed = parse_body(self._headers, msg.body)
+            requested = requested_model(parsed)
+            # Only open models are pinned: an explicit model or alias is the client's choice.
+            if requested is None or requested.strip().lower() in AUTO_MODELS:
+                pins = affinity.process_pins(table.config.affinity)
+                decision = pins.recall(key, table, requested)
+        # Preference-router hook (ext_proc/router, merging from the router branch):
+        # when ``decision`` is still None and the model is open, ask the router here
+        # through ``self._telemetry.router_call(router.decide(...))`` and pass its
+        # route to plan_request; the call then gets its span and latency histogram.
+        plan = plan_request(
+            table, self._endpoint, self._headers, msg.body, parsed=parsed, decision=decision
+        )
+        set_headers = plan.set_headers
+        pinned_state: str | None = None
+        if pins is not None and key is not None:
+            if decision is None:
+                pins.remember(key, plan.decision)
+                pinned_state = AFFINITY_NEW
+            else:
+                pinned_state = AFFINITY_PINNED
+            set_headers = (*set_headers, (DECISION_AFFINITY, pinned_state))
+        self._telemetry.routed(table, plan, pinned_state)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
             log.debug(
@@ -139,7 +194,7 @@ class RequestProcessor:
                 d.resolution.value,
                 d.cluster,
             )
-        return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
+        return messages.body_response(set_headers, plan.remove_headers, plan.body)
 
     def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
@@ -208,7 +263,8 @@ class RequestProcessor:
             body = translate_response(translation.context, msg.body, created=translation.created)
         return messages.response_body_response(body, [("content-length", str(len(body)))])
 
-    def _error(self, exc: GatewayError) -> ProcessingResponse:
+    def _error(self, exc: GatewayError, phase: str | None) -> ProcessingResponse:
+        self._telemetry.failed(exc, before_routing=phase in _REQUEST_PHASES)
         return messages.immediate_response(
             exc.status, error_body(self._api, exc), exc.headers, details=exc.code
         )
