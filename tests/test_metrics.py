@@ -218,3 +218,40 @@ def test_multiprocess_mode_must_come_before_the_first_metric(
     monkeypatch.delenv(metrics.MULTIPROC_DIR_ENV, raising=False)
     with pytest.raises(RuntimeError, match="before PROMETHEUS_MULTIPROC_DIR"):
         metrics.use_multiprocess_dir()
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("", 9003),
+        ("metrics_port: 0", 0),
+        ("metrics_port: 9100", 9100),
+        ("metrics_port: false", None),
+        ("metrics_port: off", None),
+    ],
+)
+def test_the_metrics_port_setting(setting: str, expected: int | None) -> None:
+    from ext_proc.config import load_config_text
+
+    text = "llm_providers: [{model: openai/gpt-5, access_key: k}]\n"
+    if setting:
+        text += f"archway:\n  {setting}\n"
+    assert load_config_text(text).gateway.metrics_port == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("metrics_port: true", "true is not a port"),
+        ("metrics_port: 70000", "out of range"),
+        ("ext_proc_port: 9003", "both use port 9003"),
+    ],
+)
+def test_bad_metrics_ports_are_refused(setting: str, problem: str) -> None:
+    from ext_proc.config import ConfigError, load_config_text
+
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(
+            f"llm_providers: [{{model: openai/gpt-5, access_key: k}}]\narchway:\n  {setting}\n"
+        )
+    assert problem in str(caught.value)
