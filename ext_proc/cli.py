@@ -169,11 +169,16 @@ def _start_observability(config: Config, args: argparse.Namespace) -> ProcessObs
 
     use_multiprocess_dir()
     port = config.gateway.metrics_port if args.metrics_port is None else args.metrics_port
-    return ProcessObservability.start(
-        config,
-        metrics_address=args.metrics_address or config.gateway.metrics_address,
-        metrics_port=None if port == "off" else int(port),
-    )
+    address = args.metrics_address or config.gateway.metrics_address
+    try:
+        return ProcessObservability.start(
+            config, metrics_address=address, metrics_port=None if port == "off" else int(port)
+        )
+    except OSError as exc:
+        raise SystemExit(
+            f"archway: cannot serve metrics on {address}:{port} ({exc.strerror or exc}); "
+            "pick another with --metrics-port or archway.metrics_port, or turn it off"
+        ) from None
 
 
 # --- check -------------------------------------------------------------------
