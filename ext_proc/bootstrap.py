@@ -27,10 +27,13 @@ from typing import Any
 
 import yaml
 
-from ext_proc.config import Config, GatewaySettings, Listener, Overrides
+from ext_proc.config import Config, GatewaySettings, Listener, Overrides, TracingSettings
 from ext_proc.headers import (
     CLIENT_DECISION_HEADERS,
     CLIENT_PATH_HEADER,
+    DECISION_FALLBACK,
+    DECISION_MODEL,
+    DECISION_ROUTE_SCORE,
     ROUTE_HEADER,
     TRANSLATE_HEADER,
     UPSTREAM_PHASE,
@@ -47,6 +50,7 @@ __all__ = [
     "EXT_PROC_CLUSTER",
     "EXT_PROC_HEALTH_CHECK",
     "MAX_DOWNSTREAM_CONNECTIONS",
+    "OTEL_COLLECTOR_CLUSTER",
     "TRANSLATION_FILTER",
     "TRANSLATION_STAT_PREFIX",
     "HealthCheckTiming",
@@ -56,6 +60,10 @@ __all__ = [
 ]
 
 EXT_PROC_CLUSTER = "archway_ext_proc"
+
+OTEL_COLLECTOR_CLUSTER = "archway_otel_collector"
+"""Where Envoy sends its spans when ``archway.tracing`` is set (OTLP over gRPC)."""
+ENVOY_SERVICE_NAME = "archway-envoy"
 
 TRANSLATION_FILTER = "archway.translate"
 """The response-translation ext_proc filter's name, which routes configure it by."""
@@ -111,6 +119,8 @@ _T_HEADER_MUTATION = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 )
 _T_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_T_OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+_OTEL_EXPORT_TIMEOUT_S = 0.25
 _T_STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _T_DOWNSTREAM_CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors."
@@ -151,8 +161,15 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "upstream_host": "%UPSTREAM_HOST%",
     "request_id": "%REQ(X-REQUEST-ID)%",
-    **{name.removeprefix("x-archway-"): f"%REQ({name})%" for name in CLIENT_DECISION_HEADERS},
+    **{
+        name.removeprefix("x-archway-").replace("-", "_"): f"%REQ({name})%"
+        for name in CLIENT_DECISION_HEADERS
+    },
+    "route_score": f"%REQ({DECISION_ROUTE_SCORE})%",
     "translation": f"%REQ({TRANSLATE_HEADER})%",
+    "fallback": f"%RESP({DECISION_FALLBACK})%",
+    "answered_model": f"%RESP({DECISION_MODEL})%",
+    "trace_id": "%TRACE_ID%",
 }
 """One JSON object per request on Envoy's stdout.
 
@@ -173,10 +190,19 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
 - ``upstream_cluster`` / ``upstream_host``: the cluster picked through the route
   header and the address that served the request.
 - ``request_id``: Envoy's ``x-request-id``, also seen by the ext_proc server.
-- ``model``, ``provider``, ``resolution``, ``route``: Archway's decision, the
-  ``x-archway-*`` request headers that are also echoed to the client.
+- ``model``, ``provider``, ``resolution``, ``route``, ``affinity``: Archway's
+  decision, the ``x-archway-*`` request headers that are also echoed to the client.
+- ``route_score``: the preference router's confidence in ``route``, where its
+  backend has one.
 - ``translation``: ``openai-to-anthropic`` or ``anthropic-to-openai`` when the
   request and its response were translated; ``null`` otherwise.
+- ``fallback``: how many models failed before the one that answered; ``null``
+  when the first choice answered (or the request had no fallbacks).
+- ``answered_model``: the model that answered (``x-archway-model`` on the
+  response): a fallback's, when ``fallback`` is set.
+- ``trace_id``: Envoy's trace id when tracing is on; ``null`` otherwise.
+
+The README's Operations section documents every field for operators.
 """
 
 
@@ -216,6 +242,8 @@ def bootstrap_dict(
         _failover_cluster(name, chain, config.overrides, gateway)
         for name, chain in failover_chains(build_routing_table(config)).items()
     ]
+    if gateway.tracing is not None:
+        clusters.append(_otel_collector_cluster(gateway.tracing))
     return {
         "admin": {"address": _socket_address(gateway.admin_address, admin)},
         "overload_manager": _overload_manager(),
@@ -314,6 +342,7 @@ def _http_connection_manager(listener: Listener, config: Config) -> dict[str, An
         "stream_idle_timeout": _duration(idle_s),
         "request_timeout": _duration(_REQUEST_RECEIVE_TIMEOUT_S),
         "access_log": [_access_log()],
+        **({"tracing": _tracing(gateway.tracing)} if gateway.tracing is not None else {}),
         "route_config": _route_config(listener, config),
         "local_reply_config": _local_reply_config(gateway),
         "http_filters": [
@@ -321,6 +350,36 @@ def _http_connection_manager(listener: Listener, config: Config) -> dict[str, An
             _ext_proc_filter(gateway),
             _translation_filter(gateway),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
+        ],
+    }
+
+
+def _tracing(settings: TracingSettings) -> dict[str, Any]:
+    """Envoy's own spans, exported to the collector with OpenTelemetry.
+
+    Envoy also puts its span's context on the ext_proc gRPC call, so Archway's
+    request span joins the same trace as a child of Envoy's. The decision headers
+    become span tags: Envoy reads them when the span ends, after Archway set them.
+    """
+    return {
+        "random_sampling": {"value": settings.sample_percent},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _T_OTEL_TRACER,
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": OTEL_COLLECTOR_CLUSTER},
+                    "timeout": _duration(_OTEL_EXPORT_TIMEOUT_S),
+                },
+                "service_name": ENVOY_SERVICE_NAME,
+            },
+        },
+        "custom_tags": [
+            {
+                "tag": "archway." + name.removeprefix("x-archway-").replace("-", "_"),
+                "request_header": {"name": name},
+            }
+            for name in (*CLIENT_DECISION_HEADERS, TRANSLATE_HEADER)
         ],
     }
 
@@ -700,6 +759,28 @@ def _ext_proc_cluster(host: str, port: int, gateway: GatewaySettings) -> dict[st
         # A server that DNS no longer returns (a Kubernetes pod that went away)
         # leaves at once, rather than after failing its checks.
         "ignore_health_on_host_removal": True,
+    }
+    if not _is_ip(host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
+
+
+def _otel_collector_cluster(settings: TracingSettings) -> dict[str, Any]:
+    host = settings.collector_host
+    cluster: dict[str, Any] = {
+        "name": OTEL_COLLECTOR_CLUSTER,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": _duration(_EXT_PROC_CONNECT_TIMEOUT_S),
+        # OTLP/gRPC: HTTP/2 in cleartext, as collectors listen on 4317 by default.
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS_KEY: {
+                "@type": _T_HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": _load_assignment(
+            OTEL_COLLECTOR_CLUSTER, host, settings.collector_port, hostname=None
+        ),
     }
     if not _is_ip(host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
@@ -29,6 +29,9 @@ from ext_proc.providers import Upstream, upstream_for
 from ext_proc.resolve import AUTO_MODELS, build_routing_table, resolve_model
 from ext_proc.router.factory import RouterUnavailableError, build_router, routes_of
 from ext_proc.router.tokenizer import ModelFilesError
+
+if TYPE_CHECKING:
+    from ext_proc.observe import ProcessObservability
 
 __all__ = ["main"]
 
@@ -160,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, say NOT_SERVING to health checks for S seconds before stopping "
         "(default: 5)",
     )
+    _add_metrics_arguments(serve)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -173,9 +177,55 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--ext-proc-port", type=int, default=0, help="ext_proc port (default: a free one)"
     )
+    _add_metrics_arguments(up)
     up.add_argument("-v", "--verbose", action="store_true")
     up.set_defaults(func=_cmd_up)
     return parser
+
+
+# --- metrics and tracing (transport-independent; see ext_proc/observe.py) -----
+
+
+def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-address", help="Prometheus endpoint address (default: the config's, 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        metavar="PORT|off",
+        help="Prometheus endpoint port, 0 for a free one, off for none (default: the config's, "
+        "9003)",
+    )
+
+
+def _metrics_port(value: str) -> int | str:
+    if value.lower() in ("off", "false", "no"):
+        return "off"
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is 0 to 65535")
+    return port
+
+
+def _start_observability(config: Config, args: argparse.Namespace) -> ProcessObservability:
+    """Before any metric exists: one metrics directory for this process and the
+    workers it may start; then the endpoint and tracing."""
+    from ext_proc.metrics import use_multiprocess_dir
+    from ext_proc.observe import ProcessObservability
+
+    use_multiprocess_dir()
+    port = config.gateway.metrics_port if args.metrics_port is None else args.metrics_port
+    address = args.metrics_address or config.gateway.metrics_address
+    try:
+        return ProcessObservability.start(
+            config, metrics_address=address, metrics_port=None if port == "off" else int(port)
+        )
+    except OSError as exc:
+        raise SystemExit(
+            f"archway: cannot serve metrics on {address}:{port} ({exc.strerror or exc}); "
+            "pick another with --metrics-port or archway.metrics_port, or turn it off"
+        ) from None
 
 
 # --- check -------------------------------------------------------------------
@@ -494,7 +544,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
     drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
-    asyncio.run(serve_forever(config, host, port, drain_s=drain_s))
+    observability = _start_observability(config, args)
+    if observability.endpoint is not None:
+        print(f"archway metrics on {observability.endpoint.url}", flush=True)
+    try:
+        asyncio.run(serve_forever(config, host, port, drain_s=drain_s))
+    finally:
+        observability.close()
     return 0
 
 
@@ -517,10 +573,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return asyncio.run(_up(config, args.echo_upstream, args.ext_proc_port))
+    observability = _start_observability(config, args)
+    try:
+        return asyncio.run(_up(config, args.echo_upstream, args.ext_proc_port, observability))
+    finally:
+        observability.close()
 
 
-async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
+async def _up(
+    config: Config, echo: bool, ext_proc_port: int, observability: ProcessObservability
+) -> int:
     from ext_proc.bootstrap import render_bootstrap
     from ext_proc.echo import EchoUpstream
     from ext_proc.envoy_process import EnvoyProcess
@@ -543,7 +605,7 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
         # Ready means both answer: Envoy's admin /ready and the ext_proc health service.
         await wait_until_serving(f"{ext_host}:{running.port}", timeout_s=10.0)
         addresses = await asyncio.to_thread(envoy.listener_addresses)
-        _print_ready(config, addresses, echoes, running.port, envoy.admin_url)
+        _print_ready(config, addresses, echoes, running.port, envoy.admin_url, observability)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -571,6 +633,7 @@ def _print_ready(
     echoes: Sequence[object],
     ext_proc_port: int,
     admin_url: str,
+    observability: ProcessObservability,
 ) -> None:
     print("archway is up.", flush=True)
     for name, (host, port) in addresses.items():
@@ -580,6 +643,10 @@ def _print_ready(
         f"  ext_proc server: 127.0.0.1:{ext_proc_port} (gRPC health: SERVING); "
         f"envoy admin: {admin_url} (/ready: LIVE)"
     )
+    if observability.endpoint is not None:
+        print(f"  metrics: {observability.endpoint.url}")
+    if observability.tracing_to is not None:
+        print(f"  tracing: spans to {observability.tracing_to}")
     if echoes:
         print(f"  echo upstreams: {len(echoes)} (answers say what they received)")
     if addresses:

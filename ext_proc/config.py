@@ -24,7 +24,9 @@ from yaml.constructor import ConstructorError, SafeConstructor
 __all__ = [
     "DEFAULT_LISTENER",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
+    "DEFAULT_METRICS_PORT",
     "ROUTER_BACKENDS",
+    "AffinitySettings",
     "ArchRouterOptions",
     "Config",
     "ConfigError",
@@ -37,12 +39,15 @@ __all__ = [
     "RouterOptions",
     "RouterSettings",
     "RoutingPreference",
+    "TracingSettings",
     "load_config",
     "load_config_text",
     "parse_duration",
 ]
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_METRICS_PORT = 9003
+"""Next to the ext_proc server's 9002, so Archway's two ports are easy to remember."""
 
 
 class ConfigError(Exception):
@@ -229,6 +234,28 @@ class Overrides:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry tracing (``archway.tracing``): where spans go and how many."""
+
+    collector_host: str
+    collector_port: int
+    """An OTLP/gRPC collector. Envoy always exports there; Archway does too unless
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its traces variant) says otherwise."""
+    sample_percent: float = 100.0
+    """Envoy's random sampling of requests that arrive without a sampling decision."""
+
+
+@dataclass(frozen=True)
+class AffinitySettings:
+    """Session affinity (Plano's ``routing.session_ttl_seconds`` and
+    ``routing.session_max_entries``): how long and how many pins each ext_proc
+    worker process keeps."""
+
+    ttl_s: float = 600.0
+    max_entries: int = 10_000
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """Archway's own settings (the optional top-level ``archway:`` section, an
     Archway extension that Plano does not have)."""
@@ -240,6 +267,11 @@ class GatewaySettings:
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     message_timeout_s: float = 5.0
     failure_mode_allow: bool = False
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    """The Prometheus endpoint's port: 0 picks a free one, ``None`` turns it off."""
+    tracing: TracingSettings | None = None
+    """``None``: no tracing in Envoy; Archway traces only if the OTEL_* variables ask."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +288,7 @@ class Config:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
+    affinity: AffinitySettings = field(default_factory=AffinitySettings)
     version: str | None = None
     source: Path | None = None
     warnings: tuple[str, ...] = ()
@@ -296,6 +329,7 @@ _TOP_KEYS = (
     "overrides",
     "archway",
     "router",
+    "routing",
 )
 _PLANO_ONLY_SECTIONS = (
     "agents",
@@ -305,7 +339,6 @@ _PLANO_ONLY_SECTIONS = (
     "ratelimits",
     "tracing",
     "mode",
-    "routing",
     "state_storage",
     "prompt_guards",
     "model_metrics_sources",
@@ -396,7 +429,13 @@ _GATEWAY_KEYS = (
     "max_request_body_bytes",
     "message_timeout",
     "failure_mode_allow",
+    "metrics_address",
+    "metrics_port",
+    "tracing",
 )
+_TRACING_KEYS = ("collector", "sample_percent")
+_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries")
+_MAX_AFFINITY_ENTRIES = 1_000_000
 _BASE_URL_EXAMPLES = {
     "ollama": "http://localhost:11434",
     "azure_openai": "https://YOUR-RESOURCE.openai.azure.com",
@@ -970,9 +1009,7 @@ class _Loader:
         assert isinstance(root, yaml.MappingNode)
         top = self.pairs(root, "")
         for key, (key_node, _) in top.items():
-            if key == "routing":
-                self.warn(key_node, key, _ROUTER_HINT)
-            elif key in _PLANO_ONLY_SECTIONS:
+            if key in _PLANO_ONLY_SECTIONS:
                 self.warn(key_node, key, "Plano section not implemented by Archway; ignored")
             elif key not in _TOP_KEYS:
                 self.unknown_key(key_node, "", key, (*_TOP_KEYS, *_PLANO_ONLY_SECTIONS))
@@ -988,6 +1025,7 @@ class _Loader:
         preferences = self.preferences(value("routing_preferences"), inline, providers)
         overrides = self.overrides(value("overrides"))
         gateway = self.gateway(value("archway"))
+        affinity = self.affinity(value("routing"))
         router = self.router(value("router"), top.get("router"))
         if router is not None and not preferences:
             self.warn(
@@ -997,7 +1035,7 @@ class _Loader:
             )
         if listeners is not None and gateway is not None:
             self.check_ports(top, listeners, gateway)
-        if listeners is None or overrides is None or gateway is None:
+        if listeners is None or overrides is None or gateway is None or affinity is None:
             return None
         return Config(
             listeners=tuple(listener for listener, _ in listeners),
@@ -1010,6 +1048,7 @@ class _Loader:
             overrides=overrides,
             gateway=gateway,
             router=router,
+            affinity=affinity,
             version=version,
             source=self.source.resolve() if self.source is not None else None,
             warnings=tuple(self.warnings.lines()),
@@ -1747,6 +1786,100 @@ class _Loader:
                 self.boolean(fields.get("failure_mode_allow"), "archway.failure_mode_allow"),
                 d.failure_mode_allow,
             ),
+            metrics_address=pick(
+                self.text(fields.get("metrics_address"), "archway.metrics_address"),
+                d.metrics_address,
+            ),
+            metrics_port=self.metrics_port(fields.get("metrics_port"), d.metrics_port),
+            tracing=self.tracing(fields.get("tracing")),
+        )
+
+    def metrics_port(self, node: yaml.Node | None, default: int | None) -> int | None:
+        """A port, or ``false``/``off`` for no metrics endpoint."""
+        if _is_null(node):
+            return default
+        assert node is not None
+        if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL:
+            if self.boolean(node, "archway.metrics_port") is False:
+                return None
+            self.error(
+                node,
+                "archway.metrics_port",
+                "true is not a port",
+                f"give a port (default {DEFAULT_METRICS_PORT}), or false for no metrics endpoint",
+            )
+            return None
+        return self.integer(node, "archway.metrics_port", low=0, high=65535)
+
+    def tracing(self, node: yaml.Node | None) -> TracingSettings | None:
+        path = "archway.tracing"
+        if _is_null(node):
+            return None
+        fields = self.mapping(node, path, _TRACING_KEYS)
+        if fields is None:
+            return None
+        assert node is not None
+        collector = self.text(fields.get("collector"), f"{path}.collector")
+        if "collector" not in fields:
+            self.missing_key(node, path, "collector", "collector: 127.0.0.1:4317 (OTLP over gRPC)")
+            return None
+        if collector is None:
+            return None
+        host, sep, port = collector.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.error(
+                fields["collector"],
+                f"{path}.collector",
+                f"expected HOST:PORT, got {collector!r}",
+                "write the OTLP/gRPC collector's address, e.g. otel-collector:4317",
+            )
+            return None
+        sample = self.typed(
+            fields.get("sample_percent"),
+            f"{path}.sample_percent",
+            (_INT, _FLOAT),
+            "a percentage",
+            "write a number from 0 to 100",
+            float,
+        )
+        if sample is not None and not 0 <= float(sample) <= 100:
+            self.error(
+                fields["sample_percent"],
+                f"{path}.sample_percent",
+                f"{sample} is out of range",
+                "use a number from 0 to 100",
+            )
+            return None
+        return TracingSettings(
+            collector_host=host,
+            collector_port=int(port),
+            sample_percent=100.0 if sample is None else float(sample),
+        )
+
+    def affinity(self, node: yaml.Node | None) -> AffinitySettings | None:
+        """Plano's ``routing`` section: only the session pin's size and lifetime
+        are Archway's business; every other key is warned about and ignored."""
+        fields = self.mapping(node, "routing", None)
+        if fields is None:
+            return None
+        if isinstance(node, yaml.MappingNode):
+            for key, (key_node, _) in self.pairs(node, "routing").items():
+                if key in ("llm_provider", "model"):
+                    self.warn(key_node, f"routing.{key}", _ROUTER_HINT)
+                elif key not in _AFFINITY_KEYS:
+                    self.warn(key_node, f"routing.{key}", _IGNORED)
+        d = AffinitySettings()
+        ttl = self.integer(fields.get("session_ttl_seconds"), "routing.session_ttl_seconds", low=1)
+        entries = self.integer(
+            fields.get("session_max_entries"),
+            "routing.session_max_entries",
+            low=1,
+            high=_MAX_AFFINITY_ENTRIES,
+        )
+        return AffinitySettings(
+            ttl_s=d.ttl_s if ttl is None else float(ttl),
+            max_entries=d.max_entries if entries is None else entries,
         )
 
     def router(
@@ -1948,6 +2081,15 @@ class _Loader:
                 line_of("ext_proc_port"),
             )
         )
+        if gateway.metrics_port is not None:
+            sockets.append(
+                (
+                    "archway.metrics_port",
+                    gateway.metrics_address,
+                    gateway.metrics_port,
+                    line_of("metrics_port"),
+                )
+            )
         wildcard = {"0.0.0.0", "::", "[::]"}
         for i, (what, address, port, line) in enumerate(sockets):
             for other, other_address, other_port, other_line in sockets[:i]:

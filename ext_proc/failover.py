@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HeadersResponse,
@@ -32,6 +33,7 @@ from ext_proc.headers import (
     FALLBACK_CHAIN,
 )
 from ext_proc.mutate import rewrite_model, upstream_headers
+from ext_proc.observe import AttemptTelemetry
 from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
 
 __all__ = ["ATTEMPT_HEADER", "AttemptProcessor"]
@@ -49,12 +51,15 @@ class AttemptProcessor:
     began) leaves the attempt as the routing filter shaped it.
     """
 
-    __slots__ = ("_decision", "_index", "_table")
+    __slots__ = ("_decision", "_index", "_table", "_trace_context")
 
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(
+        self, table: RoutingTable, *, trace_context: Mapping[str, str] | None = None
+    ) -> None:
         self._table = table
         self._decision: RoutingDecision | None = None
         self._index = 0
+        self._trace_context = trace_context
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
@@ -82,6 +87,9 @@ class AttemptProcessor:
             log.warning("failover attempt %d: %s", attempt, exc.message)
             return messages.attempt_headers_response((), (), retry=False)
         self._decision = decision
+        AttemptTelemetry.fallback(
+            self._table, chain, self._index, decision, headers, self._trace_context
+        )
         # Every header an earlier attempt set is still on the request: the path
         # and credentials are set again, and the earlier key dropped.
         set_headers, remove = upstream_headers(decision, headers)

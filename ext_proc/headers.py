@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
+    "AFFINITY_NEW",
+    "AFFINITY_PINNED",
+    "CLIENT_AFFINITY_HEADER",
     "CLIENT_DECISION_HEADERS",
     "CLIENT_PATH_HEADER",
+    "DECISION_AFFINITY",
     "DECISION_FALLBACK",
     "DECISION_MODEL",
     "DECISION_PROVIDER",
@@ -36,6 +40,18 @@ DECISION_RESOLUTION = "x-archway-resolution"
 DECISION_ROUTE = "x-archway-route"
 DECISION_FALLBACK = "x-archway-fallback"
 """On the response, when a fallback answered: how many models failed before it."""
+DECISION_ROUTE_SCORE = "x-archway-route-score"
+"""The preference router's confidence in ``x-archway-route``, where its backend has
+one (the embedding router's cosine similarity)."""
+DECISION_AFFINITY = "x-archway-affinity"
+"""On open-model requests that carry a session key: ``pinned`` when the session's
+earlier decision was reused, ``new`` when this decision was pinned for it."""
+AFFINITY_PINNED = "pinned"
+AFFINITY_NEW = "new"
+
+CLIENT_AFFINITY_HEADER = "x-model-affinity"
+"""The client's session key (Plano's name): open-model requests that share it stay
+on the model first chosen for it."""
 
 FALLBACK_CHAIN = "x-archway-fallbacks"
 """Set by the ext_proc server on requests whose model has fallbacks: the model of
@@ -51,6 +67,7 @@ CLIENT_DECISION_HEADERS = (
     DECISION_RESOLUTION,
     DECISION_ROUTE,
     DECISION_ROUTE_SCORE,
+    DECISION_AFFINITY,
 )
 """Set on the request by the ext_proc server; Envoy's route copies them onto the
 response (``%REQ(...)%``) so the client sees the decision without a second

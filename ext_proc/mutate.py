@@ -167,13 +167,20 @@ def plan_request(
     *,
     route: str | None = None,
     route_score: float | None = None,
+    parsed: dict[str, Any] | None = None,
+    decision: RoutingDecision | None = None,
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError``.
 
     ``route`` and ``route_score`` are the preference router's answer for an open
-    model; the score is reported only alongside a route."""
-    parsed = parse_body(headers, body)
-    decision = resolve_model(table, requested_model(parsed), route=route)
+    model; the score is reported only alongside a route. ``parsed`` is the body
+    already parsed by the caller, and ``decision`` one it already made (a
+    session's pinned decision); each is otherwise made here.
+    """
+    if parsed is None:
+        parsed = parse_body(headers, body)
+    if decision is None:
+        decision = resolve_model(table, requested_model(parsed), route=route)
     provider = decision.provider
     spec = spec_for(provider)
     provider_api = spec.api if spec else WireAPI.OPENAI

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     BodyResponse,
@@ -29,14 +30,22 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     TrailersResponse,
 )
 
-from ext_proc import messages
+from ext_proc import affinity, messages
 from ext_proc.endpoints import Endpoint, classify, client_api, models_listing
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.headers import INTERNAL_PREFIX, TRANSLATE_HEADER
+from ext_proc.headers import (
+    AFFINITY_NEW,
+    AFFINITY_PINNED,
+    CLIENT_AFFINITY_HEADER,
+    DECISION_AFFINITY,
+    INTERNAL_PREFIX,
+    TRANSLATE_HEADER,
+)
 from ext_proc.messages import ResponseBodyMode
 from ext_proc.mutate import parse_body, plan_request, requested_model
+from ext_proc.observe import RequestTelemetry
 from ext_proc.providers import WireAPI
-from ext_proc.resolve import AUTO_MODELS, RoutingTable
+from ext_proc.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
 from ext_proc.router import RouteChoice
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.translate import (
@@ -54,6 +63,7 @@ log = logging.getLogger("archway.processor")
 
 
 _SSE_TYPE = "text/event-stream"
+_REQUEST_PHASES = frozenset({"request_headers", "request_body", "request_trailers", None})
 
 
 class _ResponseTranslation:
@@ -77,9 +87,24 @@ class _ResponseTranslation:
 
 
 class RequestProcessor:
-    __slots__ = ("_api", "_endpoint", "_headers", "_response", "_router", "_table")
+    __slots__ = (
+        "_api",
+        "_endpoint",
+        "_headers",
+        "_response",
+        "_router",
+        "_table",
+        "_telemetry",
+        "_trace_context",
+    )
 
-    def __init__(self, table: RoutingTable, router: ConfiguredRouter | None = None) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        router: ConfiguredRouter | None = None,
+        *,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> None:
         # The table is captured per request, so a config reload never changes
         # the rules under a request already in flight.
         self._table = table
@@ -88,6 +113,9 @@ class RequestProcessor:
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
         self._response: _ResponseTranslation | None = None
+        self._telemetry = RequestTelemetry()
+        self._trace_context = trace_context
+        """The gRPC stream's W3C trace context (Envoy's span), when tracing is on."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
@@ -102,21 +130,24 @@ class RequestProcessor:
                 return self._on_response_headers(request.response_headers)
             return _pass_through(phase)
         except GatewayError as exc:
-            return self._error(exc)
+            return self._error(exc, phase)
         except Exception:
             # Never a traceback to the client and never a hung stream.
             log.exception("unexpected error while processing %s", phase)
             return self._error(
-                GatewayError(500, "Archway failed to process this request.", code="internal_error")
+                GatewayError(500, "Archway failed to process this request.", code="internal_error"),
+                phase,
             )
 
     def _on_request_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
         path = headers.get(":path", "/")
+        self._telemetry.started(headers, self._trace_context, path)
         self._api = client_api(path)
         endpoint = classify(headers.get(":method", "GET"), path)
         if endpoint is Endpoint.MODELS:
             api = WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
+            self._telemetry.answered()
             return messages.immediate_response(200, models_listing(self._table, api))
         if msg.end_of_stream:
             raise GatewayError(
@@ -132,15 +163,50 @@ class RequestProcessor:
     async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._endpoint is None:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
-        choice = await self._preference_route(self._endpoint, msg.body)
+        table = self._table
+        parsed = None
+        requested: str | None = None
+        open_model = False
+        decision: RoutingDecision | None = None
+        pins: affinity.AffinityCache | None = None
+        session = self._headers.get(CLIENT_AFFINITY_HEADER)
+        key = affinity.session_key(session) if session is not None else None
+        if key is not None or self._router is not None:
+            # Parsed once here and handed on: a bad body raises the same 4xx
+            # plan_request would.
+            parsed = parse_body(self._headers, msg.body)
+            requested = requested_model(parsed)
+            open_model = requested is None or requested.strip().lower() in AUTO_MODELS
+        # Only open models are pinned: an explicit model or alias is the client's choice.
+        if key is not None and open_model:
+            pins = affinity.process_pins(table.config.affinity)
+            decision = pins.recall(key, table, requested)
+        choice: RouteChoice | None = None
+        if decision is None and open_model and self._router is not None:
+            assert parsed is not None
+            choice = await self._telemetry.router_call(
+                self._router.decide(parsed, self._endpoint.api)
+            )
         plan = plan_request(
-            self._table,
+            table,
             self._endpoint,
             self._headers,
             msg.body,
             route=choice.route if choice is not None else None,
             route_score=choice.score if choice is not None else None,
+            parsed=parsed,
+            decision=decision,
         )
+        set_headers = plan.set_headers
+        pinned_state: str | None = None
+        if pins is not None and key is not None:
+            if decision is None:
+                pins.remember(key, plan.decision)
+                pinned_state = AFFINITY_NEW
+            else:
+                pinned_state = AFFINITY_PINNED
+            set_headers = (*set_headers, (DECISION_AFFINITY, pinned_state))
+        self._telemetry.routed(table, plan, pinned_state)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
             log.debug(
@@ -151,19 +217,7 @@ class RequestProcessor:
                 f" ({d.route})" if d.route else "",
                 d.cluster,
             )
-        return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
-
-    async def _preference_route(self, endpoint: Endpoint, body: bytes) -> RouteChoice | None:
-        """The preference router's route when the client left the model open;
-        ``None`` (no router asked) for explicit models and aliases."""
-        if self._router is None:
-            return None
-        # A bad body raises here just as plan_request would: the same 4xx.
-        parsed = parse_body(self._headers, body)
-        requested = requested_model(parsed)
-        if requested is not None and requested.strip().lower() not in AUTO_MODELS:
-            return None
-        return await self._router.decide(parsed, endpoint.api)
+        return messages.body_response(set_headers, plan.remove_headers, plan.body)
 
     def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
@@ -232,7 +286,8 @@ class RequestProcessor:
             body = translate_response(translation.context, msg.body, created=translation.created)
         return messages.response_body_response(body, [("content-length", str(len(body)))])
 
-    def _error(self, exc: GatewayError) -> ProcessingResponse:
+    def _error(self, exc: GatewayError, phase: str | None) -> ProcessingResponse:
+        self._telemetry.failed(exc, before_routing=phase in _REQUEST_PHASES)
         return messages.immediate_response(
             exc.status, error_body(self._api, exc), exc.headers, details=exc.code
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ext_proc.bootstrap import bootstrap_dict
 from ext_proc.config import Config, ConfigError, load_config
+from ext_proc.observe import config_reloaded
 
 __all__ = ["ConfigReloader", "ReloadResult", "check_reloadable"]
 
@@ -35,6 +36,8 @@ _PROBE_PORT = 1
 class ReloadResult:
     applied: bool
     reason: str
+    outcome: str = "applied"
+    """For the reload counter: ``applied``, ``invalid``, ``unreadable`` or ``needs_restart``."""
 
 
 def check_reloadable(current: Config, new: Config) -> str | None:
@@ -97,9 +100,9 @@ class ConfigReloader:
             new = load_config(self._path)
         except ConfigError as exc:
             # ConfigError lines never contain secrets; the loader masks them.
-            result = ReloadResult(False, "invalid config: " + "; ".join(exc.problems))
+            result = ReloadResult(False, "invalid config: " + "; ".join(exc.problems), "invalid")
         except OSError as exc:
-            result = ReloadResult(False, f"cannot read config: {exc.strerror or exc}")
+            result = ReloadResult(False, f"cannot read config: {exc.strerror or exc}", "unreadable")
         else:
             reason = check_reloadable(self._current, new)
             if reason is None:
@@ -107,12 +110,13 @@ class ConfigReloader:
                 self._current = new
                 result = ReloadResult(True, "config reloaded")
             else:
-                result = ReloadResult(False, reason)
+                result = ReloadResult(False, reason, "needs_restart")
         if result.applied:
             log.info("%s from %s", result.reason, self._path)
         else:
             log.error("config reload rejected, keeping the running config: %s", result.reason)
         self.results.append(result)
+        config_reloaded(result.outcome)
         return result
 
     def start(self, *, install_sighup: bool = True) -> None:

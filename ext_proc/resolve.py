@@ -31,6 +31,7 @@ __all__ = [
     "build_routing_table",
     "failover_chains",
     "resolve_model",
+    "resolve_pinned",
 ]
 
 AUTO_MODELS = frozenset({"", "auto"})
@@ -136,6 +137,23 @@ def resolve_model(
 
     provider, model_id = _lookup(table, requested)
     return _decision(table, provider, model_id, Resolution.DIRECT, requested)
+
+
+def resolve_pinned(
+    table: RoutingTable,
+    requested: str | None,
+    model: str,
+    resolution: Resolution,
+    route: str | None,
+) -> RoutingDecision:
+    """An open-model request sent to ``model``, the one its session was pinned
+    to, with the resolution and route of the decision that pinned it.
+
+    Raises ``GatewayError`` when ``table`` no longer serves ``model`` (a reload
+    removed it): the caller drops the pin and decides afresh.
+    """
+    provider, model_id = _lookup(table, model)
+    return _decision(table, provider, model_id, resolution, requested, route=route)
 
 
 def _resolve_open(table: RoutingTable, requested: str | None, route: str | None) -> RoutingDecision:

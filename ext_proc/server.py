@@ -17,6 +17,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from ext_proc import tracing
 from ext_proc.config import Config
 from ext_proc.failover import AttemptProcessor
 from ext_proc.headers import UPSTREAM_PHASE, UPSTREAM_PHASE_KEY
@@ -48,10 +49,13 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ProcessingResponse]:
         processor: RequestProcessor | AttemptProcessor
-        if (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in (context.invocation_metadata() or ()):
-            processor = AttemptProcessor(self.table)
+        metadata = context.invocation_metadata() or ()
+        # Envoy's span for this call, when it traces: the parent of the request's span.
+        trace_context = tracing.stream_trace_context(metadata)
+        if (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in metadata:
+            processor = AttemptProcessor(self.table, trace_context=trace_context)
         else:
-            processor = RequestProcessor(self.table, self.router)
+            processor = RequestProcessor(self.table, self.router, trace_context=trace_context)
         async for request in request_iterator:
             yield await processor.handle(request)
 

@@ -18,11 +18,16 @@ import openai
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+)
 
 from ext_proc.bootstrap import render_bootstrap
 from ext_proc.cli import main
 from ext_proc.config import load_config
+from tests.metrics_scrape import sample_key, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-live-DO-NOT-PRINT-1234"
@@ -144,7 +149,7 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "demo.yaml"
     path.write_text(config)
     proc = subprocess.Popen(
-        [*ARCHWAY, "up", str(path), "--echo-upstream"],
+        [*ARCHWAY, "up", str(path), "--echo-upstream", "--metrics-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -170,6 +175,19 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         assert content.startswith("echo from anthropic")
         assert "model=claude-sonnet-4-5" in content and "x-api-key: ***" in content
         _stream_both_ways(base)
+        metrics_url = next(
+            line.split("metrics: ")[1].strip() for line in lines if "metrics:" in line
+        )
+        samples = scrape(metrics_url)
+        routed = {
+            "provider": "anthropic",
+            "model": "anthropic/claude-sonnet-4-5",
+            "outcome": "routed",
+        }
+        # The plain request and the OpenAI SDK's streamed one, both by alias.
+        assert samples[sample_key("archway_requests_total", resolution="alias", **routed)] == 2
+        assert samples[sample_key("archway_translations_total", pair="openai-to-anthropic")] == 2
+        assert samples[sample_key("archway_translations_total", pair="anthropic-to-openai")] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         for child in children:
@@ -203,21 +221,48 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def _chat_stream() -> list[ProcessingRequest]:
+    """An open-model chat request as Envoy's routing filter sends it."""
+    headers = HeaderMap(
+        headers=[
+            HeaderValue(key=":method", raw_value=b"POST"),
+            HeaderValue(key=":path", raw_value=b"/v1/chat/completions"),
+            HeaderValue(key="content-type", raw_value=b"application/json"),
+        ]
+    )
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    return [
+        ProcessingRequest(request_headers=HttpHeaders(headers=headers)),
+        ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=True)),
+    ]
+
+
 def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(
         "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
     )
     proc = subprocess.Popen(
-        [*ARCHWAY, "serve", str(path), "--port", "0", "--drain-seconds", "0"],
+        [
+            *ARCHWAY,
+            "serve",
+            str(path),
+            "--port",
+            "0",
+            "--drain-seconds",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        line = _read_until(proc, "listening on", 30)[-1]
-        port = int(line.rsplit(":", 1)[1])
+        lines = _read_until(proc, "listening on", 30)
+        port = int(lines[-1].rsplit(":", 1)[1])
+        metrics_url = next(line.split(" on ")[1].strip() for line in lines if "metrics on" in line)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = ext_proc_grpc.ExternalProcessorStub(channel)
             headers = HeaderMap(
@@ -230,8 +275,20 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
                 request_headers=HttpHeaders(headers=headers, end_of_stream=True)
             )
             (response,) = list(stub.Process(iter([request]), timeout=10))
+            routed = list(stub.Process(iter(_chat_stream()), timeout=10))
         listing = json.loads(response.immediate_response.body)
         assert [m["id"] for m in listing["data"]] == ["openai/gpt-5"]
+        assert routed[-1].WhichOneof("response") == "request_body"
+        # The endpoint reads the metrics directory that `serve` set up for its workers.
+        samples = scrape(metrics_url)
+        key = sample_key(
+            "archway_requests_total",
+            resolution="default",
+            provider="openai",
+            model="openai/gpt-5",
+            outcome="routed",
+        )
+        assert samples[key] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -920,7 +920,7 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         filters: []
         prompt_targets: []
         ratelimits: []
-        routing: {session_ttl_seconds: 60}
+        routing: {session_ttl_seconds: 60, session_cache: {type: redis}}
         model_metrics_sources: []
         prompt_caching: {enabled: true}
         """),
@@ -937,7 +937,7 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         "filters",
         "prompt_targets",
         "ratelimits",
-        "routing",
+        "routing.session_cache",
         "model_metrics_sources",
         "prompt_caching",
     ]
@@ -1194,8 +1194,9 @@ def test_reserved_route_names_are_refused(tmp_path: Path) -> None:
 
 def test_plano_routing_section_points_at_the_router_section(tmp_path: Path) -> None:
     config = load(tmp_path, MINIMAL + "routing:\n  model: Arch-Router\n")
+    # The warning is on the key itself: routing's session_* keys are Archway's too.
     assert config.warnings == (
-        f"{where(tmp_path, 4, 'routing')}Archway runs the preference router itself and "
+        f"{where(tmp_path, 5, 'routing.model')}Archway runs the preference router itself and "
         "ignores this; set router.model_path to a converted Arch-Router directory "
         "(archway router convert)",
     )

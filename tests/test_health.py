@@ -155,7 +155,17 @@ def test_serve_drains_on_sigterm_and_stops_at_once_on_a_second_signal(tmp_path: 
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG.format(upstream="http://127.0.0.1:9"))
     proc = subprocess.Popen(
-        [*ARCHWAY, "serve", str(path), "--port", "0", "--drain-seconds", "30"],
+        [
+            *ARCHWAY,
+            "serve",
+            str(path),
+            "--port",
+            "0",
+            "--drain-seconds",
+            "30",
+            "--metrics-port",
+            "off",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
