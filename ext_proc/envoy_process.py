@@ -189,7 +189,11 @@ class EnvoyProcess:
 
     # -- lifecycle --
 
-    def start(self, bootstrap_text: str, log_level: str = "warning") -> None:
+    def start(
+        self, bootstrap_text: str, log_level: str = "warning", *, concurrency: int | None = None
+    ) -> None:
+        """Run Envoy; ``concurrency`` is its number of worker threads (Envoy's
+        default: one per core)."""
         if self._proc is not None:
             raise EnvoyError("this EnvoyProcess was already started")
         envoy = self._binary or find_envoy_binary()
@@ -210,6 +214,8 @@ class EnvoyProcess:
             "--admin-address-path",
             str(self._admin_address_path),
         ]
+        if concurrency is not None:
+            command += ["--concurrency", str(concurrency)]
         stream = self._open_output()
         self._proc = subprocess.Popen(
             command,
