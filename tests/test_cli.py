@@ -178,7 +178,8 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["h2", "grpcio"])
+def test_serve_answers_ext_proc_streams(tmp_path: Path, transport: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(
         "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
@@ -188,7 +189,7 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "ARCHWAY_GRPC_SERVER": transport},
     )
     try:
         line = _read_until(proc, "listening on", 30)[-1]
