@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `up` forks Envoy while gRPC threads run; gRPC's fork handlers have nothing
     # to protect there and only print a warning.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    # Only the grpcio fallback transport (ARCHWAY_GRPC_SERVER=grpcio) reads this:
+    # without the EventEngine experiments grpc.aio costs about a quarter less CPU.
+    os.environ.setdefault(
+        "GRPC_EXPERIMENTS", "-event_engine_listener,-event_engine_for_all_other_endpoints"
+    )
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
@@ -88,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("config", type=Path)
     serve.add_argument("--address", help="listen address (default: the config's, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: the config's, 9002)")
+    _add_workers_argument(serve)
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); each worker does",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -101,9 +112,28 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--ext-proc-port", type=int, default=0, help="ext_proc port (default: a free one)"
     )
+    _add_workers_argument(up)
     up.add_argument("-v", "--verbose", action="store_true")
     up.set_defaults(func=_cmd_up)
     return parser
+
+
+def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="ext_proc processes sharing the port (default: one per core); "
+        "archway up also runs Envoy with N worker threads",
+    )
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 # --- check -------------------------------------------------------------------
@@ -240,14 +270,42 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.server import serve_forever
+    from ext_proc.workers import default_workers
 
     config = load_config(args.config)
-    for warning in config.warnings:
-        logging.getLogger("archway").warning("%s", warning)
+    workers = default_workers() if args.workers is None else args.workers
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
-    asyncio.run(serve_forever(config, host, port))
+    if workers > 1:
+        for warning in config.warnings:
+            logging.getLogger("archway").warning("%s", warning)
+        return asyncio.run(_serve_workers(args.config, host, port, workers, args.verbose))
+    if not args.reuse_port:  # a pool's worker: its parent already warned
+        for warning in config.warnings:
+            logging.getLogger("archway").warning("%s", warning)
+    asyncio.run(serve_forever(config, host, port, reuse_port=args.reuse_port))
     return 0
+
+
+async def _serve_workers(path: Path, host: str, port: int, workers: int, verbose: bool) -> int:
+    from ext_proc.workers import READY_LINE, WorkerPool
+
+    pool = WorkerPool(path, host, port, workers, verbose=verbose)
+    bound = await pool.start()
+    pids = ", ".join(str(p) for p in pool.pids)
+    print(f"archway: {workers} ext_proc workers (pids {pids})", file=sys.stderr, flush=True)
+    print(f"{READY_LINE} {host}:{bound}", flush=True)
+    await _wait_for_stop_signal()
+    await pool.stop()
+    return 0
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 # --- up ----------------------------------------------------------------------
@@ -269,30 +327,46 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return asyncio.run(_up(config, args.echo_upstream, args.ext_proc_port))
+    from ext_proc.workers import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
+    return asyncio.run(
+        _up(config, args.config, args.echo_upstream, args.ext_proc_port, workers, args.verbose)
+    )
 
 
-async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
+async def _up(
+    config: Config, path: Path, echo: bool, ext_proc_port: int, workers: int, verbose: bool
+) -> int:
     from ext_proc.bootstrap import render_bootstrap
     from ext_proc.echo import EchoUpstream
     from ext_proc.envoy_process import EnvoyProcess
     from ext_proc.server import start_server
+    from ext_proc.workers import WorkerPool
 
     stack = contextlib.ExitStack()
     echoes: list[EchoUpstream] = []
+    pool: WorkerPool | None = None
     try:
         if echo:
             for port, name in _echo_targets(config).items():
                 echoes.append(stack.enter_context(EchoUpstream("127.0.0.1", port, name=name)))
         ext_host = "127.0.0.1"
-        running = await start_server(config, ext_host, ext_proc_port)
+        # One worker serves in this process; more run as supervised children.
+        if workers > 1:
+            pool = WorkerPool(path, ext_host, ext_proc_port, workers, verbose=verbose)
+            ext_port = await pool.start()
+            stop_ext_proc = pool.stop
+        else:
+            running = await start_server(config, ext_host, ext_proc_port)
+            ext_port, stop_ext_proc = running.port, running.stop
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
-        bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=running.port)
-        envoy.start(bootstrap)
+        bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=ext_port)
+        envoy.start(bootstrap, concurrency=workers)
         await asyncio.to_thread(envoy.wait_ready, 30.0)
         addresses = await asyncio.to_thread(envoy.listener_addresses)
-        _print_ready(config, addresses, echoes, running.port, envoy.admin_url)
+        _print_ready(config, addresses, echoes, ext_port, workers, envoy.admin_url)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -308,10 +382,12 @@ async def _up(config: Config, echo: bool, ext_proc_port: int) -> int:
                 break
         print("archway: stopping", file=sys.stderr)
         envoy.stop()
-        await running.stop(1.0)
+        await stop_ext_proc(1.0)
         return code
     finally:
         stack.close()
+        if pool is not None:
+            await pool.stop(1.0)  # a no-op after a clean stop
 
 
 def _print_ready(
@@ -319,13 +395,15 @@ def _print_ready(
     addresses: dict[str, tuple[str, int]],
     echoes: Sequence[object],
     ext_proc_port: int,
+    workers: int,
     admin_url: str,
 ) -> None:
     print("archway is up.", flush=True)
     for name, (host, port) in addresses.items():
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"  listener {name}: clients use base_url http://{shown}:{port}/v1")
-    print(f"  ext_proc server: 127.0.0.1:{ext_proc_port}; envoy admin: {admin_url}")
+    processes = "1 process" if workers == 1 else f"{workers} worker processes"
+    print(f"  ext_proc server: 127.0.0.1:{ext_proc_port} ({processes}); envoy admin: {admin_url}")
     if echoes:
         print(f"  echo upstreams: {len(echoes)} (answers say what they received)")
     if addresses:

@@ -33,6 +33,7 @@ __all__ = [
     "EnvoyNotFoundError",
     "EnvoyProcess",
     "find_envoy_binary",
+    "parent_death_hook",
     "validate_bootstrap",
 ]
 
@@ -138,9 +139,9 @@ def validate_bootstrap(text: str, *, binary: str | None = None, timeout_s: float
 # --- running --------------------------------------------------------------------------
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGTERM Envoy when the thread that
-    started it dies, so no Envoy outlives a crashed gateway.
+def parent_death_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM a child (Envoy, an ext_proc
+    worker) when the thread that started it dies, so none outlives a crashed gateway.
 
     libc is loaded here, in the parent: the hook runs between fork and exec,
     where loading a library in a process with threads (gRPC's) can deadlock.
@@ -222,7 +223,7 @@ class EnvoyProcess:
             stdin=subprocess.DEVNULL,
             stdout=stream,
             stderr=subprocess.STDOUT if stream is not None else None,
-            preexec_fn=_parent_death_hook(),
+            preexec_fn=parent_death_hook(),
             close_fds=True,
         )
 

@@ -144,9 +144,9 @@ async def start_server(
     return running
 
 
-async def serve_forever(config: Config, host: str, port: int) -> None:
+async def serve_forever(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then drain briefly and stop."""
-    running = await start_server(config, host, port)
+    running = await start_server(config, host, port, reuse_port=reuse_port)
     print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
