@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json.decoder import scanstring
 from typing import Any
 
 from ext_proc.endpoints import Endpoint
@@ -48,6 +49,19 @@ class RequestPlan:
 
 def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a ``GatewayError`` saying what is wrong."""
+    return _parse(headers, body).data
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    data: dict[str, Any]
+    text: str | None
+    """The body as text, when ``model_span`` is known."""
+    model_span: tuple[int, int] | None
+    """Where the value of the one top-level ``model`` key sits in ``text``."""
+
+
+def _parse(headers: Mapping[str, str], body: bytes) -> _Parsed:
     content_type = headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
@@ -59,6 +73,11 @@ def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         )
     if not body.strip():
         raise GatewayError(400, "The request body is empty; send a JSON object.", code="empty_body")
+    fast = _scan_object(body)
+    if fast is not None:
+        return fast
+    # Anything the scan does not take (another encoding, a BOM, invalid JSON,
+    # a non-object) goes through json.loads, which also words the errors.
     try:
         parsed = json.loads(body)
     except UnicodeDecodeError:
@@ -82,7 +101,69 @@ def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
             f"The request body must be a JSON object, not {type(parsed).__name__}.",
             code="invalid_body",
         )
-    return parsed
+    return _Parsed(parsed, None, None)
+
+
+_scan_value = json.JSONDecoder().scan_once
+_WS = " \t\n\r"
+
+
+def _scan_object(body: bytes) -> _Parsed | None:
+    """Parse a UTF-8 JSON object as ``json.loads`` would, noting where the
+    top-level ``model`` value is, so that a new model can be spliced in without
+    re-serialising the body (which cost three times the parse, and rewrote
+    the client's numbers and spacing). Each top-level value is parsed by json's
+    own C scanner. ``None`` when the body is anything else."""
+    try:
+        text = body.decode()
+        i = 0
+        while text[i] in _WS:
+            i += 1
+        if text[i] != "{":
+            return None
+        i += 1
+        while text[i] in _WS:
+            i += 1
+        data: dict[str, Any] = {}
+        span: tuple[int, int] | None = None
+        models = 0
+        if text[i] == "}":
+            i += 1
+        else:
+            while True:
+                if text[i] != '"':
+                    return None
+                key, i = scanstring(text, i + 1)
+                while text[i] in _WS:
+                    i += 1
+                if text[i] != ":":
+                    return None
+                i += 1
+                while text[i] in _WS:
+                    i += 1
+                value, value_end = _scan_value(text, i)
+                if key == "model":
+                    span, models = (i, value_end), models + 1
+                data[key] = value
+                i = value_end
+                while text[i] in _WS:
+                    i += 1
+                if text[i] == ",":
+                    i += 1
+                    while text[i] in _WS:
+                        i += 1
+                elif text[i] == "}":
+                    i += 1
+                    break
+                else:
+                    return None
+        if text[i:].strip(_WS):
+            return None
+    except (ValueError, IndexError, StopIteration, RecursionError):
+        return None
+    # With a duplicated key the client's other copies would survive a splice,
+    # and an upstream that keeps the first copy would see the client's model.
+    return _Parsed(data, text, span if models == 1 else None)
 
 
 def requested_model(body: Mapping[str, Any]) -> str | None:
@@ -120,7 +201,8 @@ def plan_request(
     route: str | None = None,
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError``."""
-    parsed = parse_body(headers, body)
+    body_info = _parse(headers, body)
+    parsed = body_info.data
     decision = resolve_model(table, requested_model(parsed), route=route)
     provider = decision.provider
     spec = spec_for(provider)
@@ -152,6 +234,11 @@ def plan_request(
     new_body: bytes | None = None
     if parsed.get("model") != decision.upstream_model:
         parsed["model"] = decision.upstream_model
-        new_body = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+        span, text = body_info.model_span, body_info.text
+        if span is not None and text is not None:
+            model = json.dumps(decision.upstream_model, ensure_ascii=False)
+            new_body = (text[: span[0]] + model + text[span[1] :]).encode()
+        else:
+            new_body = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
         set_headers.append(("content-length", str(len(new_body))))
     return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body)
