@@ -14,7 +14,8 @@ gRPC clients talk to a ``grpc_service``): the connection preface, SETTINGS,
 PING, GOAWAY, RST_STREAM, WINDOW_UPDATE and flow control in both directions,
 HEADERS with CONTINUATION and padding, DATA with padding, gRPC message framing
 (uncompressed only; compression is never offered to the client) and trailers.
-HPACK decoding uses the ``hpack`` package; what this server sends is encoded
+HPACK decoding is ``_HeaderDecoder`` below, with the static table and the
+Huffman code from the ``hpack`` package; what this server sends is encoded
 without the dynamic table, so it never has to track the peer's.
 """
 
@@ -28,8 +29,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hpack import Decoder
 from hpack.exceptions import HPACKError
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
 
 __all__ = [
     "GrpcError",
@@ -94,6 +96,125 @@ def _hpack_int(value: int, prefix_bits: int) -> bytes:
 # ``:status: 200`` is entry 8 of HPACK's static table.
 _RESPONSE_HEADERS = b"\x88" + _literal(b"content-type", b"application/grpc")
 _OK_TRAILERS = _literal(b"grpc-status", b"0")
+
+
+_STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
+_HUFFMAN_MEMO_MAX = 1024
+
+
+class _DecodeError(Exception):
+    pass
+
+
+class _HeaderDecoder:
+    """An HPACK decoder (RFC 7541) for a client's header blocks.
+
+    Envoy sends ``:path`` on every stream as a Huffman-coded literal that is
+    never indexed; ``hpack``'s pure-Python Huffman decoder made that one
+    header cost more than the rest of the stream's frames. The same coded
+    strings recur, so their decoding is memoised.
+    """
+
+    __slots__ = ("_huffman", "_max_size", "_size", "_table")
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self._table: list[tuple[bytes, bytes]] = []
+        """The dynamic table, newest entry first."""
+        self._size = 0
+        self._max_size = max_size
+        self._huffman: dict[bytes, bytes] = {}
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        i, end = 0, len(block)
+        try:
+            while i < end:
+                b = block[i]
+                if b & 0x80:  # indexed field
+                    index, i = self._int(block, i, 7)
+                    out.append(self._entry(index))
+                elif b & 0x40:  # literal, added to the table
+                    index, i = self._int(block, i, 6)
+                    name, i = (self._entry(index)[0], i) if index else self._string(block, i)
+                    value, i = self._string(block, i)
+                    out.append((name, value))
+                    self._add(name, value)
+                elif b & 0x20:  # table size update
+                    size, i = self._int(block, i, 5)
+                    if size > 4096:
+                        raise _DecodeError("table size above SETTINGS_HEADER_TABLE_SIZE")
+                    self._max_size = size
+                    self._evict()
+                else:  # literal, not indexed or never indexed
+                    index, i = self._int(block, i, 4)
+                    name, i = (self._entry(index)[0], i) if index else self._string(block, i)
+                    value, i = self._string(block, i)
+                    out.append((name, value))
+        except IndexError:
+            raise _DecodeError("truncated header block") from None
+        return out
+
+    @staticmethod
+    def _int(block: bytes, i: int, bits: int) -> tuple[int, int]:
+        mask = (1 << bits) - 1
+        value = block[i] & mask
+        i += 1
+        if value < mask:
+            return value, i
+        shift = 0
+        while True:
+            b = block[i]
+            i += 1
+            value += (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value, i
+            if shift > 28:
+                raise _DecodeError("integer too large")
+
+    def _string(self, block: bytes, i: int) -> tuple[bytes, int]:
+        huffman = block[i] & 0x80
+        length, i = self._int(block, i, 7)
+        if i + length > len(block):
+            raise _DecodeError("truncated string")
+        raw = block[i : i + length]
+        if not huffman:
+            return raw, i + length
+        decoded = self._huffman.get(raw)
+        if decoded is None:
+            try:
+                decoded = decode_huffman(raw)
+            except HPACKError as exc:
+                raise _DecodeError(str(exc)) from None
+            if len(self._huffman) >= _HUFFMAN_MEMO_MAX:
+                self._huffman.clear()
+            self._huffman[raw] = decoded
+        return decoded, i + length
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if index <= 0:
+            raise _DecodeError("header index 0")
+        if index <= len(_STATIC_TABLE):
+            return _STATIC_TABLE[index - 1]
+        dynamic = index - len(_STATIC_TABLE) - 1
+        if dynamic >= len(self._table):
+            raise _DecodeError(f"header index {index} out of range")
+        return self._table[dynamic]
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 32
+        if size > self._max_size:
+            self._table.clear()
+            self._size = 0
+            return
+        self._table.insert(0, (name, value))
+        self._size += size
+        self._evict()
+
+    def _evict(self) -> None:
+        while self._size > self._max_size:
+            name, value = self._table.pop()
+            self._size -= len(name) + len(value) + 32
 
 
 class StreamStatus:
@@ -194,7 +315,7 @@ class _Connection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[bytes]] = set()
         self._out: list[bytes] = []
         self._flush_pending = False
-        self._decoder = Decoder()
+        self._decoder = _HeaderDecoder()
         self._header_block: bytearray | None = None
         self._header_stream = 0
         self._header_end_stream = False
@@ -374,8 +495,8 @@ class _Connection(asyncio.Protocol):
         try:
             # Every block is decoded, even a stream's trailers: HPACK state is
             # shared by the whole connection.
-            headers = self._decoder.decode(block, raw=True)
-        except HPACKError as exc:
+            headers = self._decoder.decode(block)
+        except _DecodeError as exc:
             raise _ConnectionError(_COMPRESSION_ERROR, f"bad header block: {exc}") from None
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client end its half

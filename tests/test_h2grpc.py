@@ -129,3 +129,31 @@ def test_stop_refuses_new_streams_and_finishes(tmp_path: object) -> None:
                 _ = [m async for m in call(iter([b"again"]), timeout=2)]
 
     asyncio.run(run())
+
+
+def test_header_decoder_agrees_with_hpack() -> None:
+    from hpack import Encoder
+
+    from ext_proc.h2grpc import _HeaderDecoder
+
+    encoder, decoder = Encoder(), _HeaderDecoder()
+    blocks = [
+        [(b":method", b"POST"), (b":path", b"/a.B/C"), (b"x-request-id", b"1" * 36)],
+        [(b":method", b"POST"), (b":path", b"/a.B/C"), (b"x-request-id", b"2" * 36)],
+        [(b"x-long", b"v" * 300), (b"x-\xc3\xa9", b"\xc3\xa9t\xc3\xa9")],
+        [(b"x-secret", b"never")],
+    ]
+    for i, headers in enumerate(blocks * 20):
+        # Huffman or not, indexed or not, and evictions once the table fills.
+        data = encoder.encode(headers, huffman=bool(i % 2))
+        assert decoder.decode(data) == headers
+    encoder.header_table_size = 256  # emits a table size update
+    assert decoder.decode(encoder.encode(blocks[0])) == blocks[0]
+
+
+def test_header_decoder_rejects_broken_blocks() -> None:
+    from ext_proc.h2grpc import _DecodeError, _HeaderDecoder
+
+    for block in (b"\x80", b"\xff\xff\xff\xff\xff\xff\x7f", b"\x04\x85ab", b"\xbe"):
+        with pytest.raises(_DecodeError):
+            _HeaderDecoder().decode(block)
