@@ -27,7 +27,7 @@ import logging
 import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from hpack.exceptions import HPACKError
 from hpack.huffman_table import decode_huffman
@@ -331,8 +331,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
         self._state.connections.add(self)
         settings = struct.pack(
             ">HIHIHI",
@@ -571,24 +571,29 @@ class _Connection(asyncio.Protocol):
             stream.inbox.append(message)
             return
         stream.busy = True
-        task = self._loop.create_task(stream.handler.handle(message))
+        task = self._loop.create_task(self._answer(stream, message))
         self._tasks.add(task)
-        task.add_done_callback(lambda t, s=stream: self._on_answer(s, t))
+        task.add_done_callback(self._tasks.discard)
 
-    def _on_answer(self, stream: _Stream, task: asyncio.Task[bytes]) -> None:
-        self._tasks.discard(task)
+    async def _answer(self, stream: _Stream, message: bytes) -> None:
+        # The answer is sent from the task itself: a done callback would cost
+        # one more trip through the event loop per message.
+        answer: bytes | None = None
+        failure = (StreamStatus.OK, "")
+        try:
+            answer = await stream.handler.handle(message)
+        except GrpcError as exc:
+            failure = (exc.status, exc.message)
+        except Exception:
+            log.exception("ext_proc handler failed")
+            failure = (StreamStatus.INTERNAL, "internal error")
         stream.busy = False
-        if self._streams.get(stream.id) is not stream or task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            if isinstance(exc, GrpcError):
-                self._finish(stream, exc.status, exc.message)
-            else:
-                log.error("ext_proc handler failed", exc_info=exc)
-                self._finish(stream, StreamStatus.INTERNAL, "internal error")
+        if self._streams.get(stream.id) is not stream:
+            return  # reset while the handler ran
+        if answer is None:
+            self._finish(stream, *failure)
         else:
-            self._send_message(stream, task.result())
+            self._send_message(stream, answer)
             if stream.inbox:
                 self._on_message(stream, stream.inbox.pop(0))
             elif stream.remote_closed:
