@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import logging
 import struct
+import sys
+from asyncio import Task
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Protocol, cast
@@ -325,6 +327,7 @@ class _Connection(asyncio.Protocol):
         self._send_window = _DEFAULT_WINDOW
         self._recv_consumed = 0
         self._goaway_sent = False
+        self._reading = False
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -357,20 +360,35 @@ class _Connection(asyncio.Protocol):
         self.idle.set()
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
+        self._buf += data
+        self._reading = True
         try:
-            if not self._preface_seen:
-                if len(buf) < len(PREFACE):
-                    if not PREFACE.startswith(bytes(buf)):
-                        raise _ConnectionError(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                    return
-                if not buf.startswith(PREFACE):
+            self._read_frames()
+        except _ConnectionError as exc:
+            log.warning("closing ext_proc connection: %s", exc)
+            self._goaway(exc.code)
+            self._flush()
+            if self._transport is not None:
+                self._transport.close()
+            return
+        finally:
+            self._reading = False
+        self._flush()
+
+    def _read_frames(self) -> None:
+        buf = self._buf
+        if not self._preface_seen:
+            if len(buf) < len(PREFACE):
+                if not PREFACE.startswith(bytes(buf)):
                     raise _ConnectionError(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                del buf[: len(PREFACE)]
-                self._preface_seen = True
-            pos = 0
-            end = len(buf)
+                return
+            if not buf.startswith(PREFACE):
+                raise _ConnectionError(_PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            del buf[: len(PREFACE)]
+            self._preface_seen = True
+        pos = 0
+        end = len(buf)
+        try:
             while end - pos >= 9:
                 word, flags, stream_id = _frame_head.unpack_from(buf, pos)
                 length, kind = word >> 8, word & 0xFF
@@ -381,15 +399,8 @@ class _Connection(asyncio.Protocol):
                 payload = bytes(buf[pos + 9 : pos + 9 + length])
                 pos += 9 + length
                 self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
+        finally:
             del buf[:pos]
-        except _ConnectionError as exc:
-            log.warning("closing ext_proc connection: %s", exc)
-            self._goaway(exc.code)
-            self._flush()
-            if self._transport is not None:
-                self._transport.close()
-            return
-        self._flush()
 
     # -- frames in --
 
@@ -571,9 +582,10 @@ class _Connection(asyncio.Protocol):
             stream.inbox.append(message)
             return
         stream.busy = True
-        task = self._loop.create_task(self._answer(stream, message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = _start_task(self._loop, self._answer(stream, message))
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, stream: _Stream, message: bytes) -> None:
         # The answer is sent from the task itself: a done callback would cost
@@ -598,7 +610,12 @@ class _Connection(asyncio.Protocol):
                 self._on_message(stream, stream.inbox.pop(0))
             elif stream.remote_closed:
                 self._finish(stream, StreamStatus.OK)
-        self._schedule_flush()
+        if self._reading:
+            pass  # data_received writes once it has handled the whole read
+        elif len(self._tasks) <= 1:
+            self._flush()  # nothing else in flight to share a write with
+        else:
+            self._schedule_flush()
 
     def _remote_close(self, stream: _Stream) -> None:
         stream.remote_closed = True
@@ -679,6 +696,18 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[object, object, None]) -> Task:
+    return loop.create_task(coro)
+
+
+if sys.version_info >= (3, 12):
+    # An eager task runs its handler at once, inside data_received, until the
+    # handler first waits: the ext_proc phases never do, so the answer joins
+    # the same write as everything else this read produced, with no trip
+    # through the event loop. Python 3.11 has no eager tasks.
+    _start_task = asyncio.eager_task_factory  # type: ignore[assignment]
 
 
 class H2GrpcServer:
