@@ -22,7 +22,7 @@ from ext_proc.headers import (
     DECISION_ROUTE,
     ROUTE_HEADER,
 )
-from ext_proc.providers import WireAPI, auth_headers, request_path, spec_for
+from ext_proc.providers import CATALOG, WireAPI, auth_headers, request_path, spec_for
 from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
 
 __all__ = [
@@ -203,7 +203,72 @@ def plan_request(
     """Everything to change about one LLM request, or a ``GatewayError``."""
     body_info = _parse(headers, body)
     parsed = body_info.data
-    decision = resolve_model(table, requested_model(parsed), route=route)
+    routed = _route(table, endpoint, headers, requested_model(parsed), route)
+    decision = routed.decision
+    set_headers = routed.set_headers
+    new_body: bytes | None = None
+    if parsed.get("model") != decision.upstream_model:
+        parsed["model"] = decision.upstream_model
+        span, text = body_info.model_span, body_info.text
+        if span is not None and text is not None:
+            model = json.dumps(decision.upstream_model, ensure_ascii=False)
+            new_body = (text[: span[0]] + model + text[span[1] :]).encode()
+        else:
+            new_body = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+        set_headers = (*set_headers, ("content-length", str(len(new_body))))
+    return RequestPlan(decision, set_headers, routed.remove_headers, new_body)
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    table: RoutingTable
+    decision: RoutingDecision
+    set_headers: tuple[tuple[str, str], ...]
+    remove_headers: tuple[str, ...]
+
+
+# What a request's headers must say, given its table, endpoint, requested model,
+# route and which of the client's headers that matter it sent, is the same for
+# every such request: it is worked out once and kept (bounded: a wildcard
+# provider accepts any model id, so the keys are not bounded by the config).
+_ROUTED: dict[tuple[object, ...], _Routed] = {}
+_ROUTED_MAX = 1024
+_HEADERS_THAT_MATTER = CREDENTIAL_HEADERS + tuple(
+    sorted({name for spec in CATALOG.values() for name, _ in spec.static_headers})
+)
+"""The client headers whose presence changes the plan: credentials are removed,
+a client's pinned header (anthropic-version) wins over the catalog's."""
+
+
+def _route(
+    table: RoutingTable,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    requested: str | None,
+    route: str | None,
+) -> _Routed:
+    present = tuple(name in headers for name in _HEADERS_THAT_MATTER)
+    key = (id(table), endpoint, requested, route, present)
+    routed = _ROUTED.get(key)
+    # The identity check keeps a new table that reuses a freed one's id from
+    # reading the old table's entries.
+    if routed is not None and routed.table is table:
+        return routed
+    routed = _build_route(table, endpoint, headers, requested, route)
+    if len(_ROUTED) >= _ROUTED_MAX:
+        _ROUTED.clear()
+    _ROUTED[key] = routed
+    return routed
+
+
+def _build_route(
+    table: RoutingTable,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    requested: str | None,
+    route: str | None,
+) -> _Routed:
+    decision = resolve_model(table, requested, route=route)
     provider = decision.provider
     spec = spec_for(provider)
     provider_api = spec.api if spec else WireAPI.OPENAI
@@ -230,15 +295,4 @@ def plan_request(
             continue
         set_headers.append((name, value))
     remove = [h for h in remove if h not in {name for name, _ in set_headers}]
-
-    new_body: bytes | None = None
-    if parsed.get("model") != decision.upstream_model:
-        parsed["model"] = decision.upstream_model
-        span, text = body_info.model_span, body_info.text
-        if span is not None and text is not None:
-            model = json.dumps(decision.upstream_model, ensure_ascii=False)
-            new_body = (text[: span[0]] + model + text[span[1] :]).encode()
-        else:
-            new_body = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
-        set_headers.append(("content-length", str(len(new_body))))
-    return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body)
+    return _Routed(table, decision, tuple(set_headers), tuple(remove))

@@ -136,3 +136,27 @@ def test_errors_are_worded_as_before(body: bytes) -> None:
     else:
         assert not isinstance(parsed, dict)
         assert info.value.code == "invalid_body"
+
+
+def test_cached_headers_follow_what_the_client_sent() -> None:
+    anthropic = build_routing_table(config(provider("anthropic/claude-sonnet-4-5", default=True)))
+    body = b'{"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}'
+
+    def run(extra: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+        plan = plan_request(anthropic, Endpoint.MESSAGES, {**HEADERS, **extra}, body)
+        return dict(plan.set_headers), plan.remove_headers
+
+    for _ in range(2):  # the second round is served from the cache
+        sets, removes = run({"authorization": "Bearer c", "anthropic-version": "2099-01-01"})
+        assert "anthropic-version" not in sets and removes == ("authorization",)
+        sets, removes = run({})
+        assert sets["anthropic-version"] == "2023-06-01" and removes == ()
+        assert sets["x-api-key"] == "sk-anthropic-secret"
+
+
+def test_a_new_table_never_reads_an_old_tables_plans() -> None:
+    for key in ("sk-first", "sk-second", "sk-third"):
+        table = build_routing_table(config(provider("openai/gpt-5.2", access_key=key)))
+        plan = plan_request(table, Endpoint.CHAT_COMPLETIONS, HEADERS, b'{"model": "gpt-5.2"}')
+        assert ("authorization", f"Bearer {key}") in plan.set_headers
+        del table  # its id may be reused by the next table
