@@ -1,7 +1,9 @@
 -- wrk script: POST one chat-completions body on every request.
 --
---   wrk -c16 -d8s -s bench/chat.lua http://127.0.0.1:PORT/v1/chat/completions -- BODY_FILE
+--   wrk -c16 -d8s -s bench/chat.lua http://127.0.0.1:PORT/v1/chat/completions -- BODY_FILE [KEY]
 --
+-- KEY is sent as the client's bearer token (LiteLLM's proxy checks it; Archway
+-- replaces it with the provider's).
 -- The body is read once per thread from BODY_FILE (gateway_bench.py writes a 2 KB
 -- one), and `done` prints one JSON line that gateway_bench.py parses, so no
 -- figure is scraped from wrk's human-readable report.
@@ -12,7 +14,7 @@ function init(args)
   f:close()
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer sk-bench-client"
+  wrk.headers["Authorization"] = "Bearer " .. (args[2] or "sk-bench-client")
 end
 
 function done(summary, latency, requests)
