@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from ext_proc.bootstrap import bootstrap_dict  # noqa: E402
 from ext_proc.config import load_config  # noqa: E402
 from ext_proc.envoy_process import EnvoyProcess, find_envoy_binary  # noqa: E402
+from ext_proc.server import GRPC_SERVER_ENV  # noqa: E402
 
 CLIENT_KEY = "sk-bench-" + secrets.token_hex(24)
 """The clients' bearer token; LiteLLM's proxy refuses to start without a master key."""
@@ -309,16 +310,24 @@ archway:
             admin_url=envoy.admin_url,
         )
 
-    def start_archway(self, config_path: Path, workers: int | None) -> Setup:
+    def start_archway(
+        self, config_path: Path, workers: int | None, *, transport: str = "h2"
+    ) -> Setup:
         """``archway up`` as a user runs it, its output (Envoy's access log) in a file."""
         config = load_config(config_path)
         log_path = self.tmp / f"{config_path.stem}.log"
         command = [sys.executable, "-m", "ext_proc.cli", "up", str(config_path)]
         if workers is not None:
             command += ["--workers", str(workers)]
+        env = {**os.environ, GRPC_SERVER_ENV: transport}
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
             )
         self.cleanups.append(lambda: stop_process(proc, 20))
         wait_for(
@@ -337,6 +346,8 @@ archway:
 
         listener = config.listeners[0]
         name = "archway" if workers is None else f"archway-w{workers}"
+        if transport != "h2":
+            name += f"-{transport}"
         return Setup(
             name=name,
             url=f"http://127.0.0.1:{listener.port}/v1/chat/completions",
@@ -501,7 +512,7 @@ def measure(
 def reference_setup(setups: Sequence[Setup]) -> Setup:
     """The Archway setup the targets are judged on: archway up's default, one
     worker per core, when it is among them."""
-    archways = [s for s in setups if s.name.startswith("archway")]
+    archways = [s for s in setups if s.name.startswith("archway") and "grpcio" not in s.name]
     cores = len(os.sched_getaffinity(0))
     return next((s for s in archways if s.workers in (0, cores)), archways[-1])
 
@@ -721,6 +732,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--with-litellm", action="store_true", help="add LiteLLM's proxy")
     parser.add_argument(
+        "--with-grpcio",
+        action="store_true",
+        help="add Archway on its grpc.aio fallback transport (the prototype's server)",
+    )
+    parser.add_argument(
         "--soak", type=int, default=0, metavar="N", help="after the passes, RSS over N requests"
     )
     parser.add_argument("--json", type=Path, help="write every pass and the summary here")
@@ -763,6 +779,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for w in worker_counts:
                 name = "archway" if w is None else f"archway-w{w}"
                 setups.append(bench.start_archway(bench.write_config(upstream_port, name), w))
+            if args.with_grpcio:
+                path = bench.write_config(upstream_port, "grpcio")
+                setups.append(bench.start_archway(path, None, transport="grpcio"))
             if args.with_litellm:
                 setups.append(bench.start_litellm(upstream_port))
             for setup in setups:
@@ -807,15 +826,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(soak_verdict)
             for label, value, ok in results:
                 print(f"  [{'met' if ok else 'MISSED'}] {label}: {value}")
-            for s in setups:
-                if s.name.startswith("archway-w") and s.name != archway.name:
-                    for conns in connections:
-                        by = {(x.setup, x.connections): x for x in summaries}
-                        base, other = by[(archway.name, conns)], by[(s.name, conns)]
-                        print(
-                            f"  {s.name} / {archway.name} throughput at c{conns}: "
-                            f"{other.rps / base.rps:.2f}x"
-                        )
+            by = {(x.setup, x.connections): x for x in summaries}
+            for conns in connections:
+                old = by.get(("archway-grpcio", conns))
+                if old is not None:
+                    new = by[(archway.name, conns)]
+                    print(
+                        f"  {archway.name} vs archway-grpcio at c{conns}: "
+                        f"{new.rps / old.rps:.2f}x req/s, ext_proc "
+                        f"{new.proxy_cpu_ms:.3f} vs {old.proxy_cpu_ms:.3f} ms/req"
+                    )
+            scaled = sorted((s for s in setups if s.workers), key=lambda s: s.workers)
+            if len(scaled) > 1:
+                for conns in connections:
+                    first = by[(scaled[0].name, conns)].rps
+                    steps = ", ".join(
+                        f"{s.workers}: {by[(s.name, conns)].rps:.0f} req/s "
+                        f"({by[(s.name, conns)].rps / first:.2f}x)"
+                        for s in scaled
+                    )
+                    print(f"  throughput by ext_proc workers at c{conns}: {steps}")
             if args.json:
                 args.json.write_text(
                     json.dumps(

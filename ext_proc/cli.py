@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the port with other processes (SO_REUSEPORT); each worker does",
     )
+    # A worker's second, private port (see ext_proc.workers); set by its parent.
+    serve.add_argument("--own-port", type=int, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -283,7 +285,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.reuse_port:  # a pool's worker: its parent already warned
         for warning in config.warnings:
             logging.getLogger("archway").warning("%s", warning)
-    asyncio.run(serve_forever(config, host, port, reuse_port=args.reuse_port))
+    asyncio.run(
+        serve_forever(config, host, port, reuse_port=args.reuse_port, own_port=args.own_port)
+    )
     return 0
 
 
@@ -353,16 +357,22 @@ async def _up(
                 echoes.append(stack.enter_context(EchoUpstream("127.0.0.1", port, name=name)))
         ext_host = "127.0.0.1"
         # One worker serves in this process; more run as supervised children.
+        worker_ports: list[int] = []
         if workers > 1:
-            pool = WorkerPool(path, ext_host, ext_proc_port, workers, verbose=verbose)
+            pool = WorkerPool(
+                path, ext_host, ext_proc_port, workers, verbose=verbose, own_ports=True
+            )
             ext_port = await pool.start()
+            worker_ports = pool.worker_ports
             stop_ext_proc = pool.stop
         else:
             running = await start_server(config, ext_host, ext_proc_port)
             ext_port, stop_ext_proc = running.port, running.stop
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
-        bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=ext_port)
+        bootstrap = render_bootstrap(
+            config, ext_proc_host=ext_host, ext_proc_port=ext_port, ext_proc_ports=worker_ports
+        )
         envoy.start(bootstrap, concurrency=workers)
         await asyncio.to_thread(envoy.wait_ready, 30.0)
         addresses = await asyncio.to_thread(envoy.listener_addresses)

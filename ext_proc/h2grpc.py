@@ -722,25 +722,27 @@ class H2GrpcServer:
         max_message_bytes: int,
     ) -> None:
         self._state = _ServerState(path.encode(), new_handler, max_message_bytes)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Listen and return the bound port (``port`` 0 picks a free one)."""
+        """Listen and return the bound port (``port`` 0 picks a free one).
+        Each call adds one more address to serve on."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        server = await loop.create_server(
             lambda: _Connection(self._state),
             host,
             port,
             reuse_port=reuse_port or None,
             backlog=1024,
         )
-        return int(self._server.sockets[0].getsockname()[1])
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let streams in flight finish for up to ``grace`` seconds, then close."""
         self._state.closing = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         connections = list(self._state.connections)
         for conn in connections:
             conn.shutdown()
@@ -749,5 +751,5 @@ class H2GrpcServer:
                 await asyncio.wait_for(asyncio.gather(*(c.idle.wait() for c in connections)), grace)
         for conn in connections:
             conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()

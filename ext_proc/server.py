@@ -114,12 +114,20 @@ def server_options(config: Config, *, reuse_port: bool = False) -> list[tuple[st
 
 
 async def start_server(
-    config: Config, host: str, port: int, *, reuse_port: bool = False
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    own_port: int | None = None,
 ) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
     ``reuse_port`` lets several worker processes listen on one port
     (``SO_REUSEPORT``): the kernel spreads Envoy's connections over them.
+    ``own_port`` is a second port for this process alone (also with
+    ``SO_REUSEPORT``, as its supervisor holds it), which ``archway up`` gives
+    Envoy so that it can balance the workers itself.
     """
     table = build_routing_table(config)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -129,6 +137,10 @@ async def start_server(
         bound = server.add_insecure_port(target)
         if bound == 0:
             raise OSError(f"cannot listen on {target} (address in use or not available)")
+        if own_port is not None:
+            own = f"[{host}]:{own_port}" if ":" in host else f"{host}:{own_port}"
+            if server.add_insecure_port(own) == 0:
+                raise OSError(f"cannot listen on {own} (address in use or not available)")
         await server.start()
         running = RunningServer(server, table, host, bound)
     else:
@@ -137,6 +149,8 @@ async def start_server(
         )
         try:
             bound = await h2.start(host, port, reuse_port=reuse_port)
+            if own_port is not None:
+                await h2.start(host, own_port, reuse_port=True)
         except OSError as exc:
             raise OSError(f"cannot listen on {target}: {exc.strerror or exc}") from None
         running = RunningServer(h2, table, host, bound)
@@ -144,9 +158,16 @@ async def start_server(
     return running
 
 
-async def serve_forever(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
+async def serve_forever(
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    own_port: int | None = None,
+) -> None:
     """Serve until SIGINT or SIGTERM, then drain briefly and stop."""
-    running = await start_server(config, host, port, reuse_port=reuse_port)
+    running = await start_server(config, host, port, reuse_port=reuse_port, own_port=own_port)
     print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

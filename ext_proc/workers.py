@@ -8,6 +8,13 @@ workers. The parent holds the port for the pool's whole life (a bound socket
 that never listens, so it takes no connections), which keeps a restarted
 worker's port from being taken by anyone else.
 
+With ``own_ports`` each worker also listens on a port of its own, held the
+same way. ``archway up`` gives Envoy those ports as separate endpoints: Envoy
+then round-robins streams over the workers from each of its threads. With only
+the shared port, the kernel hashes Envoy's few long-lived connections (one per
+Envoy thread) onto the workers, and two connections land on the same worker
+half the time, leaving the other idle.
+
 The parent restarts a worker that dies, after a delay that doubles with each
 quick failure. Workers run in their own session (a terminal's Ctrl-C reaches
 only the parent, which then stops them in order) and get SIGTERM from the
@@ -75,6 +82,7 @@ class WorkerPool:
         *,
         verbose: bool = False,
         ready_timeout_s: float = 30.0,
+        own_ports: bool = False,
     ) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -85,6 +93,8 @@ class WorkerPool:
         self._verbose = verbose
         self._ready_timeout_s = ready_timeout_s
         self._reserved: socket.socket | None = None
+        self._own_ports = own_ports
+        self._own: list[socket.socket] = []
         self._procs: list[asyncio.subprocess.Process | None] = [None] * count
         self._supervisors: list[asyncio.Task[None]] = []
         self._drains: set[asyncio.Task[None]] = set()
@@ -98,10 +108,15 @@ class WorkerPool:
         return int(self._reserved.getsockname()[1])
 
     @property
+    def worker_ports(self) -> list[int]:
+        """Each worker's own port (empty without ``own_ports``)."""
+        return [int(sock.getsockname()[1]) for sock in self._own]
+
+    @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.returncode is None]
 
-    def _command(self) -> list[str]:
+    def _command(self, index: int) -> list[str]:
         command = [
             sys.executable,
             "-m",
@@ -116,6 +131,8 @@ class WorkerPool:
             "1",
             "--reuse-port",
         ]
+        if self._own:
+            command += ["--own-port", str(self.worker_ports[index])]
         if self._verbose:
             command.append("--verbose")
         return command
@@ -123,6 +140,8 @@ class WorkerPool:
     async def start(self) -> int:
         """Start every worker and wait until all accept streams; returns the port."""
         self._reserved = reserve_port(self.host, self._requested_port)
+        if self._own_ports:
+            self._own = [reserve_port(self.host, 0) for _ in range(self.count)]
         try:
             await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
         except BaseException:
@@ -137,7 +156,7 @@ class WorkerPool:
     async def _spawn(self, index: int) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = await asyncio.create_subprocess_exec(
-            *self._command(),
+            *self._command(index),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -221,6 +240,8 @@ class WorkerPool:
                 await task
         if self._reserved is not None:
             self._reserved.close()
+        for sock in self._own:
+            sock.close()
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

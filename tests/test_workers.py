@@ -126,3 +126,32 @@ def test_a_worker_that_cannot_start_is_an_error(tmp_path: Path) -> None:
         assert pool.pids == []
 
     asyncio.run(run())
+
+
+def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+
+    async def run() -> None:
+        pool = WorkerPool(path, "127.0.0.1", 0, 2, own_ports=True)
+        await pool.start()
+        try:
+            own = pool.worker_ports
+            assert len(set(own)) == 2 and pool.port not in own
+            for port in (pool.port, *own):
+                assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, port)
+            # A restarted worker gets its own port back.
+            first = pool.pids[0]
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while pool.restarts < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert pool.restarts == 1  # counted once the new worker is ready
+            assert first not in pool.pids and len(pool.pids) == 2
+            assert pool.worker_ports == own
+            assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, own[0])
+        finally:
+            await pool.stop()
+        assert pool.pids == []
+
+    asyncio.run(run())
