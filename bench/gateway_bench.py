@@ -193,7 +193,7 @@ class Bench:
     """Owns every process the run starts and stops them all, whatever happens."""
 
     tmp: Path
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     def close(self) -> None:
         for cleanup in reversed(self.cleanups):
@@ -839,10 +839,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             scaled = sorted((s for s in setups if s.workers), key=lambda s: s.workers)
             if len(scaled) > 1:
                 for conns in connections:
-                    first = by[(scaled[0].name, conns)].rps
+                    base_rps = by[(scaled[0].name, conns)].rps
                     steps = ", ".join(
                         f"{s.workers}: {by[(s.name, conns)].rps:.0f} req/s "
-                        f"({by[(s.name, conns)].rps / first:.2f}x)"
+                        f"({by[(s.name, conns)].rps / base_rps:.2f}x)"
                         for s in scaled
                     )
                     print(f"  throughput by ext_proc workers at c{conns}: {steps}")

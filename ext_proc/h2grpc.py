@@ -26,7 +26,6 @@ import contextlib
 import logging
 import struct
 import sys
-from asyncio import Task
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Protocol, cast
@@ -314,7 +313,7 @@ class _Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._preface_seen = False
         self._streams: dict[int, _Stream] = {}
-        self._tasks: set[asyncio.Task[bytes]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._out: list[bytes] = []
         self._flush_pending = False
         self._decoder = _HeaderDecoder()
@@ -414,7 +413,10 @@ class _Connection(asyncio.Protocol):
         elif kind == _CONTINUATION:
             self._on_continuation(flags, stream_id, payload)
         elif kind == _RST_STREAM:
+            # How Envoy ends every ext_proc stream once its request is done.
             self._streams.pop(stream_id, None)
+            if not self._streams:
+                self.idle.set()
         elif kind == _SETTINGS:
             self._on_settings(flags, stream_id, payload)
         elif kind == _PING:
@@ -467,10 +469,10 @@ class _Connection(asyncio.Protocol):
             for stream in list(self._streams.values()):
                 self._pump(stream)
             return
-        stream = self._streams.get(stream_id)
-        if stream is not None:
-            stream.send_window += increment
-            self._pump(stream)
+        target = self._streams.get(stream_id)
+        if target is not None:
+            target.send_window += increment
+            self._pump(target)
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -698,7 +700,9 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[object, object, None]) -> Task:
+def _start_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[object, object, None]
+) -> asyncio.Task[None]:
     return loop.create_task(coro)
 
 

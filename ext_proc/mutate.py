@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from json.decoder import scanstring
 from typing import Any
 
 from ext_proc.endpoints import Endpoint
@@ -104,7 +103,9 @@ def _parse(headers: Mapping[str, str], body: bytes) -> _Parsed:
     return _Parsed(parsed, None, None)
 
 
-_scan_value = json.JSONDecoder().scan_once
+# json's C scanner: parses one JSON value at an index and says where it ends.
+# Set on every JSONDecoder at run time; typeshed does not declare it.
+_scan_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _WS = " \t\n\r"
 
 
@@ -133,7 +134,7 @@ def _scan_object(body: bytes) -> _Parsed | None:
             while True:
                 if text[i] != '"':
                     return None
-                key, i = scanstring(text, i + 1)
+                key, i = _scan_value(text, i)
                 while text[i] in _WS:
                     i += 1
                 if text[i] != ":":
