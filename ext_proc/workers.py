@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -47,9 +48,44 @@ _STABLE_AFTER_S = 30.0
 """A worker that lived this long counts as healthy: the next crash restarts fast."""
 
 
+_CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+_CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
 def default_workers() -> int:
-    """One worker per core this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """One worker per core this process may use.
+
+    A container's CPU limit is a cgroup quota, invisible to the affinity mask:
+    a pod limited to 2 CPUs on a 64-core node would otherwise start 64
+    workers that share 2 CPUs.
+    """
+    cores = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def cgroup_cpu_limit(
+    v2: Path = _CGROUP_V2_CPU_MAX,
+    v1_quota: Path = _CGROUP_V1_QUOTA,
+    v1_period: Path = _CGROUP_V1_PERIOD,
+) -> float | None:
+    """CPUs allowed by this process's cgroup quota, or ``None`` without one."""
+    try:
+        quota, _, period = v2.read_text().strip().partition(" ")
+        if quota == "max":
+            return None
+        return int(quota) / int(period or "100000")
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(v1_quota.read_text())
+        period_us = int(v1_period.read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class WorkerError(RuntimeError):

@@ -53,7 +53,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_default_is_one_worker_per_core() -> None:
-    assert default_workers() == len(os.sched_getaffinity(0))
+    from ext_proc.workers import cgroup_cpu_limit
+
+    cores = len(os.sched_getaffinity(0))
+    if cgroup_cpu_limit() is None:
+        assert default_workers() == cores
+    else:
+        assert 1 <= default_workers() <= cores
 
 
 def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) -> None:
@@ -155,3 +161,20 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
         assert pool.pids == []
 
     asyncio.run(run())
+
+
+def test_a_cgroup_cpu_quota_caps_the_default(tmp_path: Path) -> None:
+    from ext_proc.workers import cgroup_cpu_limit
+
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    missing = tmp_path / "missing"
+    v2.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2, missing, missing) == 1.5
+    v2.write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2, missing, missing) is None
+    quota.write_text("200000\n")
+    period.write_text("100000\n")
+    assert cgroup_cpu_limit(missing, quota, period) == 2.0
+    quota.write_text("-1\n")
+    assert cgroup_cpu_limit(missing, quota, period) is None
+    assert cgroup_cpu_limit(missing, missing, missing) is None
