@@ -89,7 +89,9 @@ class _Stoppable(Protocol):
 @dataclass
 class RunningServer:
     server: _Stoppable
-    table: RoutingTable
+    servicer: ExternalProcessor
+    """Holds the routing table; each new stream, on either transport, takes
+    the table it holds then."""
     host: str
     port: int
 
@@ -129,11 +131,11 @@ async def start_server(
     ``SO_REUSEPORT``, as its supervisor holds it), which ``archway up`` gives
     Envoy so that it can balance the workers itself.
     """
-    table = build_routing_table(config)
+    servicer = ExternalProcessor(build_routing_table(config))
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if os.environ.get(GRPC_SERVER_ENV, "h2") == "grpcio":
         server = grpc.aio.server(options=server_options(config, reuse_port=reuse_port))
-        ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(table), server)
+        ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
         bound = server.add_insecure_port(target)
         if bound == 0:
             raise OSError(f"cannot listen on {target} (address in use or not available)")
@@ -142,10 +144,12 @@ async def start_server(
             if server.add_insecure_port(own) == 0:
                 raise OSError(f"cannot listen on {own} (address in use or not available)")
         await server.start()
-        running = RunningServer(server, table, host, bound)
+        running = RunningServer(server, servicer, host, bound)
     else:
         h2 = H2GrpcServer(
-            PROCESS_PATH, lambda: _ExtProcStream(table), max_message_bytes=_message_limit(config)
+            PROCESS_PATH,
+            lambda: _ExtProcStream(servicer.table),
+            max_message_bytes=_message_limit(config),
         )
         try:
             bound = await h2.start(host, port, reuse_port=reuse_port)
@@ -153,7 +157,7 @@ async def start_server(
                 await h2.start(host, own_port, reuse_port=True)
         except OSError as exc:
             raise OSError(f"cannot listen on {target}: {exc.strerror or exc}") from None
-        running = RunningServer(h2, table, host, bound)
+        running = RunningServer(h2, servicer, host, bound)
     log.info("ext_proc server listening on %s:%d", host, bound)
     return running
 

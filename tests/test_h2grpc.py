@@ -157,3 +157,49 @@ def test_header_decoder_rejects_broken_blocks() -> None:
     for block in (b"\x80", b"\xff\xff\xff\xff\xff\xff\x7f", b"\x04\x85ab", b"\xbe"):
         with pytest.raises(_DecodeError):
             _HeaderDecoder().decode(block)
+
+
+@pytest.mark.parametrize("transport", ["h2", "grpcio"])
+def test_new_streams_take_the_servicers_current_table(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hook a config reload needs: swap the table, and the next stream uses it.
+    from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+    from envoy.service.ext_proc.v3.external_processor_pb2 import (
+        HttpHeaders,
+        ProcessingRequest,
+        ProcessingResponse,
+    )
+
+    from ext_proc.resolve import build_routing_table
+    from ext_proc.server import GRPC_SERVER_ENV, PROCESS_PATH, start_server
+    from tests.factories import config, provider
+
+    monkeypatch.setenv(GRPC_SERVER_ENV, transport)
+    headers = HeaderMap(
+        headers=[
+            HeaderValue(key=":method", raw_value=b"GET"),
+            HeaderValue(key=":path", raw_value=b"/v1/models"),
+        ]
+    )
+    request = ProcessingRequest(request_headers=HttpHeaders(headers=headers, end_of_stream=True))
+
+    async def run() -> None:
+        running = await start_server(config(provider("openai/gpt-5")), "127.0.0.1", 0)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                call = channel.stream_stream(
+                    PROCESS_PATH,
+                    request_serializer=ProcessingRequest.SerializeToString,
+                    response_deserializer=ProcessingResponse.FromString,
+                )
+                (first,) = [r async for r in call(iter([request]), timeout=5)]
+                new = config(provider("anthropic/claude-sonnet-4-5"))
+                running.servicer.table = build_routing_table(new)
+                (second,) = [r async for r in call(iter([request]), timeout=5)]
+        finally:
+            await running.stop(0.5)
+        assert b"openai/gpt-5" in first.immediate_response.body
+        assert b"anthropic/claude-sonnet-4-5" in second.immediate_response.body
+
+    asyncio.run(run())
