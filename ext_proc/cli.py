@@ -42,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `up` forks Envoy while gRPC threads run; gRPC's fork handlers have nothing
     # to protect there and only print a warning.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    # Only the grpcio fallback transport (ARCHWAY_GRPC_SERVER=grpcio) reads this:
+    # without the EventEngine experiments grpc.aio costs about a quarter less CPU.
+    os.environ.setdefault(
+        "GRPC_EXPERIMENTS", "-event_engine_listener,-event_engine_for_all_other_endpoints"
+    )
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
@@ -164,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: 5)",
     )
     _add_metrics_arguments(serve)
+    _add_workers_argument(serve)
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); each worker does",
+    )
+    # A worker's second, private port (see ext_proc.workers); set by its parent.
+    serve.add_argument("--own-port", type=int, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -178,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ext-proc-port", type=int, default=0, help="ext_proc port (default: a free one)"
     )
     _add_metrics_arguments(up)
+    _add_workers_argument(up)
     up.add_argument("-v", "--verbose", action="store_true")
     up.set_defaults(func=_cmd_up)
     return parser
@@ -226,6 +240,24 @@ def _start_observability(config: Config, args: argparse.Namespace) -> ProcessObs
             f"archway: cannot serve metrics on {address}:{port} ({exc.strerror or exc}); "
             "pick another with --metrics-port or archway.metrics_port, or turn it off"
         ) from None
+
+
+def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="ext_proc processes sharing the port (default: one per core); "
+        "archway up also runs Envoy with N worker threads",
+    )
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 # --- check -------------------------------------------------------------------
@@ -537,21 +569,82 @@ def _cmd_router_convert(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.health import DEFAULT_DRAIN_S
     from ext_proc.server import serve_forever
+    from ext_proc.workers import default_workers
 
     config = load_config(args.config)
-    for warning in config.warnings:
-        logging.getLogger("archway").warning("%s", warning)
+    workers = default_workers() if args.workers is None else args.workers
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
     drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
+    if workers > 1:
+        for warning in config.warnings:
+            logging.getLogger("archway").warning("%s", warning)
+        # The parent serves the metrics its workers write (multiprocess mode).
+        observability = _start_observability(config, args)
+        if observability.endpoint is not None:
+            print(f"archway metrics on {observability.endpoint.url}", flush=True)
+        try:
+            return asyncio.run(
+                _serve_workers(args.config, host, port, workers, args.verbose, drain_s)
+            )
+        finally:
+            observability.close()
+    if not args.reuse_port:  # a pool's worker: its parent already warned
+        for warning in config.warnings:
+            logging.getLogger("archway").warning("%s", warning)
     observability = _start_observability(config, args)
     if observability.endpoint is not None:
         print(f"archway metrics on {observability.endpoint.url}", flush=True)
     try:
-        asyncio.run(serve_forever(config, host, port, drain_s=drain_s))
+        asyncio.run(
+            serve_forever(
+                config,
+                host,
+                port,
+                drain_s=drain_s,
+                reuse_port=args.reuse_port,
+                own_port=args.own_port,
+            )
+        )
     finally:
         observability.close()
     return 0
+
+
+async def _serve_workers(
+    path: Path, host: str, port: int, workers: int, verbose: bool, drain_s: float
+) -> int:
+    from ext_proc.workers import READY_LINE, WorkerPool
+
+    pool = WorkerPool(path, host, port, workers, verbose=verbose, drain_s=drain_s)
+    bound = await pool.start()
+    pids = ", ".join(str(p) for p in pool.pids)
+    print(f"archway: {workers} ext_proc workers (pids {pids})", file=sys.stderr, flush=True)
+    print(f"{READY_LINE} {host}:{bound}", flush=True)
+    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, received.put_nowait, sig)
+    first = await received.get()
+    # SIGTERM: every worker drains (health NOT_SERVING, still answering) as a
+    # single server would; a second signal cuts that short. Ctrl-C stops at once.
+    stopping = asyncio.create_task(pool.stop(grace_s=drain_s + 5.0, sig=first))
+    second = asyncio.create_task(received.get())
+    done, _ = await asyncio.wait({stopping, second}, return_when=asyncio.FIRST_COMPLETED)
+    if second in done:
+        pool.signal_all(signal.SIGTERM)
+    else:
+        second.cancel()
+    await stopping
+    return 0
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 # --- up ----------------------------------------------------------------------
@@ -573,39 +666,73 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from ext_proc.workers import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
     observability = _start_observability(config, args)
     try:
-        return asyncio.run(_up(config, args.echo_upstream, args.ext_proc_port, observability))
+        return asyncio.run(
+            _up(
+                config,
+                args.config,
+                args.echo_upstream,
+                args.ext_proc_port,
+                workers,
+                args.verbose,
+                observability,
+            )
+        )
     finally:
         observability.close()
 
 
 async def _up(
-    config: Config, echo: bool, ext_proc_port: int, observability: ProcessObservability
+    config: Config,
+    path: Path,
+    echo: bool,
+    ext_proc_port: int,
+    workers: int,
+    verbose: bool,
+    observability: ProcessObservability,
 ) -> int:
     from ext_proc.bootstrap import render_bootstrap
     from ext_proc.echo import EchoUpstream
     from ext_proc.envoy_process import EnvoyProcess
     from ext_proc.health import wait_until_serving
     from ext_proc.server import start_server
+    from ext_proc.workers import WorkerPool
 
     stack = contextlib.ExitStack()
     echoes: list[EchoUpstream] = []
+    pool: WorkerPool | None = None
     try:
         if echo:
             for port, name in _echo_targets(config).items():
                 echoes.append(stack.enter_context(EchoUpstream("127.0.0.1", port, name=name)))
         ext_host = "127.0.0.1"
-        running = await start_server(config, ext_host, ext_proc_port, watch=True)
+        # One worker serves in this process; more run as supervised children.
+        worker_ports: list[int] = []
+        if workers > 1:
+            pool = WorkerPool(
+                path, ext_host, ext_proc_port, workers, verbose=verbose, own_ports=True
+            )
+            ext_port = await pool.start()
+            worker_ports = pool.worker_ports
+            stop_ext_proc = pool.stop
+        else:
+            running = await start_server(config, ext_host, ext_proc_port, watch=True)
+            ext_port, stop_ext_proc = running.port, running.stop
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
-        bootstrap = render_bootstrap(config, ext_proc_host=ext_host, ext_proc_port=running.port)
-        envoy.start(bootstrap)
+        bootstrap = render_bootstrap(
+            config, ext_proc_host=ext_host, ext_proc_port=ext_port, ext_proc_ports=worker_ports
+        )
+        envoy.start(bootstrap, concurrency=workers)
         await asyncio.to_thread(envoy.wait_ready, 30.0)
         # Ready means both answer: Envoy's admin /ready and the ext_proc health service.
-        await wait_until_serving(f"{ext_host}:{running.port}", timeout_s=10.0)
+        await wait_until_serving(f"{ext_host}:{ext_port}", timeout_s=10.0)
         addresses = await asyncio.to_thread(envoy.listener_addresses)
-        _print_ready(config, addresses, echoes, running.port, envoy.admin_url, observability)
+        _print_ready(config, addresses, echoes, ext_port, workers, envoy.admin_url, observability)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -621,10 +748,12 @@ async def _up(
                 break
         print("archway: stopping", file=sys.stderr)
         envoy.stop()
-        await running.stop(1.0)
+        await stop_ext_proc(1.0)
         return code
     finally:
         stack.close()
+        if pool is not None:
+            await pool.stop(1.0)  # a no-op after a clean stop
 
 
 def _print_ready(
@@ -632,6 +761,7 @@ def _print_ready(
     addresses: dict[str, tuple[str, int]],
     echoes: Sequence[object],
     ext_proc_port: int,
+    workers: int,
     admin_url: str,
     observability: ProcessObservability,
 ) -> None:
@@ -639,8 +769,9 @@ def _print_ready(
     for name, (host, port) in addresses.items():
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"  listener {name}: clients use base_url http://{shown}:{port}/v1")
+    processes = "1 process" if workers == 1 else f"{workers} worker processes"
     print(
-        f"  ext_proc server: 127.0.0.1:{ext_proc_port} (gRPC health: SERVING); "
+        f"  ext_proc server: 127.0.0.1:{ext_proc_port} ({processes}, gRPC health: SERVING); "
         f"envoy admin: {admin_url} (/ready: LIVE)"
     )
     if observability.endpoint is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "EnvoyNotFoundError",
     "EnvoyProcess",
     "find_envoy_binary",
+    "parent_death_prefix",
     "validate_bootstrap",
 ]
 
@@ -137,11 +138,11 @@ def validate_bootstrap(text: str, *, binary: str | None = None, timeout_s: float
 # --- running --------------------------------------------------------------------------
 
 
-def _parent_death_prefix() -> list[str]:
-    """A command prefix that has Linux SIGTERM Envoy when the thread that started
-    it dies, so no Envoy outlives a crashed gateway.
+def parent_death_prefix() -> list[str]:
+    """A command prefix that has Linux SIGTERM a child (Envoy, an ext_proc worker)
+    when the thread that started it dies, so none outlives a crashed gateway.
 
-    util-linux's ``setpriv`` sets the parent-death signal and execs Envoy. Doing
+    util-linux's ``setpriv`` sets the parent-death signal and execs the child. Doing
     it in a ``preexec_fn`` instead would make ``subprocess`` fork this whole
     process and run Python in the child; with gRPC's threads running, gRPC's
     fork handlers then abort the child (seen: ``epoll_wait error: Bad file
@@ -151,7 +152,7 @@ def _parent_death_prefix() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        log.warning("setpriv (util-linux) not found: Envoy may outlive a crashed archway")
+        log.warning("setpriv (util-linux) not found: children may outlive a crashed archway")
         return []
     return [setpriv, "--pdeathsig", "SIGTERM", "--"]
 
@@ -187,7 +188,11 @@ class EnvoyProcess:
 
     # -- lifecycle --
 
-    def start(self, bootstrap_text: str, log_level: str = "warning") -> None:
+    def start(
+        self, bootstrap_text: str, log_level: str = "warning", *, concurrency: int | None = None
+    ) -> None:
+        """Run Envoy; ``concurrency`` is its number of worker threads (Envoy's
+        default: one per core)."""
         if self._proc is not None:
             raise EnvoyError("this EnvoyProcess was already started")
         envoy = self._binary or find_envoy_binary()
@@ -196,7 +201,7 @@ class EnvoyProcess:
         config_path = workdir / "envoy.yaml"
         config_path.write_text(bootstrap_text, encoding="utf-8")
         command = [
-            *_parent_death_prefix(),
+            *parent_death_prefix(),
             envoy,
             "-c",
             str(config_path),
@@ -209,6 +214,8 @@ class EnvoyProcess:
             "--admin-address-path",
             str(self._admin_address_path),
         ]
+        if concurrency is not None:
+            command += ["--concurrency", str(concurrency)]
         stream = self._open_output()
         self._proc = subprocess.Popen(
             command,

@@ -14,12 +14,15 @@ import asyncio
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 __all__ = [
     "DEFAULT_DRAIN_S",
     "EXT_PROC_SERVICE",
+    "HEALTH_CHECK_PATH",
     "HEALTH_SERVICES",
+    "HealthCheckStream",
     "ServerHealth",
     "wait_until_serving",
 ]
@@ -46,6 +49,8 @@ class ServerHealth:
         # grpcio's asyncio servicer: it answers Watch streams too, and
         # enter_graceful_shutdown pins every name to NOT_SERVING for good.
         self.servicer = health.aio.HealthServicer()
+        self.status = _NOT_SERVING
+        """What Check answers on the h2grpc transport (grpcio's servicer keeps its own)."""
 
     async def attach(self, server: grpc.aio.Server) -> None:
         """Serve health on ``server``, saying NOT_SERVING until ``serving()``."""
@@ -54,11 +59,37 @@ class ServerHealth:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
     async def serving(self) -> None:
+        self.status = _SERVING
         for service in HEALTH_SERVICES:
             await self.servicer.set(service, _SERVING)
 
     async def draining(self) -> None:
+        self.status = _NOT_SERVING
         await self.servicer.enter_graceful_shutdown()
+
+
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+
+
+class HealthCheckStream:
+    """``grpc.health.v1.Health/Check`` on the h2grpc transport: one request, one
+    answer. Envoy's cluster health check and Kubernetes' grpc probes ask it."""
+
+    __slots__ = ("_health",)
+
+    def __init__(self, server_health: ServerHealth) -> None:
+        self._health = server_health
+
+    async def handle(self, message: bytes) -> bytes:
+        from ext_proc.h2grpc import GrpcError, StreamStatus
+
+        try:
+            service = health_pb2.HealthCheckRequest.FromString(message).service
+        except DecodeError:
+            raise GrpcError(StreamStatus.INVALID_ARGUMENT, "not a HealthCheckRequest") from None
+        if service not in HEALTH_SERVICES:
+            raise GrpcError(StreamStatus.NOT_FOUND, f"unknown service {service!r}")
+        return health_pb2.HealthCheckResponse(status=self._health.status).SerializeToString()
 
 
 async def wait_until_serving(

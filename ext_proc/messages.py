@@ -36,6 +36,26 @@ __all__ = [
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
+# Every routed request sets the same few headers for its decision (cluster,
+# model, provider, path, credentials). Building a HeaderValueOption from Python
+# costs more than upb copying a finished one, so finished ones are kept, keyed
+# by (name, value). Never mutate a cached option: it is copied into responses.
+_OPTIONS: dict[tuple[str, str], HeaderValueOption] = {}
+_OPTIONS_MAX = 4096
+"""Bounds the cache when values vary (content-length); cleared when full."""
+
+
+def _option(name: str, value: str) -> HeaderValueOption:
+    option = _OPTIONS.get((name, value))
+    if option is None:
+        if len(_OPTIONS) >= _OPTIONS_MAX:
+            _OPTIONS.clear()
+        option = HeaderValueOption(
+            header=HeaderValue(key=name, raw_value=value.encode()), append_action=_OVERWRITE
+        )
+        _OPTIONS[(name, value)] = option
+    return option
+
 
 class ResponseBodyMode(StrEnum):
     """How Envoy should hand the response body over, decided at response headers."""
@@ -95,12 +115,30 @@ def _mutation(
     )
 
 
+def _fill(
+    mutation: HeaderMutation,
+    set_headers: Iterable[tuple[str, str]],
+    remove_headers: Iterable[str],
+) -> None:
+    # Filled in place: passing finished sub-messages to constructors copies
+    # them once per nesting level.
+    options = [_option(k, v) for k, v in set_headers]
+    if options:
+        mutation.set_headers.extend(options)
+    removes = list(remove_headers)
+    if removes:
+        mutation.remove_headers.extend(removes)
+
+
 def headers_response(
     set_headers: Iterable[tuple[str, str]] = (), remove_headers: Iterable[str] = ()
 ) -> ProcessingResponse:
     """Continue after the request headers, optionally changing some."""
-    common = CommonResponse(header_mutation=_mutation(set_headers, remove_headers))
-    return ProcessingResponse(request_headers=HeadersResponse(response=common))
+    response = ProcessingResponse()
+    common = response.request_headers.response
+    common.SetInParent()
+    _fill(common.header_mutation, set_headers, remove_headers)
+    return response
 
 
 _UPSTREAM_FIRST_ATTEMPT = ProcessingMode(
@@ -147,13 +185,14 @@ def body_response(
     Envoy only re-evaluates the route on a header set here when the same
     response carries ``clear_route_cache``.
     """
-    common = CommonResponse(
-        header_mutation=_mutation(set_headers, remove_headers),
-        clear_route_cache=clear_route_cache,
-    )
+    response = ProcessingResponse()
+    common = response.request_body.response
+    common.SetInParent()
+    _fill(common.header_mutation, set_headers, remove_headers)
+    common.clear_route_cache = clear_route_cache
     if body is not None:
-        common.body_mutation.CopyFrom(BodyMutation(body=body))
-    return ProcessingResponse(request_body=BodyResponse(response=common))
+        common.body_mutation.body = body
+    return response
 
 
 def immediate_response(

@@ -33,9 +33,11 @@ from ext_proc.translate import TranslationContext, translate_request
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "ParsedBody",
     "RequestPlan",
     "decision_headers",
     "parse_body",
+    "parse_request",
     "plan_request",
     "requested_model",
     "rewrite_model",
@@ -69,6 +71,21 @@ _MAX_COMPLETION_TOKENS_PROVIDERS = frozenset({"openai", "azure_openai"})
 
 def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a ``GatewayError`` saying what is wrong."""
+    return parse_request(headers, body).data
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    """A request body parsed once, with what a cheap model rewrite needs."""
+
+    data: dict[str, Any]
+    text: str | None
+    """The body as text, when ``model_span`` is known."""
+    model_span: tuple[int, int] | None
+    """Where the value of the one top-level ``model`` key sits in ``text``."""
+
+
+def parse_request(headers: Mapping[str, str], body: bytes) -> ParsedBody:
     content_type = headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
@@ -80,6 +97,11 @@ def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         )
     if not body.strip():
         raise GatewayError(400, "The request body is empty; send a JSON object.", code="empty_body")
+    fast = _scan_object(body)
+    if fast is not None:
+        return fast
+    # Anything the scan does not take (another encoding, a BOM, invalid JSON,
+    # a non-object) goes through json.loads, which also words the errors.
     try:
         parsed = json.loads(body)
     except UnicodeDecodeError:
@@ -103,7 +125,71 @@ def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
             f"The request body must be a JSON object, not {type(parsed).__name__}.",
             code="invalid_body",
         )
-    return parsed
+    return ParsedBody(parsed, None, None)
+
+
+# json's C scanner: parses one JSON value at an index and says where it ends.
+# Set on every JSONDecoder at run time; typeshed does not declare it.
+_scan_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_WS = " \t\n\r"
+
+
+def _scan_object(body: bytes) -> ParsedBody | None:
+    """Parse a UTF-8 JSON object as ``json.loads`` would, noting where the
+    top-level ``model`` value is, so that a new model can be spliced in without
+    re-serialising the body (which cost three times the parse, and rewrote
+    the client's numbers and spacing). Each top-level value is parsed by json's
+    own C scanner. ``None`` when the body is anything else."""
+    try:
+        text = body.decode()
+        i = 0
+        while text[i] in _WS:
+            i += 1
+        if text[i] != "{":
+            return None
+        i += 1
+        while text[i] in _WS:
+            i += 1
+        data: dict[str, Any] = {}
+        span: tuple[int, int] | None = None
+        models = 0
+        if text[i] == "}":
+            i += 1
+        else:
+            while True:
+                if text[i] != '"':
+                    return None
+                key, i = _scan_value(text, i)
+                while text[i] in _WS:
+                    i += 1
+                if text[i] != ":":
+                    return None
+                i += 1
+                while text[i] in _WS:
+                    i += 1
+                value, value_end = _scan_value(text, i)
+                if key == "model":
+                    span, models = (i, value_end), models + 1
+                data[key] = value
+                i = value_end
+                while text[i] in _WS:
+                    i += 1
+                if text[i] == ",":
+                    i += 1
+                    while text[i] in _WS:
+                        i += 1
+                elif text[i] == "}":
+                    i += 1
+                    break
+                else:
+                    return None
+        if text[i:].strip(_WS):
+            return None
+    except (ValueError, IndexError, StopIteration, RecursionError):
+        return None
+    # With a duplicated key the client's other copies would survive a splice,
+    # and an upstream that keeps the first copy would see the client's model.
+    return ParsedBody(data, text, span if models == 1 else None)
 
 
 def requested_model(body: Mapping[str, Any]) -> str | None:
@@ -167,7 +253,7 @@ def plan_request(
     *,
     route: str | None = None,
     route_score: float | None = None,
-    parsed: dict[str, Any] | None = None,
+    parsed: ParsedBody | None = None,
     decision: RoutingDecision | None = None,
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError``.
@@ -178,9 +264,10 @@ def plan_request(
     session's pinned decision); each is otherwise made here.
     """
     if parsed is None:
-        parsed = parse_body(headers, body)
+        parsed = parse_request(headers, body)
+    data = parsed.data
     if decision is None:
-        decision = resolve_model(table, requested_model(parsed), route=route)
+        decision = resolve_model(table, requested_model(data), route=route)
     provider = decision.provider
     spec = spec_for(provider)
     provider_api = spec.api if spec else WireAPI.OPENAI
@@ -195,9 +282,9 @@ def plan_request(
     translation: TranslationContext | None = None
     new_body: bytes | None = None
     if client_api is not provider_api:
-        parsed["model"] = decision.upstream_model
+        data["model"] = decision.upstream_model
         translated, translation = translate_request(
-            client_api, provider_api, parsed, max_tokens_field=_max_tokens_field(spec)
+            client_api, provider_api, data, max_tokens_field=_max_tokens_field(spec)
         )
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
         foreign = _FOREIGN_HEADER_PREFIXES[provider_api]
@@ -209,8 +296,15 @@ def plan_request(
         if provider.passthrough_auth:
             _passthrough_credentials(headers, provider_api, set_headers, remove)
         new_body = _encode(translated)
-    else:
-        new_body = rewrite_model(parsed, decision.upstream_model)
+    elif data.get("model") != decision.upstream_model:
+        span, text = parsed.model_span, parsed.text
+        if span is not None and text is not None:
+            # Splice the new id in: no re-serialisation, and the client's own
+            # numbers, escapes and spacing reach the provider untouched.
+            model = json.dumps(decision.upstream_model, ensure_ascii=False)
+            new_body = (text[: span[0]] + model + text[span[1] :]).encode()
+        else:
+            new_body = rewrite_model(data, decision.upstream_model)
     if new_body is not None:
         set_headers.append(("content-length", str(len(new_body))))
     set_names = {name for name, _ in set_headers}

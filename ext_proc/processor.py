@@ -42,7 +42,7 @@ from ext_proc.headers import (
     TRANSLATE_HEADER,
 )
 from ext_proc.messages import ResponseBodyMode
-from ext_proc.mutate import parse_body, plan_request, requested_model
+from ext_proc.mutate import parse_request, plan_request, requested_model
 from ext_proc.observe import RequestTelemetry
 from ext_proc.providers import WireAPI
 from ext_proc.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
@@ -174,8 +174,8 @@ class RequestProcessor:
         if key is not None or self._router is not None:
             # Parsed once here and handed on: a bad body raises the same 4xx
             # plan_request would.
-            parsed = parse_body(self._headers, msg.body)
-            requested = requested_model(parsed)
+            parsed = parse_request(self._headers, msg.body)
+            requested = requested_model(parsed.data)
             open_model = requested is None or requested.strip().lower() in AUTO_MODELS
         # Only open models are pinned: an explicit model or alias is the client's choice.
         if key is not None and open_model:
@@ -185,7 +185,7 @@ class RequestProcessor:
         if decision is None and open_model and self._router is not None:
             assert parsed is not None
             choice = await self._telemetry.router_call(
-                self._router.decide(parsed, self._endpoint.api)
+                self._router.decide(parsed.data, self._endpoint.api)
             )
         plan = plan_request(
             table,

@@ -1,14 +1,22 @@
-"""The gRPC ext_proc server: one ``RequestProcessor`` per Envoy stream."""
+"""The gRPC ext_proc server: one ``RequestProcessor`` per Envoy stream.
+
+Two transports serve the same processor. The default is ``h2grpc``, a small
+HTTP/2 server on the event loop that costs a fraction of grpcio's CPU per
+stream (see that module). ``ARCHWAY_GRPC_SERVER=grpcio`` selects grpcio's
+``grpc.aio`` server instead, as a fallback.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
@@ -16,19 +24,33 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
     ProcessingResponse,
 )
+from google.protobuf.message import DecodeError
 
 from ext_proc import tracing
 from ext_proc.config import Config
 from ext_proc.failover import AttemptProcessor
+from ext_proc.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 from ext_proc.headers import UPSTREAM_PHASE, UPSTREAM_PHASE_KEY
-from ext_proc.health import DEFAULT_DRAIN_S, ServerHealth
+from ext_proc.health import DEFAULT_DRAIN_S, HEALTH_CHECK_PATH, HealthCheckStream, ServerHealth
 from ext_proc.processor import RequestProcessor
 from ext_proc.reload import ConfigReloader
 from ext_proc.resolve import RoutingTable, build_routing_table
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
 
-__all__ = ["ExternalProcessor", "RunningServer", "serve_forever", "start_server"]
+__all__ = [
+    "GRPC_SERVER_ENV",
+    "PROCESS_PATH",
+    "ExternalProcessor",
+    "RunningServer",
+    "serve_forever",
+    "start_server",
+]
+
+GRPC_SERVER_ENV = "ARCHWAY_GRPC_SERVER"
+"""``h2`` (the default) or ``grpcio``."""
+
+PROCESS_PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 log = logging.getLogger("archway.server")
 
@@ -48,22 +70,60 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ProcessingResponse]:
-        processor: RequestProcessor | AttemptProcessor
         metadata = context.invocation_metadata() or ()
-        # Envoy's span for this call, when it traces: the parent of the request's span.
-        trace_context = tracing.stream_trace_context(metadata)
-        if (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in metadata:
-            processor = AttemptProcessor(self.table, trace_context=trace_context)
-        else:
-            processor = RequestProcessor(self.table, self.router, trace_context=trace_context)
+        upstream = (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in metadata
+        processor = self._processor(upstream, metadata)
         async for request in request_iterator:
             yield await processor.handle(request)
+
+    def new_stream(self, headers: Sequence[tuple[bytes, bytes]]) -> _ExtProcStream:
+        """A stream on the ``h2grpc`` transport, from its request headers."""
+        upstream = (_UPSTREAM_PHASE_BYTES, _UPSTREAM_VALUE_BYTES) in headers
+        metadata = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+        return _ExtProcStream(self._processor(upstream, metadata))
+
+    def _processor(
+        self, upstream: bool, metadata: Iterable[tuple[str, Any]]
+    ) -> RequestProcessor | AttemptProcessor:
+        # Envoy's span for this call, when it traces: the parent of the request's span.
+        trace_context = tracing.stream_trace_context(metadata)
+        if upstream:
+            # A retry attempt in a failover cluster's upstream filter chain.
+            return AttemptProcessor(self.table, trace_context=trace_context)
+        return RequestProcessor(self.table, self.router, trace_context=trace_context)
+
+
+_UPSTREAM_PHASE_BYTES = UPSTREAM_PHASE_KEY.encode()
+_UPSTREAM_VALUE_BYTES = UPSTREAM_PHASE.encode()
+
+
+class _ExtProcStream:
+    """One ext_proc stream on the ``h2grpc`` transport: bytes in, bytes out."""
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, processor: RequestProcessor | AttemptProcessor) -> None:
+        self._processor = processor
+
+    async def handle(self, message: bytes) -> bytes:
+        try:
+            request = ProcessingRequest.FromString(message)
+        except DecodeError:
+            raise GrpcError(StreamStatus.INVALID_ARGUMENT, "not a ProcessingRequest") from None
+        response = await self._processor.handle(request)
+        return response.SerializeToString()
+
+
+class _Stoppable(Protocol):
+    async def stop(self, grace: float | None) -> None: ...
 
 
 @dataclass
 class RunningServer:
-    server: grpc.aio.Server
+    server: _Stoppable
     servicer: ExternalProcessor
+    """Holds the routing table; each new stream, on either transport, takes
+    the table it holds then."""
     host: str
     port: int
     health: ServerHealth
@@ -80,13 +140,19 @@ class RunningServer:
             await router.close()
 
 
-def server_options(config: Config) -> list[tuple[str, int]]:
-    # grpc-python refuses messages over 4 MiB by default; a buffered body of up
-    # to max_request_body_bytes must fit in one message, both ways.
-    limit = config.gateway.max_request_body_bytes + _MESSAGE_OVERHEAD
+def _message_limit(config: Config) -> int:
+    # A buffered body of up to max_request_body_bytes must fit in one message,
+    # both ways (grpcio's default limit is 4 MiB).
+    return config.gateway.max_request_body_bytes + _MESSAGE_OVERHEAD
+
+
+def server_options(config: Config, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    limit = _message_limit(config)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # grpcio shares a port by default; only workers should.
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -97,6 +163,8 @@ async def start_server(
     *,
     watch: bool = False,
     router_factory: Callable[[Config], ConfiguredRouter | None] = build_router,
+    reuse_port: bool = False,
+    own_port: int | None = None,
 ) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
@@ -104,21 +172,30 @@ async def start_server(
     the port opens (so no request meets a half-loaded model) and ``stop`` closes
     it. Raises ``RouterUnavailableError`` when the configured router cannot load.
     With ``watch``, the config file is reloaded on SIGHUP or when it changes.
+
+    ``reuse_port`` lets several worker processes listen on one port
+    (``SO_REUSEPORT``): the kernel spreads Envoy's connections over them.
+    ``own_port`` is a second port for this process alone (also with
+    ``SO_REUSEPORT``, as its supervisor holds it), which ``archway up`` gives
+    Envoy so that it can balance the workers itself.
     """
     # Loading a model takes seconds of CPU: off the event loop.
     router = await asyncio.to_thread(router_factory, config)
-    server = grpc.aio.server(options=server_options(config))
     servicer = ExternalProcessor(build_routing_table(config), router)
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     health = ServerHealth()
-    await health.attach(server)
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(target)
-    if bound == 0:
+    try:
+        if os.environ.get(GRPC_SERVER_ENV, "h2") == "grpcio":
+            server, bound = await _start_grpcio(
+                config, servicer, health, host, port, reuse_port, own_port
+            )
+        else:
+            server, bound = await _start_h2(
+                config, servicer, health, host, port, reuse_port, own_port
+            )
+    except BaseException:
         if router is not None:
             await router.close()
-        raise OSError(f"cannot listen on {target} (address in use or not available)")
-    await server.start()
+        raise
     await health.serving()
     log.info("ext_proc server listening on %s:%d", host, bound)
     reloader = None
@@ -133,12 +210,74 @@ async def start_server(
     return RunningServer(server, servicer, host, bound, health, reloader)
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _start_grpcio(
+    config: Config,
+    servicer: ExternalProcessor,
+    health: ServerHealth,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    own_port: int | None,
+) -> tuple[_Stoppable, int]:
+    server = grpc.aio.server(options=server_options(config, reuse_port=reuse_port))
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    await health.attach(server)
+    target = _address(host, port)
+    bound = server.add_insecure_port(target)
+    if bound == 0:
+        raise OSError(f"cannot listen on {target} (address in use or not available)")
+    if own_port is not None:
+        own = _address(host, own_port)
+        if server.add_insecure_port(own) == 0:
+            raise OSError(f"cannot listen on {own} (address in use or not available)")
+    await server.start()
+    return server, bound
+
+
+async def _start_h2(
+    config: Config,
+    servicer: ExternalProcessor,
+    health: ServerHealth,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    own_port: int | None,
+) -> tuple[_Stoppable, int]:
+    h2 = H2GrpcServer(
+        {
+            PROCESS_PATH: servicer.new_stream,
+            HEALTH_CHECK_PATH: lambda headers: HealthCheckStream(health),
+        },
+        max_message_bytes=_message_limit(config),
+    )
+    try:
+        bound = await h2.start(host, port, reuse_port=reuse_port)
+        if own_port is not None:
+            await h2.start(host, own_port, reuse_port=True)
+    except OSError as exc:
+        await h2.stop(0)
+        raise OSError(f"cannot listen on {_address(host, port)}: {exc.strerror or exc}") from None
+    return h2, bound
+
+
 async def serve_forever(
-    config: Config, host: str, port: int, *, drain_s: float = DEFAULT_DRAIN_S
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    drain_s: float = DEFAULT_DRAIN_S,
+    reuse_port: bool = False,
+    own_port: int | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop. SIGTERM (how Kubernetes and
     Docker stop a container) first drains for ``drain_s``; Ctrl-C does not wait."""
-    running = await start_server(config, host, port, watch=True)
+    running = await start_server(
+        config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port
+    )
     print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
     received: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()

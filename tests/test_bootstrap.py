@@ -293,6 +293,20 @@ def test_ext_proc_cluster_is_http2_and_follows_overrides() -> None:
     assert data["admin"]["address"]["socket_address"]["port_value"] == 0
 
 
+def test_ext_proc_cluster_can_list_one_endpoint_per_worker() -> None:
+    config = CONFIGS["catalog"]
+    data = bootstrap_dict(config, ext_proc_host="127.0.0.1", ext_proc_ports=[7001, 7002])
+    endpoints = _clusters(data)[EXT_PROC_CLUSTER]["load_assignment"]["endpoints"]
+    ports = [
+        e["endpoint"]["address"]["socket_address"]["port_value"]
+        for e in endpoints[0]["lb_endpoints"]
+    ]
+    assert ports == [7001, 7002]
+    validate_bootstrap(
+        render_bootstrap(config, ext_proc_host="127.0.0.1", ext_proc_ports=[7001, 7002])
+    )
+
+
 def test_local_replies_never_catch_all() -> None:
     mappers = _hcm(bootstrap_dict(CONFIGS["catalog"]))["local_reply_config"]["mappers"]
     assert len(mappers) == 10

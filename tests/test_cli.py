@@ -237,7 +237,8 @@ def _chat_stream() -> list[ProcessingRequest]:
     ]
 
 
-def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["h2", "grpcio"])
+def test_serve_answers_ext_proc_streams(tmp_path: Path, transport: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(
         "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
@@ -257,7 +258,7 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "ARCHWAY_GRPC_SERVER": transport},
     )
     try:
         lines = _read_until(proc, "listening on", 30)
