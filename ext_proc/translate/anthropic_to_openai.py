@@ -15,14 +15,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.errors import GatewayError, error_body
+from ext_proc.errors import GatewayError
 from ext_proc.providers import WireAPI
 from ext_proc.translate.common import (
     as_dict,
     as_list,
     data_url,
     dumps,
-    read_upstream_error,
+    error_in_client_shape,
     unsupported,
 )
 from ext_proc.translate.sse import SSEDecoder, SSEEvent, encode_event
@@ -350,12 +350,7 @@ def anthropic_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 def translate_error(status: int, body: bytes) -> bytes:
     """An Anthropic error body for an upstream error; Envoy's own replies are already one."""
-    error = read_upstream_error(status, body)
-    if error.shape == "anthropic":
-        return body
-    return error_body(
-        WireAPI.ANTHROPIC, GatewayError(status, error.message, code=error.kind or "upstream_error")
-    )
+    return error_in_client_shape(WireAPI.ANTHROPIC, status, body)
 
 
 # --- stream ------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ext_proc.errors import GatewayError
+from ext_proc.errors import GatewayError, error_body
+from ext_proc.providers import WireAPI
 
 __all__ = [
     "UpstreamError",
@@ -93,3 +94,14 @@ def read_upstream_error(status: int, body: bytes) -> UpstreamError:
     text = body.decode("utf-8", "replace").strip()[:_ERROR_PREVIEW_CHARS]
     message = f"The model provider answered HTTP {status}" + (f": {text}" if text else ".")
     return UpstreamError(message, None, "text")
+
+
+def error_in_client_shape(client: WireAPI, status: int, body: bytes) -> bytes:
+    """An upstream error body in the client's API shape, the upstream status kept;
+    Envoy's own replies, already in that shape, pass unchanged."""
+    error = read_upstream_error(status, body)
+    if error.shape == client.value:
+        return body
+    return error_body(
+        client, GatewayError(status, error.message, code=error.kind or "upstream_error")
+    )

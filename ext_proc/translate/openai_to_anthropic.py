@@ -16,13 +16,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.errors import GatewayError, error_body
+from ext_proc.errors import GatewayError
 from ext_proc.providers import WireAPI
 from ext_proc.translate.common import (
     as_dict,
     as_list,
     dumps,
-    read_upstream_error,
+    error_in_client_shape,
     split_data_url,
     unsupported,
 )
@@ -408,12 +408,7 @@ def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 def translate_error(status: int, body: bytes) -> bytes:
     """An OpenAI error body for an upstream error; Envoy's own replies are already one."""
-    error = read_upstream_error(status, body)
-    if error.shape == "openai":
-        return body
-    return error_body(
-        WireAPI.OPENAI, GatewayError(status, error.message, code=error.kind or "upstream_error")
-    )
+    return error_in_client_shape(WireAPI.OPENAI, status, body)
 
 
 # --- stream ------------------------------------------------------------------------
