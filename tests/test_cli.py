@@ -136,7 +136,10 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> l
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # that thread ended between the listing and the read
         found.extend(int(c) for c in text)
     return found
 
