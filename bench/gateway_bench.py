@@ -318,7 +318,16 @@ archway:
         """``archway up`` as a user runs it, its output (Envoy's access log) in a file."""
         config = load_config(config_path)
         log_path = self.tmp / f"{config_path.stem}.log"
-        command = [sys.executable, "-m", "ext_proc.cli", "up", str(config_path)]
+        # Metrics on, as users run it, on a free port: setups run side by side.
+        command = [
+            sys.executable,
+            "-m",
+            "ext_proc.cli",
+            "up",
+            str(config_path),
+            "--metrics-port",
+            "0",
+        ]
         if workers is not None:
             command += ["--workers", str(workers)]
         env = {**os.environ, GRPC_SERVER_ENV: transport}

@@ -248,7 +248,8 @@ def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="ext_proc processes sharing the port (default: one per core); "
+        help="ext_proc processes sharing the port (default: one per core for serve, "
+        "half the cores for up, which runs Envoy beside them); "
         "archway up also runs Envoy with N worker threads",
     )
 
@@ -668,7 +669,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     from ext_proc.workers import default_workers
 
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(beside_envoy=True) if args.workers is None else args.workers
     observability = _start_observability(config, args)
     try:
         return asyncio.run(

@@ -58,8 +58,11 @@ def test_default_is_one_worker_per_core() -> None:
     cores = len(os.sched_getaffinity(0))
     if cgroup_cpu_limit() is None:
         assert default_workers() == cores
+        # archway up leaves half the cores to the Envoy beside it.
+        assert default_workers(beside_envoy=True) == max(1, cores // 2)
     else:
         assert 1 <= default_workers() <= cores
+        assert 1 <= default_workers(beside_envoy=True) <= default_workers()
 
 
 def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) -> None:
