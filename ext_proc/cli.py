@@ -700,7 +700,6 @@ async def _up(
     from ext_proc.echo import EchoUpstream
     from ext_proc.envoy_process import EnvoyProcess
     from ext_proc.health import wait_until_serving
-    from ext_proc.server import start_server
     from ext_proc.workers import WorkerPool
 
     stack = contextlib.ExitStack()
@@ -711,18 +710,12 @@ async def _up(
             for port, name in _echo_targets(config).items():
                 echoes.append(stack.enter_context(EchoUpstream("127.0.0.1", port, name=name)))
         ext_host = "127.0.0.1"
-        # One worker serves in this process; more run as supervised children.
-        worker_ports: list[int] = []
-        if workers > 1:
-            pool = WorkerPool(
-                path, ext_host, ext_proc_port, workers, verbose=verbose, own_ports=True
-            )
-            ext_port = await pool.start()
-            worker_ports = pool.worker_ports
-            stop_ext_proc = pool.stop
-        else:
-            running = await start_server(config, ext_host, ext_proc_port, watch=True)
-            ext_port, stop_ext_proc = running.port, running.stop
+        # Workers run as supervised children, even one: a crashed worker is
+        # restarted while Envoy keeps serving (and the health check marks it).
+        pool = WorkerPool(path, ext_host, ext_proc_port, workers, verbose=verbose, own_ports=True)
+        ext_port = await pool.start()
+        worker_ports = pool.worker_ports
+        stop_ext_proc = pool.stop
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
         bootstrap = render_bootstrap(

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -144,13 +145,19 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+def _demo_config(tmp_path: Path) -> Path:
+    """The README's demo config on free ports, so tests run beside anything."""
     config = (ROOT / "examples/demo.yaml").read_text()
     config = config.replace("port: 12000", "port: 0")
     config = config.replace("18081", str(_free_port())).replace("18082", str(_free_port()))
     config += "archway:\n  admin_port: 0\n"
     path = tmp_path / "demo.yaml"
     path.write_text(config)
+    return path
+
+
+def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    path = _demo_config(tmp_path)
     proc = subprocess.Popen(
         [*ARCHWAY, "up", str(path), "--echo-upstream", "--metrics-port", "0"],
         stdout=subprocess.PIPE,
@@ -295,6 +302,58 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path, transport: str) -> None:
         assert samples[key] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def test_up_restarts_a_crashed_ext_proc_worker(tmp_path: Path) -> None:
+    path = _demo_config(tmp_path)
+    proc = subprocess.Popen(
+        [*ARCHWAY, "up", str(path), "--echo-upstream", "--workers", "1", "--metrics-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+
+    def chat(base: str) -> int:
+        req = urllib.request.Request(
+            base + "/chat/completions",
+            data=json.dumps({"model": "fast-model", "messages": []}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        lines = _read_until(proc, "Ctrl-C", 60)
+        base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
+        assert chat(base) == 200
+        (worker,) = [p for p in _children(proc.pid) if " serve " in _cmdline(p)]
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:  # the supervisor starts a new worker; Envoy finds it
+            replacements = [
+                p for p in _children(proc.pid) if " serve " in _cmdline(p) and p != worker
+            ]
+            if replacements and chat(base) == 200:
+                break
+            assert time.monotonic() < deadline, "the worker was not replaced"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
