@@ -32,6 +32,33 @@ class RecordingUpstream(Protocol):
     def clear(self) -> None: ...
 
 
+LOOPBACK_LISTENER = """\
+version: v0.4.0
+listeners:
+  - type: model
+    name: egress_traffic
+    address: 127.0.0.1
+    port: 0
+    timeout: 10s
+"""
+"""A model listener on a free loopback port: the start of every end-to-end config."""
+
+OPENAI_AND_ANTHROPIC = """\
+model_providers:
+  - model: openai/gpt-5.2
+    base_url: {openai}
+    access_key: sk-openai-test
+    default: true
+  - model: openai/gpt-5
+    base_url: {openai}
+    access_key: sk-openai-test
+  - model: anthropic/claude-sonnet-4-5
+    base_url: {anthropic}
+    access_key: sk-ant-test
+"""
+"""Three models on two fake providers (``.format(openai=..., anthropic=...)``)."""
+
+
 class ServerThread:
     """The grpc.aio ext_proc server, run on an event loop in a background thread."""
 

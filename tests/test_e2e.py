@@ -14,29 +14,20 @@ import openai
 import pytest
 
 from ext_proc.echo import EchoUpstream
-from tests.gateway import Gateway, start_gateway, stop_gateway
+from tests.gateway import (
+    LOOPBACK_LISTENER,
+    OPENAI_AND_ANTHROPIC,
+    Gateway,
+    start_gateway,
+    stop_gateway,
+)
 
 UPSTREAM_NAMES = ("openai", "anthropic", "groq", "litellm", "mycorp")
 
-CONFIG = """
-version: v0.4.0
-listeners:
-  - type: model
-    name: egress_traffic
-    address: 127.0.0.1
-    port: 0
-    timeout: 10s
-model_providers:
-  - model: openai/gpt-5.2
-    base_url: {openai}
-    access_key: sk-openai-test
-    default: true
-  - model: openai/gpt-5
-    base_url: {openai}
-    access_key: sk-openai-test
-  - model: anthropic/claude-sonnet-4-5
-    base_url: {anthropic}
-    access_key: sk-ant-test
+CONFIG = (
+    LOOPBACK_LISTENER
+    + OPENAI_AND_ANTHROPIC
+    + """\
   - model: groq/*
     base_url: {groq}/openai/v1
     access_key: gsk-test
@@ -60,6 +51,7 @@ archway:
   admin_port: 0
   max_request_body_bytes: 4194304
 """
+)
 
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 

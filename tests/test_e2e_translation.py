@@ -31,16 +31,11 @@ from tests.fake_providers import (
     anthropic_stream,
     openai_stream,
 )
-from tests.gateway import Gateway, start_gateway, stop_gateway
+from tests.gateway import LOOPBACK_LISTENER, Gateway, start_gateway, stop_gateway
 
-CONFIG = """
-version: v0.4.0
-listeners:
-  - type: model
-    name: egress_traffic
-    address: 127.0.0.1
-    port: 0
-    timeout: 10s
+CONFIG = (
+    LOOPBACK_LISTENER
+    + """\
 model_providers:
   - model: openai/gpt-5.2
     base_url: {openai}
@@ -58,6 +53,7 @@ model_providers:
 archway:
   admin_port: 0
 """
+)
 
 PROVIDERS = ("openai", "anthropic", "groq")
 TRANSLATE_STATS = f"http.egress_traffic.ext_proc.{TRANSLATION_STAT_PREFIX}."

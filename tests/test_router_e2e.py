@@ -13,30 +13,21 @@ from ext_proc.config import Config
 from ext_proc.echo import EchoUpstream
 from ext_proc.router.service import ConfiguredRouter
 from tests.conftest import TinyModel
-from tests.gateway import Gateway, start_gateway, stop_gateway
+from tests.gateway import (
+    LOOPBACK_LISTENER,
+    OPENAI_AND_ANTHROPIC,
+    Gateway,
+    start_gateway,
+    stop_gateway,
+)
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 from tests.test_e2e import only_request, raw_post
 from tests.tiny_qwen import EXAMPLE
 
-CONFIG = """
-version: v0.4.0
-listeners:
-  - type: model
-    name: egress_traffic
-    address: 127.0.0.1
-    port: 0
-    timeout: 10s
-model_providers:
-  - model: openai/gpt-5.2
-    base_url: {openai}
-    access_key: sk-openai-test
-    default: true
-  - model: openai/gpt-5
-    base_url: {openai}
-    access_key: sk-openai-test
-  - model: anthropic/claude-sonnet-4-5
-    base_url: {anthropic}
-    access_key: sk-ant-test
+CONFIG = (
+    LOOPBACK_LISTENER
+    + OPENAI_AND_ANTHROPIC
+    + """\
 routing_preferences:
   - name: code generation
     description: generating new code snippets, functions, or boilerplate
@@ -50,6 +41,7 @@ router:
 archway:
   admin_port: 0
 """
+)
 
 
 def chat(gw: Gateway, text: str, **extra: object) -> tuple[int, dict[str, str], bytes]:

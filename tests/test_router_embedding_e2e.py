@@ -20,28 +20,19 @@ from ext_proc.config import load_config
 from ext_proc.echo import EchoUpstream
 from ext_proc.router.factory import build_router
 from tests.conftest import TinyEncoder
-from tests.gateway import Gateway, start_gateway, stop_gateway
+from tests.gateway import (
+    LOOPBACK_LISTENER,
+    OPENAI_AND_ANTHROPIC,
+    Gateway,
+    start_gateway,
+    stop_gateway,
+)
 from tests.test_e2e import only_request, raw_post
 
-CONFIG = """
-version: v0.4.0
-listeners:
-  - type: model
-    name: egress_traffic
-    address: 127.0.0.1
-    port: 0
-    timeout: 10s
-model_providers:
-  - model: openai/gpt-5.2
-    base_url: {openai}
-    access_key: sk-openai-test
-    default: true
-  - model: openai/gpt-5
-    base_url: {openai}
-    access_key: sk-openai-test
-  - model: anthropic/claude-sonnet-4-5
-    base_url: {anthropic}
-    access_key: sk-ant-test
+CONFIG = (
+    LOOPBACK_LISTENER
+    + OPENAI_AND_ANTHROPIC
+    + """\
 routing_preferences:
   - name: code generation
     description: generating new code snippets, functions, or boilerplate
@@ -60,6 +51,7 @@ router:
 archway:
   admin_port: 0
 """
+)
 
 
 def chat(gw: Gateway, messages: list[dict[str, str]], **extra: object):
