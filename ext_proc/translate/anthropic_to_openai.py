@@ -23,6 +23,7 @@ from ext_proc.translate.common import (
     data_url,
     dumps,
     error_in_client_shape,
+    text_and_tool_calls,
     unsupported,
 )
 from ext_proc.translate.sse import SSEDecoder, SSEEvent, encode_event
@@ -210,25 +211,8 @@ def _tool_result_content(content: object, where: str) -> tuple[str, list[dict[st
 def _assistant_message(content: object) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
-    texts: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
-    for block in as_list(content):
-        block = as_dict(block)
-        kind = block.get("type")
-        if kind == "text":
-            texts.append(block.get("text", ""))
-        elif kind == "tool_use":
-            tool_calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name"),
-                        "arguments": dumps(block.get("input") or {}),
-                    },
-                }
-            )
-        # Thinking blocks are the Anthropic model's own; another model cannot use them.
+    # Thinking blocks are the Anthropic model's own; another model cannot use them.
+    texts, tool_calls = text_and_tool_calls(content)
     # OpenAI accepts a null content only beside tool calls.
     content = "".join(texts) if texts or not tool_calls else None
     message: dict[str, Any] = {"role": "assistant", "content": content}

@@ -105,3 +105,27 @@ def error_in_client_shape(client: WireAPI, status: int, body: bytes) -> bytes:
     return error_body(
         client, GatewayError(status, error.message, code=error.kind or "upstream_error")
     )
+
+
+def text_and_tool_calls(content: object) -> tuple[list[str], list[dict[str, Any]]]:
+    """An Anthropic assistant turn's text parts, and its ``tool_use`` blocks as
+    OpenAI ``tool_calls``; other blocks (thinking) are dropped."""
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in as_list(content):
+        block = as_dict(block)
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": dumps(block.get("input") or {}),
+                    },
+                }
+            )
+    return texts, tool_calls

@@ -24,6 +24,7 @@ from ext_proc.translate.common import (
     dumps,
     error_in_client_shape,
     split_data_url,
+    text_and_tool_calls,
     unsupported,
 )
 from ext_proc.translate.sse import SSEDecoder, SSEEvent, encode_event
@@ -342,24 +343,7 @@ def _tool_choice(choice: object, parallel: object) -> dict[str, Any] | None:
 
 def translate_response(message: Mapping[str, Any], *, created: int) -> dict[str, Any]:
     """The ``chat.completion`` for an Anthropic ``message``."""
-    texts: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
-    for block in as_list(message.get("content")):
-        block = as_dict(block)
-        kind = block.get("type")
-        if kind == "text":
-            texts.append(block.get("text", ""))
-        elif kind == "tool_use":
-            tool_calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name"),
-                        "arguments": dumps(block.get("input") or {}),
-                    },
-                }
-            )
+    texts, tool_calls = text_and_tool_calls(message.get("content"))
     reply: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts or not tool_calls else None,
