@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["EchoUpstream", "ReceivedRequest"]
+__all__ = ["EchoUpstream", "ReceivedRequest", "RequestLog"]
 
 
 @dataclass(frozen=True)
@@ -176,26 +176,13 @@ class _EchoHTTPServer(ThreadingHTTPServer):
     upstream: EchoUpstream
 
 
-class EchoUpstream:
-    """An echo provider on ``host:port`` (0 picks a free port), served from a thread."""
+class RequestLog:
+    """The requests a provider received, safe to read from a test's thread while
+    the server's threads add to it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "echo") -> None:
-        self.name = name
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
-        self._httpd = _EchoHTTPServer((host, port), _Handler)
-        self._httpd.upstream = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"echo-{name}", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def record(self, req: ReceivedRequest) -> None:
         with self._lock:
@@ -209,6 +196,27 @@ class EchoUpstream:
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
+
+
+class EchoUpstream(RequestLog):
+    """An echo provider on ``host:port`` (0 picks a free port), served from a thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "echo") -> None:
+        super().__init__()
+        self.name = name
+        self._httpd = _EchoHTTPServer((host, port), _Handler)
+        self._httpd.upstream = self
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name=f"echo-{name}", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> EchoUpstream:
         self._thread.start()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ext_proc.echo import ReceivedRequest
+from ext_proc.echo import ReceivedRequest, RequestLog
 
 __all__ = [
     "ANTHROPIC_MODEL_VERSION",
@@ -357,13 +357,12 @@ class _Server(ThreadingHTTPServer):
     provider: FakeProvider
 
 
-class FakeProvider:
+class FakeProvider(RequestLog):
     """A provider on ``127.0.0.1`` (a free port), served from a thread; records requests."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
-        self._lock = threading.Lock()
-        self._requests: list[ReceivedRequest] = []
         self._replies: list[Reply] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.provider = self
@@ -374,15 +373,6 @@ class FakeProvider:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def record(self, request: ReceivedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    @property
-    def requests(self) -> list[ReceivedRequest]:
-        with self._lock:
-            return list(self._requests)
 
     def queue(self, reply: Reply) -> Reply:
         """Answer the next request with ``reply`` instead of the native one."""
@@ -395,8 +385,8 @@ class FakeProvider:
             return self._replies.pop(0) if self._replies else None
 
     def clear(self) -> None:
+        super().clear()
         with self._lock:
-            self._requests.clear()
             self._replies.clear()
 
     def start(self) -> FakeProvider:
