@@ -200,6 +200,9 @@ class EmbeddingRouterOptions:
     latest user turn by more than this."""
     history_weight: float = 0.3
     """Each older user turn's weight relative to the next newer one."""
+    context_margin: float = 0.1
+    """Older user turns are read only when the latest turn's best route leads the
+    runner-up by less than this (a follow-up that cannot stand alone)."""
     other_examples: tuple[str, ...] | None = None
     """Replaces the built-in background of off-topic requests; ``None``: built-in."""
 
@@ -418,6 +421,7 @@ _ROUTER_BACKEND_KEYS: dict[str, tuple[str, ...]] = {
         "threshold",
         "margin",
         "history_weight",
+        "context_margin",
         "other_examples",
     ),
 }
@@ -1988,6 +1992,9 @@ class _Loader:
         history = self.number(
             fields.get("history_weight"), "router.history_weight", low=0.0, high=1.0
         )
+        context = self.number(
+            fields.get("context_margin"), "router.context_margin", low=0.0, high=2.0
+        )
         other = None
         if "other_examples" in fields:
             other = self.examples(fields["other_examples"], "router.other_examples")
@@ -1999,6 +2006,7 @@ class _Loader:
             threshold=threshold if threshold is not None else d.threshold,
             margin=margin if margin is not None else d.margin,
             history_weight=history if history is not None else d.history_weight,
+            context_margin=context if context is not None else d.context_margin,
             other_examples=other,
         )
 

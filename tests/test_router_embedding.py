@@ -184,6 +184,15 @@ def test_history_weighs_less_than_the_latest_turn() -> None:
     assert index(rule).decide(turns, [0.3, 1.0]).route == "poems"
 
 
+def test_only_a_close_call_reads_history() -> None:
+    rule = DecisionRule(threshold=0.0, margin=0.1, context_margin=0.2)
+    assert not index(rule).needs_history(unit(1, 0, 0, 0))
+    assert index(rule).needs_history(unit(1, 1, 0, 0))
+    # A latest turn that is plainly off-topic stays other, whatever came before.
+    background = [unit(0, 0, 0, 1)]
+    assert not index(rule, background).needs_history(unit(0.1, 0.1, 0, 1))
+
+
 def test_conversation_weights() -> None:
     conversation = (
         Turn("user", "a"),
@@ -277,6 +286,26 @@ def test_turns_already_seen_are_not_encoded_again() -> None:
     asyncio.run(run())
 
 
+def test_history_is_encoded_only_for_a_follow_up_that_cannot_stand_alone() -> None:
+    encoder = FakeEncoder()
+    router = fake_router(encoder)
+    history = (Turn("user", "a poem please"), Turn("assistant", "Roses."))
+
+    async def run() -> None:
+        before = len(encoder.calls)
+        # Clear on its own: the earlier turn is never encoded.
+        assert (await router.choose((*history, Turn("user", "code it")))).route == "coding"
+        assert encoder.calls[before:] == [["code it"]]
+        before = len(encoder.calls)
+        # Half code, half poem: the earlier poem request tips it.
+        follow_up = (*history, Turn("user", "code or poem"))
+        assert (await router.choose(follow_up)).route == "poetry"
+        assert encoder.calls[before:] == [["code or poem"], ["a poem please"]]
+        await router.close()
+
+    asyncio.run(run())
+
+
 def test_small_talk_is_other_and_nothing_to_read_is_other() -> None:
     router = fake_router(FakeEncoder())
 
@@ -356,6 +385,7 @@ router:
   threshold: 0.2
   margin: 0.05
   history_weight: 0.5
+  context_margin: 0.2
   intra_threads: 2
   other_examples: [hi, thanks]
 """
@@ -365,6 +395,7 @@ router:
         threshold=0.2,
         margin=0.05,
         history_weight=0.5,
+        context_margin=0.2,
         intra_threads=2,
         other_examples=("hi", "thanks"),
     )
@@ -380,6 +411,7 @@ router:
         ("threshold: 2", "router.threshold: 2 is out of range"),
         ("threshold: high", "router.threshold: expected a number"),
         ("history_weight: -1", "router.history_weight"),
+        ("context_margin: -0.1", "router.context_margin"),
         ("static_prompt: true", "static_prompt is a setting of backend 'arch_router'"),
     ],
 )

@@ -8,11 +8,17 @@ its latest user turns; the rest is a few hundred multiply-adds.
 
 The decision, for the conversation the shared selection rules pick:
 
-1. **Conversation vector.** The latest user turn weighs 1, the user turn before
-   it ``history_weight``, the one before that ``history_weight**2``. A short
-   follow-up ("now in Rust") thus inherits its topic, while a new request
-   outweighs what came before. Assistant turns are left out: they carry the
-   previous route's material (code, a story) and would drag a shift back.
+1. **Conversation vector.** The latest user turn is encoded first. When its
+   best route leads the runner-up by at least ``context_margin`` (or it is
+   plainly ``other``), it decides alone: a clear request needs no history, and
+   most requests are clear. Otherwise the older user turns are read too: the
+   latest weighs 1, the user turn before it ``history_weight``, the one before
+   that ``history_weight**2``. A short follow-up ("now in Rust") thus inherits
+   its topic, while a new request outweighs what came before. Assistant turns
+   are left out: they carry the previous route's material (code, a story) and
+   would drag a shift back. Whether history is read depends on the latest turn
+   alone, never on what happens to be cached, so a request routes the same way
+   on every worker.
 2. **Route score.** The cosine to each of a route's vectors, pooled with a soft
    maximum (``T·log Σ exp(cos/T)``): one close example decides, but a route that
    several examples approach gets a little more.
@@ -149,6 +155,9 @@ class DecisionRule:
     """``other`` when the background's pooled similarity to the latest user turn
     exceeds the best route's by more than this."""
     history_weight: float = 0.3
+    context_margin: float = 0.1
+    """The latest user turn decides alone when its best route's pooled score
+    leads the runner-up's by at least this; otherwise older turns are read."""
     temperature: float = 0.02
     """Of the soft maximum that pools a route's vectors (cosine units)."""
 
@@ -210,6 +219,15 @@ class RouteIndex:
         t = self.rule.temperature
         top = float(similarities.max())
         return top + t * float(np.log(np.exp((similarities - top) / t).sum()))
+
+    def needs_history(self, latest: np.ndarray) -> bool:
+        """Whether the latest user turn is too close a call to decide alone."""
+        latest = _normalize(latest)
+        pooled = self._pooled(self._vectors @ latest)
+        if len(pooled) < 2 or self._background_pooled(latest) - pooled.max() > self.rule.margin:
+            return False
+        runner_up, best = np.partition(pooled, -2)[-2:]
+        return bool(best - runner_up < self.rule.context_margin)
 
     def decide(self, turn_vectors: np.ndarray, weights: Sequence[float]) -> RouteChoice:
         """The route for a conversation, from its turns' embeddings (one row per
@@ -375,8 +393,12 @@ class EmbeddingRouter:
         read = [i for i, w in enumerate(weights) if w > 0]
         if not read:
             return RouteChoice(ROUTE_OTHER)
-        vectors = await self.batcher.submit(tuple(conversation[i].content for i in read))
-        return self.index.decide(vectors, [weights[i] for i in read])
+        texts = tuple(conversation[i].content for i in read)
+        latest = await self.batcher.submit(texts[-1:])
+        if len(texts) == 1 or not self.index.needs_history(latest[0]):
+            return self.index.decide(latest, [1.0])
+        history = await self.batcher.submit(texts[:-1])
+        return self.index.decide(np.concatenate([history, latest]), [weights[i] for i in read])
 
     async def close(self) -> None:
         await self.batcher.close()

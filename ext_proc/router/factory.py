@@ -98,6 +98,7 @@ def _embedding(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
         threshold=options.threshold,
         margin=options.margin,
         history_weight=options.history_weight,
+        context_margin=options.context_margin,
     )
     try:
         router = EmbeddingRouter.load(
