@@ -200,9 +200,11 @@ class EmbeddingRouterOptions:
     latest user turn by more than this."""
     history_weight: float = 0.3
     """Each older user turn's weight relative to the next newer one."""
-    context_margin: float = 0.1
+    context_margin: float = 0.2
     """Older user turns are read only when the latest turn's best route leads the
     runner-up by less than this (a follow-up that cannot stand alone)."""
+    classifier_weight: float = 0.3
+    """Of the route classifier's logit in a route's score; 0: nearest vector alone."""
     other_examples: tuple[str, ...] | None = None
     """Replaces the built-in background of off-topic requests; ``None``: built-in."""
 
@@ -422,6 +424,7 @@ _ROUTER_BACKEND_KEYS: dict[str, tuple[str, ...]] = {
         "margin",
         "history_weight",
         "context_margin",
+        "classifier_weight",
         "other_examples",
     ),
 }
@@ -1995,6 +1998,9 @@ class _Loader:
         context = self.number(
             fields.get("context_margin"), "router.context_margin", low=0.0, high=2.0
         )
+        classifier = self.number(
+            fields.get("classifier_weight"), "router.classifier_weight", low=0.0, high=10.0
+        )
         other = None
         if "other_examples" in fields:
             other = self.examples(fields["other_examples"], "router.other_examples")
@@ -2007,6 +2013,7 @@ class _Loader:
             margin=margin if margin is not None else d.margin,
             history_weight=history if history is not None else d.history_weight,
             context_margin=context if context is not None else d.context_margin,
+            classifier_weight=classifier if classifier is not None else d.classifier_weight,
             other_examples=other,
         )
 

@@ -27,6 +27,7 @@ from ext_proc.router.embedding import (  # noqa: E402
     RouteIndex,
     SentenceEncoder,
     conversation_weights,
+    fit_classifier,
     route_texts,
 )
 from ext_proc.router.tokenizer import ModelFilesError  # noqa: E402
@@ -193,6 +194,29 @@ def test_only_a_close_call_reads_history() -> None:
     assert not index(rule, background).needs_history(unit(0.1, 0.1, 0, 1))
 
 
+def test_the_classifier_fits_separable_routes_the_same_way_every_time() -> None:
+    rng = np.random.default_rng(7)
+    centres = np.eye(3, 8, dtype=np.float32) * 3
+    inputs = np.concatenate([c + rng.normal(0, 0.5, (10, 8)) for c in centres]).astype(np.float32)
+    labels = np.repeat(np.arange(3), 10)
+    weights, bias = fit_classifier(inputs, labels, 3)
+    assert ((inputs @ weights + bias).argmax(axis=1) == labels).all()
+    again = fit_classifier(inputs, labels, 3)
+    assert np.array_equal(weights, again[0]) and np.array_equal(bias, again[1])
+
+
+def test_the_classifier_weighs_into_the_route_score() -> None:
+    # Without it the decision is nearest-vector; with it, the fitted boundary
+    # moves scores but keeps routes that are far apart where they were.
+    for weight in (0.0, 0.3, 3.0):
+        rule = DecisionRule(threshold=0.0, margin=0.1, classifier_weight=weight)
+        assert index(rule).decide(np.stack([unit(1, 0.1, 0, 0)]), [1.0]).route == "code"
+        assert index(rule).decide(np.stack([unit(0.1, 1, 0.2, 0)]), [1.0]).route == "poems"
+    plain = index(DecisionRule(classifier_weight=0.0))._scores(unit(0.5, 0.5, 0, 0))[1]
+    fitted = index(DecisionRule(classifier_weight=0.3))._scores(unit(0.5, 0.5, 0, 0))[1]
+    assert not np.allclose(plain, fitted)
+
+
 def test_conversation_weights() -> None:
     conversation = (
         Turn("user", "a"),
@@ -242,7 +266,9 @@ def fake_router(encoder: FakeEncoder) -> EmbeddingRouter:
     return EmbeddingRouter(
         encoder,
         routes,
-        rule=DecisionRule(threshold=0.2, margin=0.1),
+        # Word-count vectors: these tests are about which turns are read and
+        # batched, so the decision is nearest-vector alone.
+        rule=DecisionRule(threshold=0.2, margin=0.1, classifier_weight=0.0),
         other_examples=("hello hello",),
     )
 

@@ -99,6 +99,7 @@ def _embedding(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
         margin=options.margin,
         history_weight=options.history_weight,
         context_margin=options.context_margin,
+        classifier_weight=options.classifier_weight,
     )
     try:
         router = EmbeddingRouter.load(
