@@ -8,8 +8,11 @@ as every preference-router backend. Reported for the held-out ``test`` split
 alone and with three ``examples`` per route.
 
 Speed: decision latency for a three-turn conversation (user, assistant, user),
-one request at a time and 16 at a time. Every conversation is new to the
-router (the turn cache is off), so each decision pays for its encoder call.
+one request at a time and 16 at a time, for two kinds: a latest user turn that
+stands alone (one encoder call) and a follow-up that the router reads with the
+turn before it (two calls). Every conversation is new to the router (the turn
+cache is off), so each decision pays for its encoder calls; the follow-up is
+also timed with its first turn cached, as when a client resends its history.
 
     python bench/embedding_router_bench.py --model DIR           # accuracy + speed
     python bench/embedding_router_bench.py --model DIR --tune    # grid-search on dev
@@ -25,6 +28,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -171,7 +175,8 @@ async def tune(encoder: SentenceEncoder) -> None:
         print(f"dev mean {mean:.1%} (alone {scores[0]:.1%}, examples {scores[1]:.1%}): {rule}")
 
 
-def three_turns(i: int) -> dict[str, Any]:
+def standalone(i: int) -> dict[str, Any]:
+    """Three turns whose latest user turn is clear on its own (a topic shift)."""
     # A number in every turn makes each conversation new to the router.
     return {
         "messages": [
@@ -189,34 +194,61 @@ def three_turns(i: int) -> dict[str, Any]:
     }
 
 
+def follow_up(i: int) -> dict[str, Any]:
+    """Three turns whose latest user turn leans on the one before it. Whether the
+    router reads the earlier turn depends on how close a call the latest is, so
+    the timing forces it (``context_margin`` infinite): the two-call path."""
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": f"Write a Python function that parses log line number {i} "
+                "into a timestamp, a level and a message.",
+            },
+            {"role": "assistant", "content": "def parse(line): ..."},
+            {"role": "user", "content": f"Make version {i} of it faster?"},
+        ]
+    }
+
+
+CONVERSATIONS = {"standalone": standalone, "follow-up": follow_up}
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def speed(encoder: SentenceEncoder, rounds: int, *, warm: bool) -> dict[str, float]:
-    """``warm``: the conversation's first user turn was routed before (as when a
-    client resends its history), so only the latest turn is encoded."""
+async def speed(
+    encoder: SentenceEncoder, rounds: int, kind: str, *, warm: bool = False
+) -> dict[str, float]:
+    """Decision latency for ``kind`` of three-turn conversation, alone and 16 at a
+    time. Every conversation is new to the router; with ``warm``, its first user
+    turn was routed before (as when a client resends its history to the same
+    worker), so a history read finds it cached."""
+    make = CONVERSATIONS[kind]
     routes, _ = load_set("test")
-    router = EmbeddingRouter(encoder, routes, cache_size=100_000 if warm else 0)
+    rule = DecisionRule(context_margin=math.inf) if kind == "follow-up" else DecisionRule()
+    router = EmbeddingRouter(encoder, routes, rule=rule, cache_size=100_000 if warm else 0)
+
+    def conversation(body: dict[str, Any]) -> tuple[Turn, ...]:
+        return select_conversation(body, WireAPI.OPENAI, count_tokens=router.count_tokens)
 
     async def first_turn(i: int) -> None:
-        body = {"messages": three_turns(i)["messages"][:1]}
-        conversation = select_conversation(body, WireAPI.OPENAI, count_tokens=router.count_tokens)
-        await router.choose(conversation)
+        await router.choose(conversation({"messages": make(i)["messages"][:1]}))
 
     async def decide(i: int, *, prime: bool = True) -> float:
-        body = three_turns(i)
         if warm and prime:
             await first_turn(i)
         started = time.perf_counter()
-        conversation = select_conversation(body, WireAPI.OPENAI, count_tokens=router.count_tokens)
-        await router.choose(conversation)
+        await router.choose(conversation(make(i)))
         return time.perf_counter() - started
 
     for i in range(20):  # warm-up: thread start, first allocations
         await decide(-1 - i)
+    calls_before = len(router.batcher.batch_sizes)
     alone = [await decide(i) for i in range(rounds)]
+    calls = len(router.batcher.batch_sizes) - calls_before - (rounds if warm else 0)
     concurrent: list[float] = []
     elapsed = 0.0
     batches: list[int] = []
@@ -233,21 +265,23 @@ async def speed(encoder: SentenceEncoder, rounds: int, *, warm: bool) -> dict[st
     out = {
         "alone_p50_ms": statistics.median(alone) * 1000,
         "alone_p99_ms": percentile(alone, 0.99) * 1000,
+        "alone_encoder_calls_per_decision": calls / rounds,
         "concurrent_p50_ms": statistics.median(concurrent) * 1000,
         "concurrent_p99_ms": percentile(concurrent, 0.99) * 1000,
         "concurrent_decisions_per_s": len(concurrent) / elapsed,
         "mean_batch": statistics.mean(batches),
     }
-    label = "history cached" if warm else "every turn new"
+    label = f"{kind}, {'history cached' if warm else 'every turn new'}"
     print(
-        f"[{label}] 3-turn conversation, alone ({rounds} decisions): "
-        f"p50 {out['alone_p50_ms']:.2f} ms, p99 {out['alone_p99_ms']:.2f} ms"
+        f"[{label}] alone ({rounds} decisions, {out['alone_encoder_calls_per_decision']:.1f} "
+        f"encoder calls each): p50 {out['alone_p50_ms']:.2f} ms, "
+        f"p99 {out['alone_p99_ms']:.2f} ms"
     )
     print(
         f"[{label}] 16 concurrent ({len(concurrent)} decisions): "
         f"p50 {out['concurrent_p50_ms']:.2f} ms, "
         f"p99 {out['concurrent_p99_ms']:.2f} ms, {out['concurrent_decisions_per_s']:.0f} "
-        f"decisions/s (mean batch {out['mean_batch']:.1f} requests)"
+        f"decisions/s (mean batch {out['mean_batch']:.1f} encoder inputs)"
     )
     return out
 
@@ -282,8 +316,11 @@ def main() -> None:
         scores = asyncio.run(accuracy(args, encoder))
         figures["accuracy"] = {k: dataclasses.asdict(v) for k, v in scores.items()}
     if not args.no_speed:
-        figures["speed_cold"] = asyncio.run(speed(encoder, args.rounds, warm=False))
-        figures["speed_warm"] = asyncio.run(speed(encoder, args.rounds, warm=True))
+        for kind in CONVERSATIONS:
+            figures[f"speed_{kind}"] = asyncio.run(speed(encoder, args.rounds, kind))
+        figures["speed_follow-up_cached"] = asyncio.run(
+            speed(encoder, args.rounds, "follow-up", warm=True)
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -312,6 +312,21 @@ def test_turns_already_seen_are_not_encoded_again() -> None:
     asyncio.run(run())
 
 
+def test_a_conversation_already_seen_never_leaves_the_event_loop() -> None:
+    encoder = FakeEncoder()
+    router = fake_router(encoder)
+
+    async def run() -> None:
+        conversation = (Turn("user", "a poem please"),)
+        await router.choose(conversation)
+        batches = list(router.batcher.batch_sizes)
+        assert (await router.choose(conversation)).route == "poetry"
+        assert router.batcher.batch_sizes == batches
+        await router.close()
+
+    asyncio.run(run())
+
+
 def test_history_is_encoded_only_for_a_follow_up_that_cannot_stand_alone() -> None:
     encoder = FakeEncoder()
     router = fake_router(encoder)

@@ -447,28 +447,35 @@ class EmbeddingRouter:
         if not read:
             return RouteChoice(ROUTE_OTHER)
         texts = tuple(conversation[i].content for i in read)
-        latest = await self.batcher.submit(texts[-1:])
+        latest = await self._embed(texts[-1:])
         if len(texts) == 1 or not self.index.needs_history(latest[0]):
             return self.index.decide(latest, [1.0])
-        history = await self.batcher.submit(texts[:-1])
+        history = await self._embed(texts[:-1])
         return self.index.decide(np.concatenate([history, latest]), [weights[i] for i in read])
 
     async def close(self) -> None:
         await self.batcher.close()
 
-    def _embed_requests(self, requests: list[tuple[str, ...]]) -> list[np.ndarray]:
-        """All the requests' texts in one encoder call (the worker thread is the
-        cache's only user, so it needs no lock)."""
-        wanted = dict.fromkeys(text for texts in requests for text in texts)
-        fresh = [text for text in wanted if text not in self._cache]
-        found = {text: self._cache[text] for text in wanted if text in self._cache}
-        if fresh:
-            for text, vector in zip(fresh, self._encoder.embed(fresh), strict=True):
-                found[text] = vector
+    async def _embed(self, texts: tuple[str, ...]) -> np.ndarray:
+        """One unit vector per text: from the cache, or from a batched encoder
+        call. The cache is used on the event loop only, so it needs no lock,
+        and a conversation whose turns are all cached never leaves the loop."""
+        vectors: list[np.ndarray | None] = [self._cache.get(text) for text in texts]
+        missing = tuple(dict.fromkeys(t for t, v in zip(texts, vectors, strict=True) if v is None))
+        if missing:
+            fresh = dict(zip(missing, await self.batcher.submit(missing), strict=True))
+            for text, vector in fresh.items():
                 self._remember(text, vector)
-        for text in wanted:
+            vectors = [fresh[t] if v is None else v for t, v in zip(texts, vectors, strict=True)]
+        for text in texts:
             if text in self._cache:
                 self._cache.move_to_end(text)
+        return np.stack(vectors)
+
+    def _embed_requests(self, requests: list[tuple[str, ...]]) -> list[np.ndarray]:
+        """All the requests' texts in one encoder call, each distinct text once."""
+        wanted = list(dict.fromkeys(text for texts in requests for text in texts))
+        found = dict(zip(wanted, self._encoder.embed(wanted), strict=True))
         return [np.stack([found[text] for text in texts]) for texts in requests]
 
     def _remember(self, text: str, vector: np.ndarray) -> None:
