@@ -158,13 +158,18 @@ async def tune(encoder: SentenceEncoder) -> None:
     both = routers(encoder, routes, DecisionRule(), cache_size=100_000)
     results = []
     grid = itertools.product(
-        (0.0, 0.05, 0.1, 0.15),  # threshold
-        (0.0, 0.05, 0.1, 0.15),  # margin
-        (0.0, 0.2, 0.3, 0.5),  # history_weight
-        (0.02, 0.05, 0.1),  # temperature
+        (0.0, 0.05, 0.1),  # threshold
+        (0.05, 0.1, 0.15),  # margin
+        (0.0, 0.1, 0.3, 0.5),  # classifier_weight
+        (0.0, 0.2, math.inf),  # context_margin
     )
-    for threshold, margin, history, temperature in grid:
-        rule = DecisionRule(threshold, margin, history, temperature)
+    for threshold, margin, classifier, context in grid:
+        rule = DecisionRule(
+            threshold=threshold,
+            margin=margin,
+            classifier_weight=classifier,
+            context_margin=context,
+        )
         scores = []
         for router in both.values():
             with_rule(router, rule)
