@@ -35,6 +35,7 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 __all__ = [
+    "DEFAULT_MAX_CONCURRENT_STREAMS",
     "GrpcError",
     "H2GrpcServer",
     "StreamHandler",
@@ -67,6 +68,10 @@ _WINDOW_REFILL = 1 << 24
 """Received bytes after which the window is topped up again. The windows start at
 the maximum, so a sender never waits on this server."""
 _MAX_HEADER_BLOCK = 64 * 1024
+DEFAULT_MAX_CONCURRENT_STREAMS = 1024
+"""Streams open at once on one connection. Envoy opens one ext_proc stream per
+request in flight and opens another connection when a connection is full, so
+the cap only bounds what one misbehaving client can hold open."""
 
 _frame_head = struct.Struct(">IBI")  # length (24 bits) and type, flags, stream id
 
@@ -313,6 +318,7 @@ class _Unimplemented:
 class _ServerState:
     handlers: Mapping[bytes, HandlerFactory]
     max_message_bytes: int
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     connections: set[_Connection] = field(default_factory=set)
     closing: bool = False
 
@@ -349,9 +355,11 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._state.connections.add(self)
         settings = struct.pack(
-            ">HIHIHI",
+            ">HIHIHIHI",
             _ENABLE_PUSH,
             0,
+            _MAX_CONCURRENT_STREAMS,
+            self._state.max_concurrent_streams,
             _INITIAL_WINDOW_SIZE,
             _MAX_WINDOW,
             _MAX_FRAME_SIZE,
@@ -533,7 +541,9 @@ class _Connection(asyncio.Protocol):
                 raise _ConnectionError(_PROTOCOL_ERROR, "even stream id from a client")
             return  # a stream this connection already finished: ignore
         self._last_stream_id = stream_id
-        if self._goaway_sent:
+        if self._goaway_sent or len(self._streams) >= self._state.max_concurrent_streams:
+            # Over the advertised limit, a stream is refused, not the connection
+            # (RFC 9113, 5.1.2): the client may retry it once others finish.
             self._out.append(_frame(_RST_STREAM, 0, stream_id, _REFUSED_STREAM.to_bytes(4)))
             return
         path = next((v for k, v in headers if k == b":path"), b"")
@@ -739,9 +749,14 @@ class H2GrpcServer:
         handlers: Mapping[str, HandlerFactory],
         *,
         max_message_bytes: int,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
     ) -> None:
+        if max_concurrent_streams < 1:
+            raise ValueError("max_concurrent_streams must be at least 1")
         self._state = _ServerState(
-            {path.encode(): factory for path, factory in handlers.items()}, max_message_bytes
+            {path.encode(): factory for path, factory in handlers.items()},
+            max_message_bytes,
+            max_concurrent_streams,
         )
         self._servers: list[asyncio.Server] = []
 

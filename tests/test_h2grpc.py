@@ -131,6 +131,61 @@ def test_stop_refuses_new_streams_and_finishes(tmp_path: object) -> None:
     asyncio.run(run())
 
 
+def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(type, flags, stream id, payload) of each whole frame in ``data``."""
+    frames, i = [], 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i : i + 3])
+        kind, flags, stream = data[i + 3], data[i + 4], int.from_bytes(data[i + 5 : i + 9])
+        frames.append((kind, flags, stream & 0x7FFFFFFF, data[i + 9 : i + 9 + length]))
+        i += 9 + length
+    return frames
+
+
+def test_streams_over_the_advertised_limit_are_refused() -> None:
+    import socket
+
+    from hpack import Encoder
+
+    async def run() -> bytes:
+        server = H2GrpcServer(
+            {PATH: lambda headers: _Echo()}, max_message_bytes=LIMIT, max_concurrent_streams=2
+        )
+        bound = await server.start("127.0.0.1", 0)
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", PATH)]
+        headers += [(":authority", "x"), ("content-type", "application/grpc")]
+        encoder = Encoder()
+        request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+        for stream_id in (1, 3, 5):  # three open streams, no END_STREAM: a client ignoring the cap
+            block = encoder.encode(headers)
+            request += len(block).to_bytes(3) + b"\x01\x04" + stream_id.to_bytes(4) + block
+
+        def exchange() -> bytes:
+            with socket.create_connection(("127.0.0.1", bound), timeout=5) as s:
+                s.sendall(request)
+                data = b""
+                for _ in range(50):
+                    if any(f[0] == 0x3 for f in _frames(data)):
+                        break
+                    data += s.recv(65536)
+                return data
+
+        try:
+            return await asyncio.to_thread(exchange)
+        finally:
+            await server.stop(0)
+
+    frames = _frames(asyncio.run(run()))
+    settings = next(payload for kind, flags, _, payload in frames if kind == 0x4 and not flags)
+    advertised = {
+        int.from_bytes(settings[i : i + 2]): int.from_bytes(settings[i + 2 : i + 6])
+        for i in range(0, len(settings), 6)
+    }
+    assert advertised[0x3] == 2  # SETTINGS_MAX_CONCURRENT_STREAMS
+    resets = [(stream, payload) for kind, _, stream, payload in frames if kind == 0x3]
+    assert resets == [(5, (0x7).to_bytes(4))]  # REFUSED_STREAM, for the third only
+
+
 def test_header_decoder_agrees_with_hpack() -> None:
     from hpack import Encoder
 
