@@ -125,6 +125,22 @@ def test_budget_keeps_newest_turns_without_gaps() -> None:
     assert [t.content for t in select(body, token_budget=7)] == ["tiny", "x y", "latest ask here"]
 
 
+def test_a_conversation_with_fewer_bytes_than_the_budget_is_not_tokenized() -> None:
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return words(text)
+
+    body = {"messages": [{"role": "user", "content": "héllo"}, {"role": "user", "content": "hi"}]}
+    # 6 + 2 bytes, plus 4 per turn: 16.
+    short = select_conversation(body, WireAPI.OPENAI, count_tokens=counting, token_budget=16)
+    assert [t.content for t in short] == ["héllo", "hi"] and calls == []
+    # One byte less and the tokenizer decides (here: both fit as two words).
+    tight = select_conversation(body, WireAPI.OPENAI, count_tokens=counting, token_budget=15)
+    assert [t.content for t in tight] == ["héllo", "hi"] and calls
+
+
 def test_oversized_latest_user_message_is_middle_trimmed_not_dropped() -> None:
     long = " ".join(f"w{i}" for i in range(1000))
     body = {

@@ -59,5 +59,6 @@ def test_a_failing_token_counter_is_an_error_not_an_exception() -> None:
         raise RuntimeError("tokenizer gone")
 
     router.count_tokens = broken
-    body = {"messages": [{"role": "user", "content": "write code"}]}
+    # Longer than the token budget in bytes, so the counter is needed.
+    body = {"messages": [{"role": "user", "content": "write code " * 1000}]}
     assert asyncio.run(router.decide(body, WireAPI.OPENAI)).route == ROUTE_ERROR

@@ -45,6 +45,10 @@ _TEXT_PART_TYPES: dict[WireAPI, frozenset[str]] = {
 # 16 characters, so the cut keeps everything that could still fit, and the
 # tokenizer never sees more than a few budgets' worth of text.
 _MAX_CHARS_PER_TOKEN = 16
+_TOKENS_PER_TEXT_SLACK = 4
+"""Byte-level BPE, WordPiece and SentencePiece (with byte fallback) all spend at
+most one token per UTF-8 byte, plus a word-start marker: a conversation with no
+more bytes than the budget, less this per turn, fits without being tokenized."""
 
 
 def select_conversation(
@@ -115,6 +119,10 @@ def _fit_budget(
 ) -> tuple[Turn, ...]:
     if not turns or token_budget <= 0:
         return ()
+    # Most conversations are far under the budget: tokenizing them only to learn
+    # that costs a quarter of a millisecond per request.
+    if sum(len(t.content.encode()) + _TOKENS_PER_TEXT_SLACK for t in turns) <= token_budget:
+        return tuple(turns)
     cap = token_budget * _MAX_CHARS_PER_TOKEN
     last_user = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "user"), None)
     kept: dict[int, Turn] = {}
