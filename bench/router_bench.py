@@ -10,7 +10,8 @@ routes in Arch-Router's prompt) and 8 generated tokens (the length of
 ``CT2Engine`` (``load`` and ``generate``), with the options the router uses.
 
 Measured, for each --compute-type (and, on a CPU, each of --threads):
-  (a) one decision: p50/p99 without and with the cached static prompt,
+  (a) one decision: p50/p99 without and with the cached static prompt, and the
+      first token alone (the prompt's forward pass, without the decoding steps),
   (b) N concurrent decisions (--batch-sizes): one generate call against N calls in
       a row, for N conversations of equal length and of lengths 50 to 80 tokens,
   (c) the same N through the router's MicroBatcher, batched against one at a time,
@@ -26,7 +27,8 @@ makes a random Qwen2ForCausalLM with torch and converts it to int8 with
 CTranslate2's converter, as ``archway router convert`` does; ``numpy`` (the
 default on a GPU) fills CTranslate2's decoder spec straight from numpy and
 stores float16, without torch. --layers shrinks the model for a smoke test.
-On a CPU it takes minutes on a small machine; on a GPU, about a minute.
+It takes minutes on a small CPU, and under five on an H200 (both GPU compute types
+and transformers).
 """
 
 from __future__ import annotations
@@ -202,11 +204,18 @@ def timed(repeats: int, run: Callable[[], object], *, warmup: int = 0) -> dict[s
     for _ in range(warmup):
         run()
     samples = []
+    cpu_started = os.times()
     for _ in range(repeats):
         started = time.perf_counter()
         run()
         samples.append(time.perf_counter() - started)
-    return percentiles(samples)
+    cpu = os.times()
+    result = percentiles(samples)
+    # This process's CPU time per run: next to the wall time, it says whether a
+    # GPU run waits on the host (kernel launches) rather than on the GPU.
+    used = cpu.user - cpu_started.user + cpu.system - cpu_started.system
+    result["process_cpu_s"] = round(used / max(1, repeats), 4)
+    return result
 
 
 def prompt_tokens(rng: random.Random, count: int) -> list[str]:
@@ -257,6 +266,15 @@ def bench_ct2(
     generate([suffixes[0]], static)
     out["static_prompt_cache"] = timed(
         repeats, lambda: generate([suffixes[1]], static), warmup=warmup
+    )
+    # The same with one output token: the prompt's forward pass alone; the rest
+    # of a decision is its 7 further decoding steps.
+    out["first_token_only"] = timed(
+        repeats,
+        lambda: engine.generate(
+            [suffixes[1]], static_prompt=static, max_new_tokens=1, end_ids=(EOS_ID,)
+        ),
+        warmup=warmup,
     )
     batch_repeats = max(1, repeats // 2)
     batches = []
