@@ -11,7 +11,9 @@ routes in Arch-Router's prompt) and 8 generated tokens (the length of
 
 Measured, for each --compute-type (and, on a CPU, each of --threads):
   (a) one decision: p50/p99 without and with the cached static prompt, and the
-      first token alone (the prompt's forward pass, without the decoding steps),
+      first token alone (the prompt's forward pass, without the decoding steps);
+      and the short answer the router now asks for (``short_answer``: the
+      answers' 4 shared tokens read with the prompt, then 2 generated),
   (b) N concurrent decisions (--batch-sizes): one generate call against N calls in
       a row, for N conversations of equal length and of lengths 50 to 80 tokens,
   (c) the same N through the router's MicroBatcher, batched against one at a time,
@@ -63,6 +65,12 @@ ARCH_ROUTER_SHAPE = {
 PROMPT_TOKENS = 380
 STATIC_TOKENS = 300
 NEW_TOKENS = 8
+# The router's short answer: every answer starts with the same tokens
+# (`{"`, `route`, `":`, ` "` in a byte-level BPE like Qwen2's), which go in with
+# the prompt, and two more tell the spec's four routes and `other` apart
+# ("code" is followed by " understanding" or " generation").
+ANSWER_PREFIX_TOKENS = 4
+DECISIVE_TOKENS = 2
 VOCAB = ARCH_ROUTER_SHAPE["vocab_size"]
 EOS_ID = VOCAB - 1
 # Conversations of different lengths, as a micro-batch sees them: from the
@@ -267,8 +275,21 @@ def bench_ct2(
     out["static_prompt_cache"] = timed(
         repeats, lambda: generate([suffixes[1]], static), warmup=warmup
     )
+    # A decision as the router makes it: the answers' shared start read with the
+    # prompt, then the two tokens that tell the routes apart.
+    answer_start = prompt_tokens(rng, ANSWER_PREFIX_TOKENS)
+    out["short_answer"] = timed(
+        repeats,
+        lambda: engine.generate(
+            [suffixes[1] + answer_start],
+            static_prompt=static,
+            max_new_tokens=DECISIVE_TOKENS,
+            end_ids=(EOS_ID,),
+        ),
+        warmup=warmup,
+    )
     # The same with one output token: the prompt's forward pass alone; the rest
-    # of a decision is its 7 further decoding steps.
+    # of a full decision is its 7 further decoding steps.
     out["first_token_only"] = timed(
         repeats,
         lambda: engine.generate(
@@ -440,6 +461,7 @@ def main() -> None:
         "prompt_tokens": PROMPT_TOKENS,
         "static_prompt_tokens": STATIC_TOKENS,
         "new_tokens": NEW_TOKENS,
+        "short_answer": {"prefix_tokens": ANSWER_PREFIX_TOKENS, "new_tokens": DECISIVE_TOKENS},
         "build_s": round(time.perf_counter() - started, 1),
         "ctranslate2_runs": [],
     }

@@ -164,7 +164,8 @@ class ArchRouterOptions:
     batch_wait_s: float = 0.002
     """How long the first request of a batch waits for others to join it."""
     max_new_tokens: int | None = None
-    """``None``: just enough for ``{"route": "<the longest route name>"}``."""
+    """``None``: just enough to tell the answers apart once their shared start
+    (``{"route": "``, put in the prompt) is given: usually one or two tokens."""
     static_prompt: bool = True
     """Cache the model state for the part of the prompt that only the config fixes."""
 

@@ -4,6 +4,7 @@ tokens (with the cached prefix) -> CTranslate2 -> answer -> route."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from ext_proc.config import ArchRouterOptions
 from ext_proc.router import Turn
-from ext_proc.router.arch_router import ArchRouter, ArchRouterPrompt
+from ext_proc.router.arch_router import ArchRouter, ArchRouterPrompt, decisive_length
 from ext_proc.router.ct2_engine import CT2Engine
 from ext_proc.router.prompt import route_prompt
 from ext_proc.router.tokenizer import ModelFilesError, ModelTokenizer
@@ -62,9 +63,10 @@ def test_cached_prefix_plus_suffix_tokens_equal_the_whole_prompt(tiny_model: Tin
         messages = [{"role": "user", "content": route_prompt(ROUTES, conversation)}]
         whole = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         encoded = prompt.encode(conversation)
+        # The answers' shared start comes last: the model reads it, it does not write it.
         assert list(encoded.static) + list(encoded.tokens) == tokenizer.tokens(
             tokenizer.encode(whole)
-        )
+        ) + list(prompt.answer_prefix_tokens)
     # The cached part holds the instructions and every route, not the conversation.
     head = tokenizer.render_chat([{"role": "user", "content": route_prompt(ROUTES, ())}])
     assert head.startswith(tiny_model_text(tokenizer, prompt.static_ids))
@@ -91,7 +93,10 @@ def test_ctranslate2_greedy_output_matches_transformers(tiny_model: TinyModel) -
         )
         # transformers stops at EOS; CTranslate2 with no end token runs on.
         assert plain[: len(expected)] == expected
-        assert cached[: len(expected)] == expected
+        # Given the answer's start, the model goes on exactly as it would have.
+        prefix = list(prompt.answer_prefix_ids)
+        assert prefix and expected[: len(prefix)] == prefix
+        assert cached[: len(expected) - len(prefix)] == expected[len(prefix) :]
     assert tokenizer.decode(expected) == ANSWER
 
 
@@ -108,7 +113,8 @@ def test_arch_router_chooses_a_route_on_the_real_model(tiny_model: TinyModel) ->
     assert [c.route for c in choices] == ["creative writing"] * len(CONVERSATIONS)
     # Three concurrent decisions were one generate_batch call.
     assert router.batcher.batch_sizes == [3]
-    assert router.max_new_tokens < 16
+    # The answers' shared start is given; a token or two tells the routes apart.
+    assert router.max_new_tokens == router.prompt.decisive_tokens <= 3
 
 
 def test_stops_at_the_closing_brace(tiny_model: TinyModel) -> None:
@@ -121,7 +127,52 @@ def test_stops_at_the_closing_brace(tiny_model: TinyModel) -> None:
     (ids,) = engine.generate(
         [encoded.tokens], static_prompt=encoded.static, max_new_tokens=30, end_ids=prompt.end_ids()
     )
-    assert tokenizer.decode(ids) == ANSWER
+    assert tokenizer.decode([*prompt.answer_prefix_ids, *ids]) == ANSWER
+    assert prompt.answer_of(ids) == "creative writing"
+
+
+def test_decisive_length() -> None:
+    assert decisive_length([(1, 2, 3), (1, 4), (5,)]) == 2
+    assert decisive_length([(7,), (8, 9)]) == 1
+    # One answer a prefix of another: the longer one's next token decides.
+    assert decisive_length([(1,), (1, 2)]) == 2
+
+
+def test_each_answer_is_told_apart_by_its_first_tokens(tiny_model: TinyModel) -> None:
+    tokenizer = ModelTokenizer.from_dir(tiny_model.ct2_dir)
+    prompt = ArchRouterPrompt(tokenizer, ROUTES)
+    assert set(prompt.answers) == {r.name for r in ROUTES} | {"other"}
+    for name, answer in prompt.answers.items():
+        ids = [*prompt.answer_prefix_ids, *answer]
+        assert tokenizer.decode(ids) == json.dumps({"route": name})
+        assert prompt.answer_of(answer[: prompt.decisive_tokens]) == name
+        assert prompt.answer_of([*answer, *tokenizer.eos_ids]) == name  # run on past the end
+    assert prompt.answer_of([]) is None
+    assert prompt.answer_of(tokenizer.encode("```json")) is None
+
+
+def test_an_answer_that_is_none_of_them_is_parsed_as_text(tiny_model: TinyModel) -> None:
+    tokenizer = ModelTokenizer.from_dir(tiny_model.ct2_dir)
+    prompt = ArchRouterPrompt(tokenizer, ROUTES)
+    said: list[list[int]] = []
+
+    def generate(prompts, **_: object) -> list[list[int]]:
+        return [said[0] for _ in prompts]
+
+    router = ArchRouter(prompt, generate, OPTIONS)
+
+    async def decide(text: str) -> str:
+        said[:] = [tokenizer.encode(text)]
+        return (await router.choose(EXAMPLE_CONVERSATION)).route
+
+    async def main() -> list[str]:
+        try:
+            return [await decide('Creative  Writing"}'), await decide('poetry"}')]
+        finally:
+            await router.close()
+
+    # Case and spacing are forgiven as before; an unknown name is other.
+    assert asyncio.run(main()) == ["creative writing", "other"]
 
 
 def test_int8_conversion_loads_and_routes(tiny_model: TinyModel, tmp_path: Path) -> None:

@@ -4,6 +4,15 @@ Everything the config fixes is done once at start-up: the chat template is
 rendered around a placeholder for the conversation, and the tokens before it
 become CTranslate2's static prompt. A request only tokenizes its conversation and
 the short tail after it.
+
+The answer is short-cut too. Every possible answer, ``{"route": "<name>"}`` for
+each route and ``other``, starts with the same tokens (``{"route": "``): they
+are appended to the prompt instead of being generated one decoding step each,
+and generation stops as soon as the tokens so far can only be one answer (two
+tokens for the spec's routes: "code" is followed by " understanding" or
+" generation"). A decision then costs the prompt's forward pass and a step or
+two, instead of eight or more steps. When the model says something that is
+none of the answers, its text is parsed as before.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ext_proc.config import ArchRouterOptions
-from ext_proc.router import Route, RouteChoice, Turn
+from ext_proc.router import ROUTE_OTHER, Route, RouteChoice, Turn
 from ext_proc.router.batching import MicroBatcher
 from ext_proc.router.decision import parse_route
 from ext_proc.router.prompt import (
@@ -27,7 +36,7 @@ from ext_proc.router.prompt import (
 )
 from ext_proc.router.tokenizer import ModelTokenizer
 
-__all__ = ["ArchRouter", "ArchRouterPrompt", "EncodedPrompt", "GenerateFn"]
+__all__ = ["ArchRouter", "ArchRouterPrompt", "EncodedPrompt", "GenerateFn", "decisive_length"]
 
 log = logging.getLogger("archway.router")
 
@@ -42,8 +51,16 @@ _PROBE = (
     Turn("user", "Now write code"),
 )
 _GPU_BATCH = 8
-_OUTPUT_MARGIN = 4
-"""Tokens beyond ``{"route": "<longest name>"}``: the end token and a stray space."""
+
+
+def decisive_length(answers: Sequence[Sequence[int]]) -> int:
+    """The fewest leading tokens that tell ``answers`` apart (each answer shorter
+    than that counts whole)."""
+    longest = max((len(a) for a in answers), default=1)
+    for length in range(1, longest + 1):
+        if len({tuple(a[:length]) for a in answers}) == len(answers):
+            return length
+    return longest
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,20 @@ class ArchRouterPrompt:
             else:
                 log.warning("the prompt prefix does not tokenize on its own; not caching it")
         self.static_tokens = tuple(tokenizer.tokens(self.static_ids))
+        self._answer_names = (*(r.name for r in self.routes), ROUTE_OTHER)
+        answers = [tuple(tokenizer.encode(json.dumps({"route": n}))) for n in self._answer_names]
+        shared = 0
+        shortest = min(len(a) for a in answers)
+        while shared < shortest - 1 and len({a[shared] for a in answers}) == 1:
+            shared += 1
+        self.answer_prefix_ids = answers[0][:shared]
+        """What every answer starts with: appended to the prompt, not generated."""
+        self.answer_prefix_tokens = tuple(tokenizer.tokens(self.answer_prefix_ids))
+        self.answers = {
+            name: answer[shared:] for name, answer in zip(self._answer_names, answers, strict=True)
+        }
+        """Each route's (and ``other``'s) answer tokens after the shared prefix."""
+        self.decisive_tokens = decisive_length(list(self.answers.values()))
 
     def render(self, conversation: Sequence[Turn]) -> str:
         """The whole prompt text, as ``apply_chat_template`` would give it."""
@@ -97,9 +128,20 @@ class ArchRouterPrompt:
         if self.static_ids and self.parts is not None:
             rest = self.parts.fill(conversation)[len(self.parts.head) :]
             ids = self.tokenizer.encode(rest)
-            return EncodedPrompt(self.static_tokens, tuple(self.tokenizer.tokens(ids)))
+            tokens = (*self.tokenizer.tokens(ids), *self.answer_prefix_tokens)
+            return EncodedPrompt(self.static_tokens, tokens)
         ids = self.tokenizer.encode(self.render(conversation))
-        return EncodedPrompt((), tuple(self.tokenizer.tokens(ids)))
+        return EncodedPrompt((), (*self.tokenizer.tokens(ids), *self.answer_prefix_tokens))
+
+    def answer_of(self, generated: Sequence[int]) -> str | None:
+        """The route (or ``other``) whose answer ``generated`` begins, or agrees
+        with as far as it goes; ``None`` when that is not exactly one."""
+        found = [
+            name
+            for name, answer in self.answers.items()
+            if generated and tuple(generated[: len(answer)]) == answer[: len(generated)]
+        ]
+        return found[0] if len(found) == 1 else None
 
     def count_tokens(self, text: str) -> int:
         """A message's cost in the prompt: it goes in JSON-escaped (``\\u00e9`` for
@@ -107,11 +149,8 @@ class ArchRouterPrompt:
         return self.tokenizer.count(json.dumps(text))
 
     def max_new_tokens(self) -> int:
-        longest = max(
-            (self.tokenizer.count(json.dumps({"route": r.name})) for r in self.routes),
-            default=8,
-        )
-        return longest + _OUTPUT_MARGIN
+        """Enough to tell the answers apart: the rest is known once they differ."""
+        return self.decisive_tokens
 
     def end_ids(self) -> tuple[int, ...]:
         """Stop on the end of turn, or on any token that closes the JSON object:
@@ -137,7 +176,7 @@ class ArchRouter:
         self.max_new_tokens = options.max_new_tokens or prompt.max_new_tokens()
         self._end_ids = prompt.end_ids()
         batch_size = options.max_batch_size or (_GPU_BATCH if device == "cuda" else 1)
-        self.batcher: MicroBatcher[EncodedPrompt, str] = MicroBatcher(
+        self.batcher: MicroBatcher[EncodedPrompt, list[int]] = MicroBatcher(
             self._run_batch,
             max_batch_size=batch_size,
             max_wait_s=options.batch_wait_s,
@@ -170,21 +209,28 @@ class ArchRouter:
         return self.prompt.count_tokens(text)
 
     async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice:
-        text = await self.batcher.submit(self.prompt.encode(conversation))
-        choice = parse_route(text, self._route_names)
-        log.debug("Arch-Router said %r -> %s", text, choice.route)
+        generated = await self.batcher.submit(self.prompt.encode(conversation))
+        name = self.prompt.answer_of(generated)
+        if name is not None:
+            choice = RouteChoice(name)
+        else:
+            # Not one of the answers (the model wandered, or max_new_tokens was
+            # set): read the text as it stands.
+            prefix = self.prompt.answer_prefix_ids
+            text = self.prompt.tokenizer.decode([*prefix, *generated])
+            choice = parse_route(text, self._route_names)
+        log.debug("Arch-Router said %r -> %s", generated, choice.route)
         return choice
 
     async def close(self) -> None:
         await self.batcher.close()
 
-    def _run_batch(self, prompts: list[EncodedPrompt]) -> list[str]:
+    def _run_batch(self, prompts: list[EncodedPrompt]) -> list[list[int]]:
         # One router has one static prefix, so a batch always shares it.
         static = prompts[0].static
-        outputs = self._generate(
+        return self._generate(
             [p.tokens for p in prompts],
             static_prompt=static or None,
             max_new_tokens=self.max_new_tokens,
             end_ids=self._end_ids,
         )
-        return [self.prompt.tokenizer.decode(ids) for ids in outputs]
