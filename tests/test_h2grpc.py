@@ -186,6 +186,46 @@ def test_streams_over_the_advertised_limit_are_refused() -> None:
     assert resets == [(5, (0x7).to_bytes(4))]  # REFUSED_STREAM, for the third only
 
 
+def test_a_stream_task_starts_at_once_and_keeps_one_context() -> None:
+    import contextvars
+
+    from ext_proc.h2grpc import _start_task
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    async def inline() -> None:
+        seen.append("inline")
+
+    async def waits(gate: asyncio.Future[str]) -> None:
+        token = var.set("mine")
+        seen.append(await gate)
+        seen.append(var.get())
+        var.reset(token)  # raises if the steps ran in different contexts
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        task = _start_task(loop, inline())
+        assert seen == ["inline"] and (task is None or task.done())
+        gate: asyncio.Future[str] = loop.create_future()
+        task = _start_task(loop, waits(gate))
+        assert task is not None and not task.done() and var.get() == "unset"
+        gate.set_result("opened")
+        await task
+        assert seen == ["inline", "opened", "mine"]
+        # Cancelled while waiting: the coroutine sees the cancellation.
+        never: asyncio.Future[str] = loop.create_future()
+        task = _start_task(loop, waits(never))
+        assert task is not None
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert never.cancelled()
+
+    asyncio.run(run())
+
+
 def test_header_decoder_agrees_with_hpack() -> None:
     from hpack import Encoder
 
