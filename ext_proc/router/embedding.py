@@ -26,8 +26,9 @@ The decision, for the conversation the shared selection rules pick:
    on the same vectors plus the background (multinomial logistic regression).
    Nearest-vector similarity alone follows topic: a sum with numbers in it lands
    near code. The classifier learns which directions separate the routes from
-   each other, for example arithmetic from programming, and on the routing set
-   it lifts turn accuracy by five to eight points.
+   each other, for example arithmetic from programming. On the routing set's
+   dev split, with three examples per route, it lifts turn accuracy from
+   79.1 % to 84.3 %.
 3. **Other.** Routing is about the latest intent, so the latest user turn alone
    is compared with the background the same way. When the background beats every
    route by more than ``margin``, or the best cosine is under ``threshold``, the
