@@ -426,7 +426,8 @@ router:
   threshold: 0.2
   margin: 0.05
   history_weight: 0.5
-  context_margin: 0.2
+  context_margin: 0.3
+  classifier_weight: 0.5
   intra_threads: 2
   other_examples: [hi, thanks]
 """
@@ -436,7 +437,8 @@ router:
         threshold=0.2,
         margin=0.05,
         history_weight=0.5,
-        context_margin=0.2,
+        context_margin=0.3,
+        classifier_weight=0.5,
         intra_threads=2,
         other_examples=("hi", "thanks"),
     )
@@ -453,6 +455,7 @@ router:
         ("threshold: high", "router.threshold: expected a number"),
         ("history_weight: -1", "router.history_weight"),
         ("context_margin: -0.1", "router.context_margin"),
+        ("classifier_weight: 11", "router.classifier_weight: 11 is out of range"),
         ("static_prompt: true", "static_prompt is a setting of backend 'arch_router'"),
     ],
 )
@@ -491,3 +494,12 @@ def test_factory_builds_the_embedding_router(tiny_encoder: TinyEncoder) -> None:
     choice = asyncio.run(run())
     assert choice.route == "code generation"
     assert choice.score == pytest.approx(1.0, abs=1e-4)
+    tuned = (
+        f"router: {{backend: embedding, model_path: {tiny_encoder.ct2_dir}, "
+        "classifier_weight: 0, context_margin: 0.5}"
+    )
+    configured = build_router(load_config_text(CONFIG.format(router=tuned)))
+    assert configured is not None and isinstance(configured.backend, EmbeddingRouter)
+    assert configured.backend.rule.classifier_weight == 0.0
+    assert configured.backend.rule.context_margin == 0.5
+    asyncio.run(configured.close())
