@@ -184,8 +184,8 @@ def fit_classifier(
     inputs: np.ndarray, labels: np.ndarray, classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weights and biases of a multinomial logistic regression with an L2
-    penalty, by full-batch gradient descent from zero. Deterministic, and a few
-    milliseconds for a config's few dozen sentences."""
+    penalty, by full-batch gradient descent from zero. Deterministic, and about
+    70 ms once per config for a few dozen sentences (2-core EPYC)."""
     weights = np.zeros((inputs.shape[1], classes), dtype=np.float64)
     bias = np.zeros(classes, dtype=np.float64)
     targets = np.eye(classes)[labels]
