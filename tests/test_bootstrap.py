@@ -457,7 +457,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
-def test_envoy_dies_with_its_parent(envoy_log: Path) -> None:
+def test_envoy_dies_with_its_parent(envoy_log: Path, tmp_path: Path) -> None:
     repo = str(Path(__file__).resolve().parents[1])
     result = subprocess.run(
         [sys.executable, "-c", _ORPHANING_PARENT, repo, str(envoy_log)],
@@ -466,6 +466,8 @@ def test_envoy_dies_with_its_parent(envoy_log: Path) -> None:
         text=True,
         timeout=60,
         check=True,
+        # The parent exits without cleaning up: its Envoy work dir goes in here.
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     pid = int(result.stdout.split()[-1])
     deadline = time.monotonic() + 10
