@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -164,6 +165,7 @@ def main() -> None:
         server.stop()
         for upstream in upstreams.values():
             upstream.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print("\nPython cost per call (best of 3):")
     chat_request = {
