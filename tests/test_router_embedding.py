@@ -187,11 +187,12 @@ def test_history_weighs_less_than_the_latest_turn() -> None:
 
 def test_only_a_close_call_reads_history() -> None:
     rule = DecisionRule(threshold=0.0, margin=0.1, context_margin=0.2)
-    assert not index(rule).needs_history(unit(1, 0, 0, 0))
-    assert index(rule).needs_history(unit(1, 1, 0, 0))
+    assert index(rule).decide_alone(unit(1, 0, 0, 0)) == RouteChoice("code", 1.0)
+    assert index(rule).decide_alone(unit(1, 1, 0, 0)) is None
     # A latest turn that is plainly off-topic stays other, whatever came before.
     background = [unit(0, 0, 0, 1)]
-    assert not index(rule, background).needs_history(unit(0.1, 0.1, 0, 1))
+    other = index(rule, background).decide_alone(unit(0.1, 0.1, 0, 1))
+    assert other is not None and other.route == ROUTE_OTHER
 
 
 def test_the_classifier_fits_separable_routes_the_same_way_every_time() -> None:

@@ -276,17 +276,32 @@ class RouteIndex:
             scores = scores + self.rule.classifier_weight * logits[: len(self.routes)]
         return similarities, scores
 
-    def _plainly_other(self, latest: np.ndarray) -> bool:
-        best = float(self._pooled(self._vectors @ latest).max())
+    def _plainly_other(self, latest: np.ndarray, similarities: np.ndarray) -> bool:
+        """``latest``'s background beats its best route by more than ``margin``
+        (``similarities``: ``latest``'s cosines to the route vectors)."""
+        best = float(self._pooled(similarities).max())
         return self._background_pooled(latest) - best > self.rule.margin
 
-    def needs_history(self, latest: np.ndarray) -> bool:
-        """Whether the latest user turn is too close a call to decide alone."""
+    def _choice(
+        self, similarities: np.ndarray, scores: np.ndarray, *, plainly_other: bool
+    ) -> RouteChoice:
+        best = int(np.argmax(scores))
+        cosine = float(similarities[self._owner == best].max())
+        if cosine < self.rule.threshold or plainly_other:
+            return RouteChoice(ROUTE_OTHER, cosine)
+        return RouteChoice(self.routes[best].name, cosine)
+
+    def decide_alone(self, latest: np.ndarray) -> RouteChoice | None:
+        """The route for the latest user turn on its own, or ``None`` when it is
+        too close a call and the older turns must be read (``decide``)."""
         latest = _normalize(latest)
-        if len(self.routes) < 2 or self._plainly_other(latest):
-            return False
-        runner_up, best = np.partition(self._scores(latest)[1], -2)[-2:]
-        return bool(best - runner_up < self.rule.context_margin)
+        similarities, scores = self._scores(latest)
+        plainly_other = self._plainly_other(latest, similarities)
+        if not plainly_other and len(self.routes) > 1:
+            runner_up, best = np.partition(scores, -2)[-2:]
+            if best - runner_up < self.rule.context_margin:
+                return None
+        return self._choice(similarities, scores, plainly_other=plainly_other)
 
     def decide(self, turn_vectors: np.ndarray, weights: Sequence[float]) -> RouteChoice:
         """The route for a conversation, from its turns' embeddings (one row per
@@ -297,11 +312,8 @@ class RouteIndex:
         latest = _normalize(turn_vectors[int(np.flatnonzero(w)[-1])])
         query = _normalize((turn_vectors * w[:, None]).sum(axis=0))
         similarities, scores = self._scores(query)
-        best = int(np.argmax(scores))
-        cosine = float(similarities[self._owner == best].max())
-        if cosine < self.rule.threshold or self._plainly_other(latest):
-            return RouteChoice(ROUTE_OTHER, cosine)
-        return RouteChoice(self.routes[best].name, cosine)
+        plainly_other = self._plainly_other(latest, self._vectors @ latest)
+        return self._choice(similarities, scores, plainly_other=plainly_other)
 
 
 class SentenceEncoder:
@@ -449,7 +461,10 @@ class EmbeddingRouter:
             return RouteChoice(ROUTE_OTHER)
         texts = tuple(conversation[i].content for i in read)
         latest = await self._embed(texts[-1:])
-        if len(texts) == 1 or not self.index.needs_history(latest[0]):
+        alone = self.index.decide_alone(latest[0])
+        if alone is not None:
+            return alone
+        if len(texts) == 1:
             return self.index.decide(latest, [1.0])
         history = await self._embed(texts[:-1])
         return self.index.decide(np.concatenate([history, latest]), [weights[i] for i in read])
