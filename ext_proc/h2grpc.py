@@ -759,29 +759,16 @@ def _start_task(
     return loop.create_task(_resume(coro, waiting_on), context=context)
 
 
-def _done(loop: asyncio.AbstractEventLoop, future: asyncio.Future[object]) -> asyncio.Future[None]:
-    """A future that completes when ``future`` does, whatever its outcome (which
-    stays in ``future``, for the coroutine waiting on it)."""
-    done: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object) -> None:
-        if not done.done():
-            done.set_result(None)
-
-    future.add_done_callback(wake)
-    return done
-
-
 async def _resume(coro: Coroutine[object, object, None], waiting_on: object) -> None:
     """Drives ``coro`` on from its first wait, as a task's steps would: each step
     resumed once what it waits on is done."""
-    loop = asyncio.get_running_loop()
     while True:
         try:
             if asyncio.isfuture(waiting_on):
                 # Task.__step clears this flag on a future it is given to wait on.
                 waiting_on._asyncio_future_blocking = False
-                await _done(loop, waiting_on)
+                # Waits without taking the outcome, which the coroutine reads.
+                await asyncio.wait((waiting_on,))
             else:  # a bare yield: give the loop one turn
                 await asyncio.sleep(0)
         except asyncio.CancelledError as cancelled:
