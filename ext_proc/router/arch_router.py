@@ -102,8 +102,8 @@ class ArchRouterPrompt:
             else:
                 log.warning("the prompt prefix does not tokenize on its own; not caching it")
         self.static_tokens = tuple(tokenizer.tokens(self.static_ids))
-        self._answer_names = (*(r.name for r in self.routes), ROUTE_OTHER)
-        answers = [tuple(tokenizer.encode(json.dumps({"route": n}))) for n in self._answer_names]
+        names = (*(r.name for r in self.routes), ROUTE_OTHER)
+        answers = [tuple(tokenizer.encode(json.dumps({"route": n}))) for n in names]
         shared = 0
         shortest = min(len(a) for a in answers)
         while shared < shortest - 1 and len({a[shared] for a in answers}) == 1:
@@ -111,11 +111,11 @@ class ArchRouterPrompt:
         self.answer_prefix_ids = answers[0][:shared]
         """What every answer starts with: appended to the prompt, not generated."""
         self.answer_prefix_tokens = tuple(tokenizer.tokens(self.answer_prefix_ids))
-        self.answers = {
-            name: answer[shared:] for name, answer in zip(self._answer_names, answers, strict=True)
-        }
+        self.answers = {name: answer[shared:] for name, answer in zip(names, answers, strict=True)}
         """Each route's (and ``other``'s) answer tokens after the shared prefix."""
         self.decisive_tokens = decisive_length(list(self.answers.values()))
+        """Tokens to generate: enough to tell the answers apart, since the rest is
+        known once they differ."""
 
     def render(self, conversation: Sequence[Turn]) -> str:
         """The whole prompt text, as ``apply_chat_template`` would give it."""
@@ -148,10 +148,6 @@ class ArchRouterPrompt:
         ``é``), and escaping can triple the tokens of non-English text."""
         return self.tokenizer.count(json.dumps(text))
 
-    def max_new_tokens(self) -> int:
-        """Enough to tell the answers apart: the rest is known once they differ."""
-        return self.decisive_tokens
-
     def end_ids(self) -> tuple[int, ...]:
         """Stop on the end of turn, or on any token that closes the JSON object:
         nothing after ``}`` changes the decision."""
@@ -173,7 +169,7 @@ class ArchRouter:
         self.prompt = prompt
         self._generate = generate
         self._route_names = frozenset(r.name for r in prompt.routes)
-        self.max_new_tokens = options.max_new_tokens or prompt.max_new_tokens()
+        self.max_new_tokens = options.max_new_tokens or prompt.decisive_tokens
         self._end_ids = prompt.end_ids()
         batch_size = options.max_batch_size or (_GPU_BATCH if device == "cuda" else 1)
         self.batcher: MicroBatcher[EncodedPrompt, list[int]] = MicroBatcher(
