@@ -4,17 +4,18 @@ server on its own event loop thread, and a real Envoy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from ext_proc.bootstrap import render_bootstrap
 from ext_proc.config import Config, load_config
-from ext_proc.echo import ReceivedRequest
+from ext_proc.echo import EchoUpstream, ReceivedRequest
 from ext_proc.envoy_process import EnvoyProcess
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
@@ -166,3 +167,28 @@ def start_gateway(
 def stop_gateway(gateway: Gateway) -> None:
     gateway.envoy.stop()
     gateway.server.stop()
+
+
+@contextlib.contextmanager
+def echo_gateway(
+    config_text: str,
+    tmp: Path,
+    names: Sequence[str] = ("openai", "anthropic"),
+    *,
+    router_factory: RouterFactory = build_router,
+    **fields: object,
+) -> Iterator[Gateway]:
+    """A gateway for ``config_text`` in front of one echo upstream per name in
+    ``names``. The text is formatted with each upstream's base URL under its
+    name, and with ``fields``. Everything is stopped on exit."""
+    upstreams = {n: EchoUpstream(name=n).start() for n in names}
+    try:
+        text = config_text.format(**{n: u.base_url for n, u in upstreams.items()}, **fields)
+        gateway = start_gateway(text, tmp, upstreams, router_factory=router_factory)
+        try:
+            yield gateway
+        finally:
+            stop_gateway(gateway)
+    finally:
+        for upstream in upstreams.values():
+            upstream.stop()

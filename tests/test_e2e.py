@@ -18,6 +18,7 @@ from tests.gateway import (
     LOOPBACK_LISTENER,
     OPENAI_AND_ANTHROPIC,
     Gateway,
+    echo_gateway,
     start_gateway,
     stop_gateway,
 )
@@ -58,17 +59,8 @@ MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    upstreams = {n: EchoUpstream(name=n).start() for n in UPSTREAM_NAMES}
-    try:
-        text = CONFIG.format(**{n: u.base_url for n, u in upstreams.items()})
-        gw = start_gateway(text, tmp_path_factory.mktemp("gw"), upstreams)
-        try:
-            yield gw
-        finally:
-            stop_gateway(gw)
-    finally:
-        for upstream in upstreams.values():
-            upstream.stop()
+    with echo_gateway(CONFIG, tmp_path_factory.mktemp("gw"), UPSTREAM_NAMES) as gw:
+        yield gw
 
 
 @pytest.fixture

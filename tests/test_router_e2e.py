@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 
 from ext_proc.config import Config
-from ext_proc.echo import EchoUpstream
 from ext_proc.router.service import ConfiguredRouter
 from tests.conftest import TinyModel
 from tests.gateway import (
     LOOPBACK_LISTENER,
     OPENAI_AND_ANTHROPIC,
     Gateway,
-    start_gateway,
-    stop_gateway,
+    echo_gateway,
 )
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 from tests.test_e2e import only_request, raw_post
@@ -58,22 +56,8 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway
         assert config.router is not None and config.router.timeout_s == 0.5
         return configured(backend, timeout_s=config.router.timeout_s)
 
-    upstreams = {n: EchoUpstream(name=n).start() for n in ("openai", "anthropic")}
-    try:
-        text = CONFIG.format(
-            openai=upstreams["openai"].base_url,
-            anthropic=upstreams["anthropic"].base_url,
-            model_path=tmp,
-            timeout="500ms",
-        )
-        gw = start_gateway(text, tmp, upstreams, router_factory=factory)
-        try:
-            yield gw, backend
-        finally:
-            stop_gateway(gw)
-    finally:
-        for upstream in upstreams.values():
-            upstream.stop()
+    with echo_gateway(CONFIG, tmp, router_factory=factory, model_path=tmp, timeout="500ms") as gw:
+        yield gw, backend
     assert backend.closed, "the server closes the router it owns"
 
 
@@ -130,26 +114,12 @@ def test_explicit_model_never_asks_the_router(sgw) -> None:
 def test_the_real_ctranslate2_router_routes_end_to_end(
     tiny_model: TinyModel, tmp_path: Path
 ) -> None:
-    upstreams = {n: EchoUpstream(name=n).start() for n in ("openai", "anthropic")}
-    try:
-        text = CONFIG.format(
-            openai=upstreams["openai"].base_url,
-            anthropic=upstreams["anthropic"].base_url,
-            model_path=tiny_model.ct2_dir,
-            timeout="20s",
-        )
-        gw = start_gateway(text, tmp_path, upstreams)
-        try:
-            body = {"messages": EXAMPLE["conversation"]}
-            status, headers, _ = raw_post(gw, "/v1/chat/completions", json.dumps(body).encode())
-        finally:
-            stop_gateway(gw)
-    finally:
-        for upstream in upstreams.values():
-            upstream.stop()
+    with echo_gateway(CONFIG, tmp_path, model_path=tiny_model.ct2_dir, timeout="20s") as gw:
+        body = {"messages": EXAMPLE["conversation"]}
+        status, headers, _ = raw_post(gw, "/v1/chat/completions", json.dumps(body).encode())
     assert status == 200
     # The tiny model was trained to answer {"route": "creative writing"}.
     assert headers["x-archway-resolution"] == "router"
     assert headers["x-archway-route"] == "creative writing"
-    (request,) = upstreams["anthropic"].requests
+    (request,) = gw.upstreams["anthropic"].requests
     assert request.json()["model"] == "claude-sonnet-4-5"

@@ -17,15 +17,13 @@ from pathlib import Path
 import pytest
 
 from ext_proc.config import load_config
-from ext_proc.echo import EchoUpstream
 from ext_proc.router.factory import build_router
 from tests.conftest import TinyEncoder
 from tests.gateway import (
     LOOPBACK_LISTENER,
     OPENAI_AND_ANTHROPIC,
     Gateway,
-    start_gateway,
-    stop_gateway,
+    echo_gateway,
 )
 from tests.test_e2e import only_request, raw_post
 
@@ -63,21 +61,9 @@ def chat(gw: Gateway, messages: list[dict[str, str]], **extra: object):
 def gateway(
     tiny_encoder: TinyEncoder, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    upstreams = {n: EchoUpstream(name=n).start() for n in ("openai", "anthropic")}
-    try:
-        text = CONFIG.format(
-            openai=upstreams["openai"].base_url,
-            anthropic=upstreams["anthropic"].base_url,
-            model_path=tiny_encoder.ct2_dir,
-        )
-        gw = start_gateway(text, tmp_path_factory.mktemp("embedding-e2e"), upstreams)
-        try:
-            yield gw
-        finally:
-            stop_gateway(gw)
-    finally:
-        for upstream in upstreams.values():
-            upstream.stop()
+    tmp = tmp_path_factory.mktemp("embedding-e2e")
+    with echo_gateway(CONFIG, tmp, model_path=tiny_encoder.ct2_dir) as gw:
+        yield gw
 
 
 @pytest.fixture
