@@ -13,6 +13,17 @@ def sample_key(name: str, **labels: str) -> str:
     return f"{name}{{{inner}}}"
 
 
+def requests_key(resolution: str, provider: str, model: str, outcome: str = "routed") -> str:
+    """The ``sample_key`` of ``archway_requests_total`` for one set of labels."""
+    return sample_key(
+        "archway_requests_total",
+        resolution=resolution,
+        provider=provider,
+        model=model,
+        outcome=outcome,
+    )
+
+
 def parse(text: str) -> dict[str, float]:
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):

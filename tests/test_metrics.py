@@ -18,7 +18,7 @@ from ext_proc.processor import RequestProcessor
 from ext_proc.reload import ConfigReloader
 from ext_proc.resolve import build_routing_table
 from tests.factories import config, provider
-from tests.metrics_scrape import delta, sample_key, scrape
+from tests.metrics_scrape import delta, requests_key, sample_key, scrape
 from tests.metrics_worker import chat_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,16 +57,6 @@ def _route(model: str | None, path: str = "/v1/chat/completions") -> None:
     asyncio.run(drive())
 
 
-def _requests(resolution: str, provider: str, model: str, outcome: str = "routed") -> str:
-    return sample_key(
-        "archway_requests_total",
-        resolution=resolution,
-        provider=provider,
-        model=model,
-        outcome=outcome,
-    )
-
-
 def test_requests_count_by_resolution_provider_model_and_outcome(
     endpoint: metrics.MetricsEndpoint,
 ) -> None:
@@ -79,13 +69,13 @@ def test_requests_count_by_resolution_provider_model_and_outcome(
     _route("openai/no-such-model")
     _route("openai/gpt-5.2", path="/v1/embeddings")
     after = scrape(endpoint.url)
-    assert delta(before, after, _requests("direct", "openai", "openai/gpt-5.2")) == 1
-    assert delta(before, after, _requests("alias", "openai", "openai/gpt-5.2")) == 1
-    assert delta(before, after, _requests("default", "openai", "openai/gpt-5.2")) == 2
-    assert delta(before, after, _requests("direct", "anthropic", "anthropic/claude-sonnet-4-5"))
+    assert delta(before, after, requests_key("direct", "openai", "openai/gpt-5.2")) == 1
+    assert delta(before, after, requests_key("alias", "openai", "openai/gpt-5.2")) == 1
+    assert delta(before, after, requests_key("default", "openai", "openai/gpt-5.2")) == 2
+    assert delta(before, after, requests_key("direct", "anthropic", "anthropic/claude-sonnet-4-5"))
     # Failed requests have no decision: empty resolution, provider and model.
-    assert delta(before, after, _requests("", "", "", "model_not_found")) == 1
-    assert delta(before, after, _requests("", "", "", "unsupported_path")) == 1
+    assert delta(before, after, requests_key("", "", "", "model_not_found")) == 1
+    assert delta(before, after, requests_key("", "", "", "unsupported_path")) == 1
     assert delta(before, after, sample_key("archway_errors_total", code="model_not_found")) == 1
     assert delta(before, after, sample_key("archway_errors_total", code="unsupported_path")) == 1
     assert (
@@ -100,7 +90,7 @@ def test_models_under_a_wildcard_share_one_label(endpoint: metrics.MetricsEndpoi
         _route(f"mistral/{model_id}")
     after = scrape(endpoint.url)
     # A client picks any id under a wildcard; one series per id would grow without bound.
-    assert delta(before, after, _requests("direct", "mistral", "mistral/*")) == 3
+    assert delta(before, after, requests_key("direct", "mistral", "mistral/*")) == 3
     assert not any("mistral/a" in key for key in after)
 
 
@@ -109,9 +99,9 @@ def test_every_configured_model_has_its_series_before_its_first_request(
 ) -> None:
     _route("openai/gpt-5.2")
     samples = scrape(endpoint.url)
-    assert _requests("direct", "anthropic", "anthropic/claude-sonnet-4-5") in samples
-    assert _requests("alias", "openai", "openai/gpt-5.2") in samples
-    assert _requests("default", "openai", "openai/gpt-5.2") in samples
+    assert requests_key("direct", "anthropic", "anthropic/claude-sonnet-4-5") in samples
+    assert requests_key("alias", "openai", "openai/gpt-5.2") in samples
+    assert requests_key("default", "openai", "openai/gpt-5.2") in samples
 
 
 def test_router_calls_are_timed_and_counted(endpoint: metrics.MetricsEndpoint) -> None:
@@ -201,8 +191,8 @@ def test_totals_add_up_across_worker_processes(tmp_path: Path) -> None:
         line = serve.stdout.readline()
         assert "archway metrics on" in line, line
         samples = scrape(line.split(" on ")[1].strip())
-        assert samples[_requests("default", "openai", "openai/gpt-5")] == 7
-        assert samples[_requests("", "", "", "model_not_found")] == 2
+        assert samples[requests_key("default", "openai", "openai/gpt-5")] == 7
+        assert samples[requests_key("", "", "", "model_not_found")] == 2
         assert samples[sample_key("archway_errors_total", code="model_not_found")] == 2
     finally:
         serve.terminate()

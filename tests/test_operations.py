@@ -21,7 +21,7 @@ from ext_proc import tracing
 from ext_proc.metrics import MetricsEndpoint, start_metrics_endpoint
 from tests.fake_providers import FakeProvider, Reply
 from tests.gateway import Gateway, start_gateway, stop_gateway
-from tests.metrics_scrape import delta, sample_key, scrape
+from tests.metrics_scrape import delta, requests_key, sample_key, scrape
 
 NAMES = ("openai", "mistral", "anthropic")
 SECRETS = ("sk-openai-OPSSECRET", "sk-mistral-OPSSECRET", "sk-ant-OPSSECRET")
@@ -136,16 +136,6 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
         tracing.install_tracer_provider(None)
 
 
-def _requests(resolution: str, provider: str, model: str, outcome: str = "routed") -> str:
-    return sample_key(
-        "archway_requests_total",
-        resolution=resolution,
-        provider=provider,
-        model=model,
-        outcome=outcome,
-    )
-
-
 def test_counters_move_with_requests_through_envoy(ops: Ops) -> None:
     before = scrape(ops.endpoint.url)
     assert ops.chat("mistral/mistral-large")[0] == 200
@@ -155,11 +145,11 @@ def test_counters_move_with_requests_through_envoy(ops: Ops) -> None:
     assert ops.chat("openai/gpt-5", path="/v1/messages")[0] == 200
     assert ops.chat("nope/nothing")[0] == 400
     after = scrape(ops.endpoint.url)
-    assert delta(before, after, _requests("direct", "mistral", "mistral/mistral-large")) == 1
-    assert delta(before, after, _requests("alias", "mistral", "mistral/mistral-large")) == 1
-    assert delta(before, after, _requests("default", "openai", "openai/gpt-5")) == 1
-    assert delta(before, after, _requests("direct", "openai", "openai/gpt-5")) == 1
-    assert delta(before, after, _requests("", "", "", "model_not_found")) == 1
+    assert delta(before, after, requests_key("direct", "mistral", "mistral/mistral-large")) == 1
+    assert delta(before, after, requests_key("alias", "mistral", "mistral/mistral-large")) == 1
+    assert delta(before, after, requests_key("default", "openai", "openai/gpt-5")) == 1
+    assert delta(before, after, requests_key("direct", "openai", "openai/gpt-5")) == 1
+    assert delta(before, after, requests_key("", "", "", "model_not_found")) == 1
     assert delta(before, after, sample_key("archway_errors_total", code="model_not_found")) == 1
     pairs = ("openai-to-anthropic", "anthropic-to-openai")
     for pair in pairs:
