@@ -40,27 +40,9 @@ from tests.fake_providers import (
     openai_completion,
     openai_stream,
 )
-from tests.gateway import ServerThread
+from tests.gateway import LOOPBACK_LISTENER, OPENAI_AND_ANTHROPIC, ServerThread
 
-CONFIG = """
-version: v0.4.0
-listeners:
-  - type: model
-    name: egress_traffic
-    address: 127.0.0.1
-    port: 0
-    timeout: 10s
-model_providers:
-  - model: openai/gpt-5.2
-    base_url: {openai}
-    access_key: sk-openai
-    default: true
-  - model: anthropic/claude-sonnet-4-5
-    base_url: {anthropic}
-    access_key: sk-ant
-archway:
-  admin_port: 0
-"""
+CONFIG = LOOPBACK_LISTENER + OPENAI_AND_ANTHROPIC + "archway:\n  admin_port: 0\n"
 
 OPENAI_BODY = {"model": "openai/gpt-5.2", "messages": [{"role": "user", "content": "hi"}]}
 TO_ANTHROPIC_BODY = {**OPENAI_BODY, "model": "anthropic/claude-sonnet-4-5"}
