@@ -13,9 +13,9 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["EchoUpstream", "ReceivedRequest", "RequestLog"]
+__all__ = ["EchoUpstream", "ReceivedRequest", "RequestLog", "ThreadedUpstream"]
 
 
 @dataclass(frozen=True)
@@ -198,17 +198,15 @@ class RequestLog:
             self._requests.clear()
 
 
-class EchoUpstream(RequestLog):
-    """An echo provider on ``host:port`` (0 picks a free port), served from a thread."""
+class ThreadedUpstream(RequestLog):
+    """A provider that ``server`` serves from a thread of its own, recording what
+    it receives."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "echo") -> None:
+    def __init__(self, server: ThreadingHTTPServer, name: str, *, thread_name: str) -> None:
         super().__init__()
         self.name = name
-        self._httpd = _EchoHTTPServer((host, port), _Handler)
-        self._httpd.upstream = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"echo-{name}", daemon=True
-        )
+        self._httpd = server
+        self._thread = threading.Thread(target=server.serve_forever, name=thread_name, daemon=True)
 
     @property
     def port(self) -> int:
@@ -218,7 +216,7 @@ class EchoUpstream(RequestLog):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> EchoUpstream:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -227,8 +225,17 @@ class EchoUpstream(RequestLog):
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> EchoUpstream:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EchoUpstream(ThreadedUpstream):
+    """An echo provider on ``host:port`` (0 picks a free port), served from a thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "echo") -> None:
+        server = _EchoHTTPServer((host, port), _Handler)
+        server.upstream = self
+        super().__init__(server, name, thread_name=f"echo-{name}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ext_proc.echo import ReceivedRequest, RequestLog
+from ext_proc.echo import ReceivedRequest, ThreadedUpstream
 
 __all__ = [
     "ANTHROPIC_MODEL_VERSION",
@@ -357,22 +357,14 @@ class _Server(ThreadingHTTPServer):
     provider: FakeProvider
 
 
-class FakeProvider(RequestLog):
+class FakeProvider(ThreadedUpstream):
     """A provider on ``127.0.0.1`` (a free port), served from a thread; records requests."""
 
     def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.provider = self
+        super().__init__(server, name, thread_name=f"fake-{name}")
         self._replies: list[Reply] = []
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.provider = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"fake-{name}", daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def queue(self, reply: Reply) -> Reply:
         """Answer the next request with ``reply`` instead of the native one."""
@@ -388,12 +380,3 @@ class FakeProvider(RequestLog):
         super().clear()
         with self._lock:
             self._replies.clear()
-
-    def start(self) -> FakeProvider:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
