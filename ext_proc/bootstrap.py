@@ -57,6 +57,7 @@ __all__ = [
     "HealthCheckTiming",
     "bootstrap_dict",
     "buffer_limit_bytes",
+    "is_ip_address",
     "render_bootstrap",
 ]
 
@@ -289,7 +290,8 @@ def _duration(seconds: float) -> str:
     return f"{whole}.{frac:03d}s" if frac else f"{whole}s"
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_address(host: str) -> bool:
+    """Whether Envoy can reach ``host`` without DNS (a STATIC cluster)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -760,7 +762,7 @@ def _ext_proc_cluster(host: str, ports: list[int], gateway: GatewaySettings) -> 
     ]
     cluster = {
         "name": EXT_PROC_CLUSTER,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip_address(host) else "STRICT_DNS",
         "connect_timeout": _duration(_EXT_PROC_CONNECT_TIMEOUT_S),
         "per_connection_buffer_limit_bytes": buffer_limit_bytes(gateway),
         # gRPC needs HTTP/2 and the server speaks it in cleartext.
@@ -776,7 +778,7 @@ def _ext_proc_cluster(host: str, ports: list[int], gateway: GatewaySettings) -> 
         # leaves at once, rather than after failing its checks.
         "ignore_health_on_host_removal": True,
     }
-    if not _is_ip(host):
+    if not is_ip_address(host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
 
@@ -785,7 +787,7 @@ def _otel_collector_cluster(settings: TracingSettings) -> dict[str, Any]:
     host = settings.collector_host
     cluster: dict[str, Any] = {
         "name": OTEL_COLLECTOR_CLUSTER,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip_address(host) else "STRICT_DNS",
         "connect_timeout": _duration(_EXT_PROC_CONNECT_TIMEOUT_S),
         # OTLP/gRPC: HTTP/2 in cleartext, as collectors listen on 4317 by default.
         "typed_extension_protocol_options": {
@@ -798,7 +800,7 @@ def _otel_collector_cluster(settings: TracingSettings) -> dict[str, Any]:
             OTEL_COLLECTOR_CLUSTER, host, settings.collector_port, hostname=None
         ),
     }
-    if not _is_ip(host):
+    if not is_ip_address(host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
 
@@ -852,7 +854,7 @@ def _describe(upstream: Upstream) -> str:
 def _upstream_cluster(
     upstream: Upstream, overrides: Overrides, gateway: GatewaySettings
 ) -> dict[str, Any]:
-    ip = _is_ip(upstream.host)
+    ip = is_ip_address(upstream.host)
     cluster: dict[str, Any] = {
         "name": upstream.cluster,
         # LOGICAL_DNS: one connection pool per provider whose hosts rotate
@@ -917,7 +919,7 @@ def _failover_cluster(
                 else _RAW_BUFFER,
             },
         )
-    any_dns = any(not _is_ip(u.host) for u in chain)
+    any_dns = any(not is_ip_address(u.host) for u in chain)
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS" if any_dns else "STATIC",
@@ -957,7 +959,7 @@ def _upstream_http_options(tls: bool) -> dict[str, Any]:
 
 
 def _upstream_tls(upstream: Upstream, overrides: Overrides) -> dict[str, Any]:
-    ip = _is_ip(upstream.host)
+    ip = is_ip_address(upstream.host)
     tls: dict[str, Any] = {
         "@type": _T_TLS,
         "common_tls_context": {

@@ -25,7 +25,6 @@ A config that spells a key out is refused.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import shlex
 from collections.abc import Iterator, Sequence
@@ -35,7 +34,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ext_proc.bootstrap import EXT_PROC_HEALTH_CHECK, bootstrap_dict, buffer_limit_bytes
+from ext_proc.bootstrap import (
+    EXT_PROC_HEALTH_CHECK,
+    bootstrap_dict,
+    buffer_limit_bytes,
+    is_ip_address,
+)
 from ext_proc.config import Config, Listener
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
 from ext_proc.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE
@@ -745,16 +749,8 @@ def route_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
     return manifests
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _backend(name: str, upstream: Upstream, options: KubernetesOptions) -> Manifest:
-    if _is_ip(upstream.host):
+    if is_ip_address(upstream.host):
         endpoint = {"ip": {"address": upstream.host, "port": upstream.port}}
     else:
         endpoint = {"fqdn": {"hostname": upstream.host.lower(), "port": upstream.port}}
@@ -767,7 +763,7 @@ def _backend(name: str, upstream: Upstream, options: KubernetesOptions) -> Manif
 
 
 def _backend_tls_policy(name: str, upstream: Upstream, options: KubernetesOptions) -> Manifest:
-    if _is_ip(upstream.host):
+    if is_ip_address(upstream.host):
         raise ValueError(
             f"upstream {upstream.host}: a BackendTLSPolicy verifies a DNS name, not an IP address"
         )
