@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
-from ext_proc.bootstrap import bootstrap_dict  # noqa: E402
 from ext_proc.config import load_config  # noqa: E402
-from ext_proc.envoy_process import EnvoyProcess, find_envoy_binary  # noqa: E402
-from ext_proc.server import GRPC_SERVER_ENV  # noqa: E402
+from ext_proc.deploy.bootstrap import bootstrap_dict  # noqa: E402
+from ext_proc.deploy.envoy_process import EnvoyProcess, find_envoy_binary  # noqa: E402
+from ext_proc.server.service import GRPC_SERVER_ENV  # noqa: E402
 
 CLIENT_KEY = "sk-bench-" + secrets.token_hex(24)
 """The clients' bearer token; LiteLLM's proxy refuses to start without a master key."""

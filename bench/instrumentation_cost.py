@@ -36,9 +36,9 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
     import asyncio
     import timeit
 
-    from ext_proc import observe, tracing
-    from ext_proc.processor import RequestProcessor
-    from ext_proc.resolve import build_routing_table
+    from ext_proc.routing.resolve import build_routing_table
+    from ext_proc.server.processor import RequestProcessor
+    from ext_proc.telemetry import observe, tracing
     from tests.factories import config, provider
     from tests.metrics_worker import chat_messages
 
@@ -46,7 +46,7 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
         for name in ("started", "routed", "answered", "failed"):
             setattr(observe.RequestTelemetry, name, lambda *args, **kwargs: None)
     if case == "metrics, multiprocess":
-        from ext_proc.metrics import use_multiprocess_dir
+        from ext_proc.telemetry.metrics import use_multiprocess_dir
 
         use_multiprocess_dir()
     if case == "tracing":
@@ -73,9 +73,9 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
     run()  # first use creates the recorder and its series
     whole = min(timeit.repeat(run, number=number, repeat=repeat)) / number * 1e6
 
-    from ext_proc.endpoints import Endpoint
-    from ext_proc.messages import header_map
-    from ext_proc.mutate import plan_request
+    from ext_proc.routing.endpoints import Endpoint
+    from ext_proc.routing.plan import plan_request
+    from ext_proc.server.messages import header_map
 
     headers = header_map(messages[0].request_headers)
     plan = plan_request(table, Endpoint.CHAT_COMPLETIONS, headers, messages[1].request_body.body)

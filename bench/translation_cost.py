@@ -28,11 +28,11 @@ from typing import Any
 
 import yaml
 
-from ext_proc import echo
-from ext_proc.bootstrap import TRANSLATION_FILTER, bootstrap_dict
 from ext_proc.config import load_config
-from ext_proc.echo import EchoUpstream
-from ext_proc.envoy_process import EnvoyProcess
+from ext_proc.deploy import echo
+from ext_proc.deploy.bootstrap import TRANSLATION_FILTER, bootstrap_dict
+from ext_proc.deploy.echo import EchoUpstream
+from ext_proc.deploy.envoy_process import EnvoyProcess
 from ext_proc.translate import anthropic_to_openai, openai_to_anthropic
 from tests.fake_providers import (
     anthropic_message,

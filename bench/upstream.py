@@ -3,7 +3,7 @@
 The benchmark measures what sits in front of the upstream, so the upstream must
 cost next to nothing: a raw ``asyncio.Protocol`` that finds the end of each
 HTTP/1.1 request with two byte searches and writes a prebuilt response. The
-threaded echo provider (``ext_proc/echo.py``) parses JSON and spawns a thread per
+threaded echo provider (``ext_proc/deploy/echo.py``) parses JSON and spawns a thread per
 connection, and would be the bottleneck.
 
 Run it as its own process, so its CPU never mixes with the harness's:

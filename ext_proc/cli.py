@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
-from ext_proc.endpoints import classify
 from ext_proc.errors import GatewayError
-from ext_proc.mutate import CREDENTIAL_HEADERS, parse_body, plan_request, requested_model
-from ext_proc.providers import Upstream, upstream_for
-from ext_proc.resolve import AUTO_MODELS, build_routing_table, resolve_model
 from ext_proc.router.factory import RouterUnavailableError, build_router, routes_of
 from ext_proc.router.tokenizer import ModelFilesError
+from ext_proc.routing.catalog import Upstream, upstream_for
+from ext_proc.routing.endpoints import classify
+from ext_proc.routing.plan import CREDENTIAL_HEADERS, parse_body, plan_request, requested_model
+from ext_proc.routing.resolve import AUTO_MODELS, build_routing_table, resolve_model
 
 if TYPE_CHECKING:
-    from ext_proc.observe import ProcessObservability
+    from ext_proc.telemetry.observe import ProcessObservability
 
 __all__ = ["main"]
 
@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the port with other processes (SO_REUSEPORT); each worker does",
     )
-    # A worker's second, private port (see ext_proc.workers); set by its parent.
+    # A worker's second, private port (see ext_proc.server.workers); set by its parent.
     serve.add_argument("--own-port", type=int, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
@@ -197,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- metrics and tracing (transport-independent; see ext_proc/observe.py) -----
+# --- metrics and tracing (transport-independent; see ext_proc/telemetry/observe.py) -----
 
 
 def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,8 +225,8 @@ def _metrics_port(value: str) -> int | str:
 def _start_observability(config: Config, args: argparse.Namespace) -> ProcessObservability:
     """Before any metric exists: one metrics directory for this process and the
     workers it may start; then the endpoint and tracing."""
-    from ext_proc.metrics import use_multiprocess_dir
-    from ext_proc.observe import ProcessObservability
+    from ext_proc.telemetry.metrics import use_multiprocess_dir
+    from ext_proc.telemetry.observe import ProcessObservability
 
     use_multiprocess_dir()
     port = config.gateway.metrics_port if args.metrics_port is None else args.metrics_port
@@ -323,7 +323,7 @@ def _split_address(value: str) -> tuple[str, int]:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from ext_proc.bootstrap import render_bootstrap
+    from ext_proc.deploy.bootstrap import render_bootstrap
 
     if args.kubernetes:
         return _render_kubernetes(args)
@@ -345,7 +345,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _render_kubernetes(args: argparse.Namespace) -> int:
-    from ext_proc.kubernetes import (
+    from ext_proc.deploy.kubernetes import (
         DEFAULT_IMAGE,
         DEFAULT_NAMESPACE,
         KubernetesOptions,
@@ -568,9 +568,9 @@ def _cmd_router_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ext_proc.health import DEFAULT_DRAIN_S
-    from ext_proc.server import serve_forever
-    from ext_proc.workers import default_workers
+    from ext_proc.server.health import DEFAULT_DRAIN_S
+    from ext_proc.server.service import serve_forever
+    from ext_proc.server.workers import default_workers
 
     config = load_config(args.config)
     workers = default_workers() if args.workers is None else args.workers
@@ -615,7 +615,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 async def _serve_workers(
     path: Path, host: str, port: int, workers: int, verbose: bool, drain_s: float
 ) -> int:
-    from ext_proc.workers import READY_LINE, WorkerPool
+    from ext_proc.server.workers import READY_LINE, WorkerPool
 
     pool = WorkerPool(path, host, port, workers, verbose=verbose, drain_s=drain_s)
     bound = await pool.start()
@@ -667,7 +667,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from ext_proc.workers import default_workers
+    from ext_proc.server.workers import default_workers
 
     workers = default_workers(beside_envoy=True) if args.workers is None else args.workers
     observability = _start_observability(config, args)
@@ -696,11 +696,11 @@ async def _up(
     verbose: bool,
     observability: ProcessObservability,
 ) -> int:
-    from ext_proc.bootstrap import render_bootstrap
-    from ext_proc.echo import EchoUpstream
-    from ext_proc.envoy_process import EnvoyProcess
-    from ext_proc.health import wait_until_serving
-    from ext_proc.workers import WorkerPool
+    from ext_proc.deploy.bootstrap import render_bootstrap
+    from ext_proc.deploy.echo import EchoUpstream
+    from ext_proc.deploy.envoy_process import EnvoyProcess
+    from ext_proc.server.health import wait_until_serving
+    from ext_proc.server.workers import WorkerPool
 
     stack = contextlib.ExitStack()
     echoes: list[EchoUpstream] = []

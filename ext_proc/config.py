@@ -1282,7 +1282,7 @@ class _Loader:
     def provider(
         self, node: yaml.Node, path: str, inline: list[_PreferenceEntry]
     ) -> ProviderConfig | None:
-        from ext_proc.providers import CATALOG, PROVIDERS_REQUIRING_BASE_URL
+        from ext_proc.routing.catalog import CATALOG, PROVIDERS_REQUIRING_BASE_URL
 
         fields = self.mapping(node, path, _PROVIDER_KEYS)
         if fields is None:
@@ -1560,7 +1560,7 @@ class _Loader:
         self, node: yaml.Node, path: str, primary: str, providers: Sequence[ProviderConfig]
     ) -> tuple[str, ...]:
         """The fallback models of ``primary``, each as ``provider/model``."""
-        from ext_proc.providers import WireAPI, spec_for
+        from ext_proc.routing.catalog import WireAPI, spec_for
 
         items = self.sequence(node, path)
         if items is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ext_proc.providers import WireAPI
+from ext_proc.routing.catalog import WireAPI
 
 __all__ = ["GatewayError", "error_body"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ext_proc.echo import ReceivedRequest, ThreadedUpstream
+from ext_proc.deploy.echo import ReceivedRequest, ThreadedUpstream
 
 __all__ = [
     "ANTHROPIC_MODEL_VERSION",

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ext_proc.bootstrap import render_bootstrap
 from ext_proc.config import Config, load_config
-from ext_proc.echo import EchoUpstream, ReceivedRequest
-from ext_proc.envoy_process import EnvoyProcess
+from ext_proc.deploy.bootstrap import render_bootstrap
+from ext_proc.deploy.echo import EchoUpstream, ReceivedRequest
+from ext_proc.deploy.envoy_process import EnvoyProcess
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
-from ext_proc.server import RunningServer, start_server
+from ext_proc.server.service import RunningServer, start_server
 
 RouterFactory = Callable[[Config], ConfiguredRouter | None]
 

@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
 )
 
-from ext_proc.metrics import use_multiprocess_dir
+from ext_proc.telemetry.metrics import use_multiprocess_dir
 
 
 def chat_messages(model: str | None) -> list[ProcessingRequest]:
@@ -42,8 +42,8 @@ def chat_messages(model: str | None) -> list[ProcessingRequest]:
 
 async def _route(config_path: str, count: int) -> None:
     from ext_proc.config import load_config
-    from ext_proc.processor import RequestProcessor
-    from ext_proc.resolve import build_routing_table
+    from ext_proc.routing.resolve import build_routing_table
+    from ext_proc.server.processor import RequestProcessor
 
     table = build_routing_table(load_config(config_path))
     for _ in range(count):

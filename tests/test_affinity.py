@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
-from ext_proc import affinity
-from ext_proc.affinity import AffinityCache, Pin, session_key
 from ext_proc.config import AffinitySettings, RoutingPreference, load_config_text
-from ext_proc.processor import RequestProcessor
-from ext_proc.resolve import Resolution, RoutingTable, build_routing_table
+from ext_proc.routing import affinity
+from ext_proc.routing.affinity import AffinityCache, Pin, session_key
+from ext_proc.routing.resolve import Resolution, RoutingTable, build_routing_table
+from ext_proc.server.processor import RequestProcessor
 from tests.factories import config, provider
 from tests.metrics_worker import chat_messages
 

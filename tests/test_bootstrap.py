@@ -29,7 +29,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
-from ext_proc.bootstrap import (
+from ext_proc.config import Config, GatewaySettings, Listener, Overrides, ProviderConfig
+from ext_proc.deploy.bootstrap import (
     BUFFER_HEADROOM_BYTES,
     CLIENT_PATH_HEADER,
     EXT_PROC_CLUSTER,
@@ -38,8 +39,7 @@ from ext_proc.bootstrap import (
     bootstrap_dict,
     render_bootstrap,
 )
-from ext_proc.config import Config, GatewaySettings, Listener, Overrides, ProviderConfig
-from ext_proc.envoy_process import (
+from ext_proc.deploy.envoy_process import (
     ENVOY_BINARY_ENV,
     EnvoyError,
     EnvoyNotFoundError,
@@ -48,7 +48,7 @@ from ext_proc.envoy_process import (
     validate_bootstrap,
 )
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
-from ext_proc.providers import upstream_for
+from ext_proc.routing.catalog import upstream_for
 
 SECRET = "sk-archway-test-secret-do-not-render"
 
@@ -439,7 +439,7 @@ def test_wait_ready_fails_fast_with_envoys_output(envoy_log: Path) -> None:
 _ORPHANING_PARENT = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from ext_proc.envoy_process import EnvoyProcess
+from ext_proc.deploy.envoy_process import EnvoyProcess
 envoy = EnvoyProcess(output=sys.argv[2])
 envoy.start(sys.stdin.read())
 envoy.wait_ready(timeout_s=20)
@@ -715,7 +715,7 @@ def test_ext_proc_immediate_response_is_untouched(gateway: _Gateway) -> None:
     assert body == {"from": "archway"}
 
 
-# Why response translation has a filter of its own (see ext_proc.bootstrap): Envoy
+# Why response translation has a filter of its own (see ext_proc.deploy.bootstrap): Envoy
 # switches response processing on only when asked in answer to a headers message.
 
 

@@ -25,9 +25,9 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
 )
 
-from ext_proc.bootstrap import render_bootstrap
 from ext_proc.cli import main
 from ext_proc.config import load_config
+from ext_proc.deploy.bootstrap import render_bootstrap
 from tests.metrics_scrape import sample_key, scrape
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 
-from ext_proc.echo import EchoUpstream
+from ext_proc.deploy.echo import EchoUpstream
 from tests.gateway import (
     LOOPBACK_LISTENER,
     OPENAI_AND_ANTHROPIC,

@@ -18,10 +18,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
-from ext_proc import server
-from ext_proc.bootstrap import TRANSLATION_STAT_PREFIX
-from ext_proc.echo import ReceivedRequest
-from ext_proc.processor import RequestProcessor
+from ext_proc.deploy.bootstrap import TRANSLATION_STAT_PREFIX
+from ext_proc.deploy.echo import ReceivedRequest
+from ext_proc.server import service as server
+from ext_proc.server.processor import RequestProcessor
 from tests.fake_providers import (
     ANTHROPIC_MODEL_VERSION,
     REPLY_TEXT,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from ext_proc.bootstrap import EXT_PROC_CLUSTER, render_bootstrap
 from ext_proc.config import load_config
-from ext_proc.envoy_process import validate_bootstrap
+from ext_proc.deploy.bootstrap import EXT_PROC_CLUSTER, render_bootstrap
+from ext_proc.deploy.envoy_process import validate_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"

@@ -14,9 +14,9 @@ import anthropic
 import openai
 import pytest
 
-from ext_proc.bootstrap import bootstrap_dict
 from ext_proc.config import load_config_text
-from ext_proc.envoy_process import validate_bootstrap
+from ext_proc.deploy.bootstrap import bootstrap_dict
+from ext_proc.deploy.envoy_process import validate_bootstrap
 from tests.fake_providers import FakeProvider, Reply
 from tests.gateway import Gateway, start_gateway, stop_gateway
 

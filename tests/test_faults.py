@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ext_proc.echo import EchoUpstream
+from ext_proc.deploy.echo import EchoUpstream
 from tests.gateway import ServerThread, start_gateway, stop_gateway
 
 CONFIG = """

@@ -17,8 +17,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ext_proc.processor import RequestProcessor
-from ext_proc.resolve import build_routing_table
+from ext_proc.routing.resolve import build_routing_table
+from ext_proc.server.processor import RequestProcessor
 from tests.factories import config, provider
 
 TABLE = build_routing_table(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from ext_proc.h2grpc import GrpcError, H2GrpcServer, StreamStatus
+from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 
 PATH = "/test.Echo/Chat"
 LIMIT = 1024 * 1024
@@ -189,7 +189,7 @@ def test_streams_over_the_advertised_limit_are_refused() -> None:
 def test_a_stream_task_starts_at_once_and_keeps_one_context() -> None:
     import contextvars
 
-    from ext_proc.h2grpc import _start_task
+    from ext_proc.transport.h2grpc import _start_task
 
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
     seen: list[str] = []
@@ -229,7 +229,7 @@ def test_a_stream_task_starts_at_once_and_keeps_one_context() -> None:
 def test_header_decoder_agrees_with_hpack() -> None:
     from hpack import Encoder
 
-    from ext_proc.h2grpc import _HeaderDecoder
+    from ext_proc.transport.h2grpc import _HeaderDecoder
 
     encoder, decoder = Encoder(), _HeaderDecoder()
     blocks = [
@@ -247,7 +247,7 @@ def test_header_decoder_agrees_with_hpack() -> None:
 
 
 def test_header_decoder_rejects_broken_blocks() -> None:
-    from ext_proc.h2grpc import _DecodeError, _HeaderDecoder
+    from ext_proc.transport.h2grpc import _DecodeError, _HeaderDecoder
 
     for block in (b"\x80", b"\xff\xff\xff\xff\xff\xff\x7f", b"\x04\x85ab", b"\xbe"):
         with pytest.raises(_DecodeError):
@@ -266,8 +266,8 @@ def test_new_streams_take_the_servicers_current_table(
         ProcessingResponse,
     )
 
-    from ext_proc.resolve import build_routing_table
-    from ext_proc.server import GRPC_SERVER_ENV, PROCESS_PATH, start_server
+    from ext_proc.routing.resolve import build_routing_table
+    from ext_proc.server.service import GRPC_SERVER_ENV, PROCESS_PATH, start_server
     from tests.factories import config, provider
 
     monkeypatch.setenv(GRPC_SERVER_ENV, transport)

@@ -23,10 +23,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ext_proc.bootstrap import EXT_PROC_CLUSTER, EXT_PROC_HEALTH_CHECK, render_bootstrap
 from ext_proc.config import load_config_text
-from ext_proc.echo import EchoUpstream
-from ext_proc.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE, HEALTH_SERVICES
+from ext_proc.deploy.bootstrap import EXT_PROC_CLUSTER, EXT_PROC_HEALTH_CHECK, render_bootstrap
+from ext_proc.deploy.echo import EchoUpstream
+from ext_proc.server.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE, HEALTH_SERVICES
 from tests.gateway import Gateway, start_gateway, stop_gateway
 
 ARCHWAY = [sys.executable, "-m", "ext_proc.cli"]

@@ -22,14 +22,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ext_proc.bootstrap import EXT_PROC_CLUSTER, EXT_PROC_HEALTH_CHECK, buffer_limit_bytes
 from ext_proc.cli import main
 from ext_proc.config import Config, ConfigError, load_config, load_config_text
-from ext_proc.echo import EchoUpstream
-from ext_proc.envoy_process import EnvoyProcess, validate_bootstrap
-from ext_proc.headers import ROUTE_HEADER
-from ext_proc.health import EXT_PROC_SERVICE
-from ext_proc.kubernetes import (
+from ext_proc.deploy.bootstrap import EXT_PROC_CLUSTER, EXT_PROC_HEALTH_CHECK, buffer_limit_bytes
+from ext_proc.deploy.echo import EchoUpstream
+from ext_proc.deploy.envoy_process import EnvoyProcess, validate_bootstrap
+from ext_proc.deploy.kubernetes import (
     ARCHWAY_NAME,
     ENVOY_PROBE_PORT,
     SECRET_NAME,
@@ -41,7 +39,9 @@ from ext_proc.kubernetes import (
     kubernetes_files,
     secret_command,
 )
-from ext_proc.providers import upstream_for
+from ext_proc.headers import ROUTE_HEADER
+from ext_proc.routing.catalog import upstream_for
+from ext_proc.server.health import EXT_PROC_SERVICE
 from tests.gateway import ServerThread
 from tests.kubernetes_schemas import SCHEMAS
 
@@ -578,7 +578,7 @@ def _envoy_routes_from_http_routes(routes: list[Manifest]) -> list[dict[str, Any
 
 
 def test_the_header_routes_route_after_archway_decides(tmp_path: Path) -> None:
-    from ext_proc.bootstrap import bootstrap_dict
+    from ext_proc.deploy.bootstrap import bootstrap_dict
 
     with EchoUpstream(name="openai") as openai, EchoUpstream(name="anthropic") as anthropic:
         text = TWO_UPSTREAMS.format(openai=openai.base_url, anthropic=anthropic.base_url)

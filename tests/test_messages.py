@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ext_proc import messages
+from ext_proc.server import messages
 
 
 def test_responses_do_not_share_cached_options() -> None:

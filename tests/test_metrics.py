@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ext_proc import metrics
 from ext_proc.config import load_config
-from ext_proc.metrics import start_metrics_endpoint
-from ext_proc.processor import RequestProcessor
-from ext_proc.reload import ConfigReloader
-from ext_proc.resolve import build_routing_table
+from ext_proc.routing.resolve import build_routing_table
+from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.reload import ConfigReloader
+from ext_proc.telemetry import metrics
+from ext_proc.telemetry.metrics import start_metrics_endpoint
 from tests.factories import config, provider
 from tests.metrics_scrape import delta, requests_key, sample_key, scrape
 from tests.metrics_worker import chat_messages
@@ -105,8 +105,8 @@ def test_every_configured_model_has_its_series_before_its_first_request(
 
 
 def test_router_calls_are_timed_and_counted(endpoint: metrics.MetricsEndpoint) -> None:
-    from ext_proc.observe import RequestTelemetry
     from ext_proc.router import RouteChoice
+    from ext_proc.telemetry.observe import RequestTelemetry
 
     async def choose() -> RouteChoice:
         await asyncio.sleep(0.02)

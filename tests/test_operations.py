@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ext_proc import tracing
-from ext_proc.metrics import MetricsEndpoint, start_metrics_endpoint
+from ext_proc.telemetry import tracing
+from ext_proc.telemetry.metrics import MetricsEndpoint, start_metrics_endpoint
 from tests.fake_providers import FakeProvider, Reply
 from tests.gateway import Gateway, start_gateway, stop_gateway
 from tests.metrics_scrape import delta, requests_key, sample_key, scrape

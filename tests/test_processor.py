@@ -15,8 +15,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
-from ext_proc.processor import RequestProcessor as _AsyncProcessor
-from ext_proc.resolve import build_routing_table
+from ext_proc.routing.resolve import build_routing_table
+from ext_proc.server.processor import RequestProcessor as _AsyncProcessor
 from tests.factories import config, provider
 
 
@@ -221,7 +221,7 @@ def test_bodyless_llm_request_is_answered_from_headers() -> None:
 
 
 def test_unexpected_failure_is_a_500_json_not_a_raise(monkeypatch) -> None:
-    import ext_proc.processor as processor
+    import ext_proc.server.processor as processor
 
     def boom(*args, **kwargs):
         raise RuntimeError("bug")

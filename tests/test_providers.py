@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ext_proc.providers import CATALOG, WireAPI, auth_headers, request_path, upstream_for
+from ext_proc.routing.catalog import CATALOG, WireAPI, auth_headers, request_path, upstream_for
 from tests.factories import provider
 
 REAL = {

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 from ext_proc.config import load_config
-from ext_proc.echo import EchoUpstream
-from ext_proc.reload import ConfigReloader
+from ext_proc.deploy.echo import EchoUpstream
+from ext_proc.server.reload import ConfigReloader
 from tests.gateway import start_gateway, stop_gateway
 
 TEMPLATE = """

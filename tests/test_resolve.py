@@ -4,7 +4,7 @@ import pytest
 
 from ext_proc.config import RoutingPreference
 from ext_proc.errors import GatewayError
-from ext_proc.resolve import Resolution, build_routing_table, resolve_model
+from ext_proc.routing.resolve import Resolution, build_routing_table, resolve_model
 from tests.factories import config, provider
 
 

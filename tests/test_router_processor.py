@@ -9,8 +9,8 @@ import json
 import pytest
 
 from ext_proc.config import RoutingPreference
-from ext_proc.processor import RequestProcessor
-from ext_proc.resolve import build_routing_table
+from ext_proc.routing.resolve import build_routing_table
+from ext_proc.server.processor import RequestProcessor
 from tests.factories import config, provider
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 from tests.test_processor import body_msg, headers_msg, immediate, mutation

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ext_proc.bootstrap import render_bootstrap
 from ext_proc.cli import main
 from ext_proc.config import load_config
-from ext_proc.echo import EchoUpstream
+from ext_proc.deploy.bootstrap import render_bootstrap
+from ext_proc.deploy.echo import EchoUpstream
 from tests.gateway import start_gateway, stop_gateway
 
 OPENAI_KEY = "sk-proj-SECRET-openai-0123456789"

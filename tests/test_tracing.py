@@ -13,14 +13,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from ext_proc import tracing
-from ext_proc.bootstrap import OTEL_COLLECTOR_CLUSTER, bootstrap_dict, render_bootstrap
 from ext_proc.config import load_config_text
-from ext_proc.envoy_process import validate_bootstrap
-from ext_proc.observe import RequestTelemetry
-from ext_proc.processor import RequestProcessor
-from ext_proc.resolve import build_routing_table
+from ext_proc.deploy.bootstrap import OTEL_COLLECTOR_CLUSTER, bootstrap_dict, render_bootstrap
+from ext_proc.deploy.envoy_process import validate_bootstrap
 from ext_proc.router import RouteChoice
+from ext_proc.routing.resolve import build_routing_table
+from ext_proc.server.processor import RequestProcessor
+from ext_proc.telemetry import tracing
+from ext_proc.telemetry.observe import RequestTelemetry
 from tests.factories import config, provider
 from tests.metrics_worker import chat_messages
 

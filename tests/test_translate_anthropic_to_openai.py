@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ext_proc.errors import GatewayError
-from ext_proc.providers import WireAPI
+from ext_proc.routing.catalog import WireAPI
 from ext_proc.translate import TranslationContext, translate_request
 from ext_proc.translate.anthropic_to_openai import (
     StreamTranslator,

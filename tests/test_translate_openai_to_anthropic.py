@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ext_proc.errors import GatewayError
-from ext_proc.providers import WireAPI
+from ext_proc.routing.catalog import WireAPI
 from ext_proc.translate import TranslationContext, stream_translator, translate_request
 from ext_proc.translate.openai_to_anthropic import (
     DEFAULT_MAX_TOKENS,

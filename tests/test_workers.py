@@ -16,7 +16,7 @@ from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
-from ext_proc.workers import WorkerError, WorkerPool, default_workers
+from ext_proc.server.workers import WorkerError, WorkerPool, default_workers
 from tests.test_cli import _children, _is_zombie, _read_until
 
 SERVE = [sys.executable, "-m", "ext_proc.cli", "serve"]
@@ -53,7 +53,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_default_is_one_worker_per_core() -> None:
-    from ext_proc.workers import cgroup_cpu_limit
+    from ext_proc.server.workers import cgroup_cpu_limit
 
     cores = len(os.sched_getaffinity(0))
     if cgroup_cpu_limit() is None:
@@ -169,7 +169,7 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
 
 
 def test_a_cgroup_cpu_quota_caps_the_default(tmp_path: Path) -> None:
-    from ext_proc.workers import cgroup_cpu_limit
+    from ext_proc.server.workers import cgroup_cpu_limit
 
     v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
     missing = tmp_path / "missing"

@@ -6,7 +6,7 @@ One module per direction, named after who talks to whom:
 processor calls it. Pure: no protobuf, no I/O.
 
 The request is translated in the routing filter's body phase. The response is
-translated by a second ext_proc stream (see ``ext_proc.bootstrap``), which
+translated by a second ext_proc stream (see ``ext_proc.deploy.bootstrap``), which
 learns the direction from ``TranslationContext.header_value()`` echoed onto
 the response as ``TRANSLATE_HEADER``.
 """
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ext_proc.providers import WireAPI
+from ext_proc.routing.catalog import WireAPI
 from ext_proc.translate import anthropic_to_openai, openai_to_anthropic
 from ext_proc.translate.common import dumps
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.errors import GatewayError
-from ext_proc.providers import WireAPI
+from ext_proc.routing.catalog import WireAPI
 from ext_proc.translate.common import (
     as_dict,
     as_list,

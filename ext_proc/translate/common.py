@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.providers import WireAPI
+from ext_proc.routing.catalog import WireAPI
 
 __all__ = [
     "UpstreamError",

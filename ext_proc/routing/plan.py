@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ext_proc.endpoints import Endpoint
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
     DECISION_MODEL,
@@ -27,8 +26,9 @@ from ext_proc.headers import (
     ROUTE_HEADER,
     TRANSLATE_HEADER,
 )
-from ext_proc.providers import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
-from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.routing.catalog import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
+from ext_proc.routing.endpoints import Endpoint
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
 from ext_proc.translate import TranslationContext, translate_request
 
 __all__ = [

@@ -10,8 +10,8 @@ import json
 from enum import StrEnum
 
 from ext_proc.errors import GatewayError
-from ext_proc.providers import WireAPI
-from ext_proc.resolve import RoutingTable
+from ext_proc.routing.catalog import WireAPI
+from ext_proc.routing.resolve import RoutingTable
 
 __all__ = ["Endpoint", "classify", "client_api", "models_listing"]
 

@@ -33,7 +33,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ext_proc.envoy_process import parent_death_prefix
+from ext_proc.deploy.envoy_process import parent_death_prefix
 
 __all__ = ["READY_LINE", "WorkerError", "WorkerPool", "default_workers"]
 

@@ -40,9 +40,9 @@ from ext_proc.headers import (
     UPSTREAM_PHASE,
     UPSTREAM_PHASE_KEY,
 )
-from ext_proc.health import EXT_PROC_SERVICE
-from ext_proc.providers import Upstream, failover_cluster_name, upstream_for
-from ext_proc.resolve import build_routing_table, failover_chains
+from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_for
+from ext_proc.routing.resolve import build_routing_table, failover_chains
+from ext_proc.server.health import EXT_PROC_SERVICE
 
 __all__ = [
     "ACCESS_LOG_FORMAT",

@@ -24,7 +24,6 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
-from ext_proc import messages
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
     DECISION_FALLBACK,
@@ -32,9 +31,10 @@ from ext_proc.headers import (
     DECISION_PROVIDER,
     FALLBACK_CHAIN,
 )
-from ext_proc.mutate import rewrite_model, upstream_headers
-from ext_proc.observe import AttemptTelemetry
-from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.routing.plan import rewrite_model, upstream_headers
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.server import messages
+from ext_proc.telemetry.observe import AttemptTelemetry
 
 __all__ = ["ATTEMPT_HEADER", "AttemptProcessor"]
 

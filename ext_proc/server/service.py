@@ -26,17 +26,22 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.message import DecodeError
 
-from ext_proc import tracing
 from ext_proc.config import Config
-from ext_proc.failover import AttemptProcessor
-from ext_proc.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 from ext_proc.headers import UPSTREAM_PHASE, UPSTREAM_PHASE_KEY
-from ext_proc.health import DEFAULT_DRAIN_S, HEALTH_CHECK_PATH, HealthCheckStream, ServerHealth
-from ext_proc.processor import RequestProcessor
-from ext_proc.reload import ConfigReloader
-from ext_proc.resolve import RoutingTable, build_routing_table
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
+from ext_proc.routing.resolve import RoutingTable, build_routing_table
+from ext_proc.server.attempt import AttemptProcessor
+from ext_proc.server.health import (
+    DEFAULT_DRAIN_S,
+    HEALTH_CHECK_PATH,
+    HealthCheckStream,
+    ServerHealth,
+)
+from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.reload import ConfigReloader
+from ext_proc.telemetry import tracing
+from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 
 __all__ = [
     "GRPC_SERVER_ENV",

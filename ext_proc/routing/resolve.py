@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from ext_proc.config import Config, ProviderConfig
 from ext_proc.errors import GatewayError
-from ext_proc.providers import Upstream, failover_cluster_name, upstream_for
+from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_for
 
 __all__ = [
     "AUTO_MODELS",

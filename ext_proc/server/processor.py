@@ -30,8 +30,6 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     TrailersResponse,
 )
 
-from ext_proc import affinity, messages
-from ext_proc.endpoints import Endpoint, classify, client_api, models_listing
 from ext_proc.errors import GatewayError, error_body
 from ext_proc.headers import (
     AFFINITY_NEW,
@@ -41,13 +39,16 @@ from ext_proc.headers import (
     INTERNAL_PREFIX,
     TRANSLATE_HEADER,
 )
-from ext_proc.messages import ResponseBodyMode
-from ext_proc.mutate import parse_request, plan_request, requested_model
-from ext_proc.observe import RequestTelemetry
-from ext_proc.providers import WireAPI
-from ext_proc.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
 from ext_proc.router import RouteChoice
 from ext_proc.router.service import ConfiguredRouter
+from ext_proc.routing import affinity
+from ext_proc.routing.catalog import WireAPI
+from ext_proc.routing.endpoints import Endpoint, classify, client_api, models_listing
+from ext_proc.routing.plan import parse_request, plan_request, requested_model
+from ext_proc.routing.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
+from ext_proc.server import messages
+from ext_proc.server.messages import ResponseBodyMode
+from ext_proc.telemetry.observe import RequestTelemetry
 from ext_proc.translate import (
     StreamTranslator,
     TranslationContext,

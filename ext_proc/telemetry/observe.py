@@ -12,16 +12,16 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING
 
-from ext_proc import metrics, tracing
 from ext_proc.errors import GatewayError
-from ext_proc.resolve import RoutingDecision, RoutingTable, resolve_model
 from ext_proc.router import RouteChoice
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from ext_proc.config import Config
-    from ext_proc.mutate import RequestPlan
+    from ext_proc.routing.plan import RequestPlan
 
 __all__ = ["AttemptTelemetry", "ProcessObservability", "RequestTelemetry", "config_reloaded"]
 

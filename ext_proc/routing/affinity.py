@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ext_proc.config import AffinitySettings
 from ext_proc.errors import GatewayError
-from ext_proc.resolve import Resolution, RoutingDecision, RoutingTable, resolve_pinned
+from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable, resolve_pinned
 
 __all__ = ["AffinityCache", "Pin", "process_pins", "session_key"]
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ext_proc.bootstrap import bootstrap_dict
 from ext_proc.config import Config, ConfigError, load_config
-from ext_proc.observe import config_reloaded
+from ext_proc.deploy.bootstrap import bootstrap_dict
+from ext_proc.telemetry.observe import config_reloaded
 
 __all__ = ["ConfigReloader", "ReloadResult", "check_reloadable"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ext_proc.resolve import Resolution, RoutingDecision, RoutingTable
+from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

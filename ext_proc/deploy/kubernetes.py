@@ -34,17 +34,17 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ext_proc.bootstrap import (
+from ext_proc.config import Config, Listener
+from ext_proc.deploy.bootstrap import (
     EXT_PROC_HEALTH_CHECK,
     bootstrap_dict,
     buffer_limit_bytes,
     is_ip_address,
 )
-from ext_proc.config import Config, Listener
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
-from ext_proc.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE
-from ext_proc.mutate import CREDENTIAL_HEADERS
-from ext_proc.providers import Upstream, upstream_for
+from ext_proc.routing.catalog import Upstream, upstream_for
+from ext_proc.routing.plan import CREDENTIAL_HEADERS
+from ext_proc.server.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE
 
 __all__ = [
     "ARCHWAY_NAME",
