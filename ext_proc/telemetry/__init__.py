@@ -1,1 +1,1 @@
-"""telemetry"""
+"""What the gateway reports: Prometheus metrics, OpenTelemetry tracing, and the processors' reporting interface."""
