@@ -1,1 +1,3 @@
-"""What the gateway reports: Prometheus metrics, OpenTelemetry tracing, and the processors' reporting interface."""
+"""What the gateway reports: Prometheus metrics, OpenTelemetry tracing, and the processors'
+reporting interface.
+"""
