@@ -1,14 +1,15 @@
 """Errors a client sees, in the shape of the API it speaks.
 
-OpenAI: ``{"error": {"message", "type", "param", "code"}}``.
-Anthropic (``/v1/messages``): ``{"type": "error", "error": {"type", "message"}}``.
+Each wire API has its error shape (``ext_proc.apis.ErrorShape``): OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` or Anthropic's
+``{"type": "error", "error": {"type", "message"}}``.
 """
 
 from __future__ import annotations
 
 import json
 
-from ext_proc.routing.catalog import WireAPI
+from ext_proc.apis import ErrorShape, WireAPI
 
 __all__ = ["GatewayError", "error_body"]
 
@@ -60,7 +61,7 @@ class GatewayError(Exception):
 
 def error_body(api: WireAPI, error: GatewayError) -> bytes:
     """The JSON body of ``error`` as a client of ``api`` expects it."""
-    if api is WireAPI.ANTHROPIC:
+    if api.error_shape is ErrorShape.ANTHROPIC:
         payload: dict[str, object] = {
             "type": "error",
             "error": {"type": error.anthropic_type, "message": error.message},

@@ -7,16 +7,16 @@ import json
 from typing import Any
 
 import pytest
-
-from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
-from ext_proc.translate import TranslationContext, translate_request
 from ext_proc.translate.anthropic_to_openai import (
     StreamTranslator,
     translate_error,
     translate_response,
 )
 from ext_proc.translate.anthropic_to_openai import translate_request as to_openai
+
+from ext_proc.errors import GatewayError
+from ext_proc.routing.catalog import WireAPI
+from ext_proc.translate import TranslationContext, translate_request
 from ext_proc.translate.sse import SSEDecoder
 from tests.fake_providers import REPLY_TEXT, TOOL_ARGUMENTS, openai_completion, openai_stream
 

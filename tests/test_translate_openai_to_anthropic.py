@@ -7,10 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
-from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
-from ext_proc.translate import TranslationContext, stream_translator, translate_request
 from ext_proc.translate.openai_to_anthropic import (
     DEFAULT_MAX_TOKENS,
     StreamTranslator,
@@ -18,6 +14,10 @@ from ext_proc.translate.openai_to_anthropic import (
     translate_response,
 )
 from ext_proc.translate.openai_to_anthropic import translate_request as to_anthropic
+
+from ext_proc.errors import GatewayError
+from ext_proc.routing.catalog import WireAPI
+from ext_proc.translate import TranslationContext, stream_translator, translate_request
 from ext_proc.translate.sse import SSEDecoder
 from tests.fake_providers import REPLY_TEXT, TOOL_ARGUMENTS, anthropic_message, anthropic_stream
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides, TracingSettings
 from ext_proc.headers import (
     CLIENT_DECISION_HEADERS,
@@ -42,6 +43,7 @@ from ext_proc.headers import (
 )
 from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_for
 from ext_proc.routing.resolve import build_routing_table, failover_chains
+from ext_proc.server import modes
 from ext_proc.server.health import EXT_PROC_SERVICE
 
 __all__ = [
@@ -78,8 +80,6 @@ BUFFER_HEADROOM_BYTES = 256 * 1024
 framing or the protobuf envelope around a body."""
 
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
-
-ANTHROPIC_PATH_PREFIX = "/v1/messages"
 
 _EXT_PROC_CONNECT_TIMEOUT_S = 1.0
 
@@ -438,35 +438,12 @@ def _ext_proc_filter(gateway: GatewaySettings, *, upstream: bool = False) -> dic
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             **_ext_proc_service(gateway, upstream=upstream),
-            # Routing needs the headers and the whole body (the model is in the body).
-            # Responses are the translation filter's business. Upstream, the server
-            # skips the body of a first attempt and asks for the response headers
-            # only when a fallback answers, by mode overrides.
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SKIP",
-                "response_body_mode": "NONE",
-                "response_trailer_mode": "SKIP",
-            },
+            # Upstream, the server skips the body of a first attempt and asks for
+            # the response headers only when a fallback answers, by mode overrides.
+            "processing_mode": modes.ROUTING.envoy(),
             "allow_mode_override": True,
         },
     }
-
-
-_TRANSLATION_OFF: dict[str, str] = {
-    "request_header_mode": "SKIP",
-    "request_body_mode": "NONE",
-    "request_trailer_mode": "SKIP",
-    "response_header_mode": "SKIP",
-    "response_body_mode": "NONE",
-    "response_trailer_mode": "SKIP",
-}
-
-_TRANSLATION_ON: dict[str, str] = {**_TRANSLATION_OFF, "response_header_mode": "SEND"}
-"""Only the response headers; the server picks the body mode (streamed for SSE,
-buffered for JSON, none) from them with a mode override."""
 
 
 def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
@@ -476,7 +453,7 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
         "typed_config": {
             **_ext_proc_service(gateway),
             "stat_prefix": TRANSLATION_STAT_PREFIX,
-            "processing_mode": dict(_TRANSLATION_OFF),
+            "processing_mode": modes.TRANSLATION_OFF.envoy(),
             "allow_mode_override": True,
         },
     }
@@ -547,7 +524,7 @@ def _translated_route(headers: list[dict[str, Any]], action: dict[str, Any]) -> 
         "typed_per_filter_config": {
             TRANSLATION_FILTER: {
                 "@type": _T_EXT_PROC_PER_ROUTE,
-                "overrides": {"processing_mode": dict(_TRANSLATION_ON)},
+                "overrides": {"processing_mode": modes.TRANSLATION_ON.envoy()},
             }
         },
     }
@@ -695,14 +672,12 @@ def _runtime(value: int) -> dict[str, Any]:
 
 
 def _anthropic_request() -> dict[str, Any]:
-    return {
-        "header_filter": {
-            "header": {
-                "name": CLIENT_PATH_HEADER,
-                "string_match": {"prefix": ANTHROPIC_PATH_PREFIX},
-            }
-        }
-    }
+    """Matches requests whose client speaks an API with Anthropic's error shape."""
+    filters = [
+        {"header_filter": {"header": {"name": CLIENT_PATH_HEADER, "string_match": {"prefix": p}}}}
+        for p in path_prefixes(ErrorShape.ANTHROPIC)
+    ]
+    return filters[0] if len(filters) == 1 else {"or_filter": {"filters": filters}}
 
 
 def _local_reply_config(gateway: GatewaySettings) -> dict[str, Any]:

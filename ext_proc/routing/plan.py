@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
     DECISION_MODEL,
@@ -26,10 +27,16 @@ from ext_proc.headers import (
     ROUTE_HEADER,
     TRANSLATE_HEADER,
 )
-from ext_proc.routing.catalog import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
-from ext_proc.routing.endpoints import Endpoint
+from ext_proc.routing.catalog import (
+    auth_headers,
+    provider_api,
+    provider_dialect,
+    request_path,
+    spec_for,
+)
 from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
-from ext_proc.translate import TranslationContext, translate_request
+from ext_proc.translate import TranslationContext, translator_for
+from ext_proc.translate.common import encode_json
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -57,16 +64,6 @@ class RequestPlan:
     """The new body, or ``None`` when the client's body goes upstream unchanged."""
     translation: TranslationContext | None = None
     """Set when the body was translated to the provider's API."""
-
-
-_FOREIGN_HEADER_PREFIXES: dict[WireAPI, str] = {
-    WireAPI.OPENAI: "anthropic-",
-    WireAPI.ANTHROPIC: "openai-",
-}
-"""Client SDK headers that mean nothing to a provider of the other API."""
-
-_MAX_COMPLETION_TOKENS_PROVIDERS = frozenset({"openai", "azure_openai"})
-"""Providers whose reasoning models refuse ``max_tokens`` and want ``max_completion_tokens``."""
 
 
 def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -229,8 +226,7 @@ def upstream_headers(
     attempt's) credentials to drop."""
     provider = decision.provider
     spec = spec_for(provider)
-    api = spec.api if spec else WireAPI.OPENAI
-    set_headers = [(":path", request_path(provider, decision.upstream, api))]
+    set_headers = [(":path", request_path(provider, decision.upstream))]
     remove: list[str] = []
     if not provider.passthrough_auth:
         remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
@@ -269,9 +265,7 @@ def plan_request(
     if decision is None:
         decision = resolve_model(table, requested_model(data), route=route)
     provider = decision.provider
-    spec = spec_for(provider)
-    provider_api = spec.api if spec else WireAPI.OPENAI
-    client_api = endpoint.api
+    translator = translator_for(endpoint.api, provider_api(provider))
 
     set_headers = list(decision_headers(decision))
     if decision.route is not None and route_score is not None:
@@ -281,21 +275,21 @@ def plan_request(
 
     translation: TranslationContext | None = None
     new_body: bytes | None = None
-    if client_api is not provider_api:
+    if translator is not None:
         data["model"] = decision.upstream_model
-        translated, translation = translate_request(
-            client_api, provider_api, data, max_tokens_field=_max_tokens_field(spec)
-        )
+        translated, translation = translator.request(data, provider_dialect(provider))
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
-        foreign = _FOREIGN_HEADER_PREFIXES[provider_api]
-        remove.extend(h for h in headers if h.startswith(foreign))
+        # The client SDK's own headers mean nothing to a provider of another API.
+        foreign = translation.client.sdk_header_prefix
+        if foreign != translation.provider.sdk_header_prefix:
+            remove.extend(h for h in headers if h.startswith(foreign))
         # The response body must reach Archway readable: a compressed one could
         # not be translated.
         if "accept-encoding" in headers:
             remove.append("accept-encoding")
         if provider.passthrough_auth:
-            _passthrough_credentials(headers, provider_api, set_headers, remove)
-        new_body = _encode(translated)
+            _passthrough_credentials(headers, translation.provider, set_headers, remove)
+        new_body = encode_json(translated)
     elif data.get("model") != decision.upstream_model:
         span, text = parsed.model_span, parsed.text
         if span is not None and text is not None:
@@ -317,22 +311,7 @@ def rewrite_model(body: dict[str, Any], model: str) -> bytes | None:
     if body.get("model") == model:
         return None
     body["model"] = model
-    return _encode(body)
-
-
-def _encode(body: Mapping[str, Any]) -> bytes:
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate escape ("\ud800") is valid JSON but not encodable as
-        # UTF-8; re-escaping everything sends exactly what the client wrote.
-        return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _max_tokens_field(spec: ProviderSpec | None) -> str:
-    if spec is not None and spec.name in _MAX_COMPLETION_TOKENS_PROVIDERS:
-        return "max_completion_tokens"
-    return "max_tokens"
+    return encode_json(body)
 
 
 def _passthrough_credentials(

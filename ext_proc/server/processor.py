@@ -30,6 +30,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     TrailersResponse,
 )
 
+from ext_proc.apis import Endpoint, WireAPI, client_api
 from ext_proc.errors import GatewayError, error_body
 from ext_proc.headers import (
     AFFINITY_NEW,
@@ -42,18 +43,17 @@ from ext_proc.headers import (
 from ext_proc.router import RouteChoice
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing import affinity
-from ext_proc.routing.catalog import WireAPI
-from ext_proc.routing.endpoints import Endpoint, classify, client_api, models_listing
+from ext_proc.routing.endpoints import classify, listing_api, models_listing
 from ext_proc.routing.plan import parse_request, plan_request, requested_model
 from ext_proc.routing.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
 from ext_proc.server import messages
-from ext_proc.server.messages import ResponseBodyMode
+from ext_proc.server.modes import BodyMode
 from ext_proc.telemetry.observe import RequestTelemetry
 from ext_proc.translate import (
     StreamTranslator,
     TranslationContext,
-    stream_translator,
-    translate_error,
+    Translator,
+    context_from_header,
     translate_response,
 )
 from ext_proc.translate.sse import SSEError
@@ -70,15 +70,17 @@ _REQUEST_PHASES = frozenset({"request_headers", "request_body", "request_trailer
 class _ResponseTranslation:
     """The response side of one translated request."""
 
-    __slots__ = ("context", "created", "status", "stream")
+    __slots__ = ("context", "created", "status", "stream", "translator")
 
     def __init__(
         self,
+        translator: Translator,
         context: TranslationContext,
         status: int,
         created: int,
         stream: StreamTranslator | None = None,
     ) -> None:
+        self.translator = translator
         self.context = context
         self.status = status
         self.created = created
@@ -147,9 +149,9 @@ class RequestProcessor:
         self._api = client_api(path)
         endpoint = classify(headers.get(":method", "GET"), path)
         if endpoint is Endpoint.MODELS:
-            api = WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
             self._telemetry.answered()
-            return messages.immediate_response(200, models_listing(self._table, api))
+            listing = models_listing(self._table, listing_api(headers))
+            return messages.immediate_response(200, listing)
         if msg.end_of_stream:
             raise GatewayError(
                 400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"
@@ -222,11 +224,12 @@ class RequestProcessor:
 
     def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
-        context = TranslationContext.from_header(headers.get(TRANSLATE_HEADER))
-        if context is None:
+        found = context_from_header(headers.get(TRANSLATE_HEADER))
+        if found is None:
             # Nothing to translate: the route was picked on a client's forged
             # header before it was stripped. Leave the body alone.
             return messages.response_headers_response()
+        translator, context = found
         self._api = context.client
         remove = [TRANSLATE_HEADER]
         if msg.end_of_stream:
@@ -245,24 +248,24 @@ class RequestProcessor:
         if status >= 300:
             # Errors are small JSON (or text) bodies: rewritten whole, in the
             # client's error shape, with the upstream's status kept.
-            self._response = _ResponseTranslation(context, status, created)
+            self._response = _ResponseTranslation(translator, context, status, created)
             return messages.response_headers_response(
                 [("content-type", "application/json")],
                 remove,
-                body_mode=ResponseBodyMode.BUFFERED,
+                body_mode=BodyMode.BUFFERED,
             )
         if media_type == _SSE_TYPE:
-            stream = stream_translator(context, created=created)
-            self._response = _ResponseTranslation(context, status, created, stream)
+            stream = translator.stream(context, created=created)
+            self._response = _ResponseTranslation(translator, context, status, created, stream)
             # The translated stream has another length; Envoy sends it chunked.
             remove.append("content-length")
             return messages.response_headers_response(
-                remove_headers=remove, body_mode=ResponseBodyMode.STREAMED
+                remove_headers=remove, body_mode=BodyMode.STREAMED
             )
         if media_type == "application/json" or media_type.endswith("+json"):
-            self._response = _ResponseTranslation(context, status, created)
+            self._response = _ResponseTranslation(translator, context, status, created)
             return messages.response_headers_response(
-                remove_headers=remove, body_mode=ResponseBodyMode.BUFFERED
+                remove_headers=remove, body_mode=BodyMode.BUFFERED
             )
         return messages.response_headers_response(remove_headers=remove)
 
@@ -282,9 +285,11 @@ class RequestProcessor:
                 ) from None
             return messages.response_body_response(out)
         if translation.status >= 300:
-            body = translate_error(translation.context, translation.status, msg.body)
+            body = translation.translator.error(translation.status, msg.body)
         else:
-            body = translate_response(translation.context, msg.body, created=translation.created)
+            body = translate_response(
+                translation.translator, translation.context, msg.body, created=translation.created
+            )
         return messages.response_body_response(body, [("content-length", str(len(body)))])
 
     def _error(self, exc: GatewayError, phase: str | None) -> ProcessingResponse:
