@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from ext_proc.apis import Endpoint
 from ext_proc.errors import GatewayError
-from ext_proc.routing.endpoints import Endpoint
 from ext_proc.routing.plan import _scan_object, parse_body, plan_request
 from ext_proc.routing.resolve import build_routing_table
 from tests.factories import config, provider
