@@ -11,7 +11,7 @@ import json
 
 from ext_proc.apis import ErrorShape, WireAPI
 
-__all__ = ["GatewayError", "error_body"]
+__all__ = ["GatewayError", "error_body", "error_payload"]
 
 # Anthropic names its error types by status; OpenAI uses one type per family.
 _ANTHROPIC_TYPES = {
@@ -59,22 +59,23 @@ class GatewayError(Exception):
         return _ANTHROPIC_TYPES.get(self.status, "invalid_request_error")
 
 
+def error_payload(shape: ErrorShape, error: GatewayError) -> dict[str, object]:
+    """``error`` as a JSON object of ``shape``; Envoy's own error replies are
+    rendered from it too (``ext_proc.deploy.bootstrap``)."""
+    if shape is ErrorShape.ANTHROPIC:
+        return {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}}
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
 def error_body(api: WireAPI, error: GatewayError) -> bytes:
     """The JSON body of ``error`` as a client of ``api`` expects it."""
-    if api.error_shape is ErrorShape.ANTHROPIC:
-        payload: dict[str, object] = {
-            "type": "error",
-            "error": {"type": error.anthropic_type, "message": error.message},
-        }
-    else:
-        payload = {
-            "error": {
-                "message": error.message,
-                "type": error.openai_type,
-                "param": error.param,
-                "code": error.code,
-            }
-        }
     # ASCII escapes: a message may quote client input that is not valid UTF-8
     # (a lone surrogate escape), and an error must always encode.
-    return json.dumps(payload).encode()
+    return json.dumps(error_payload(api.error_shape, error)).encode()

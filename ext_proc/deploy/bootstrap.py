@@ -30,6 +30,7 @@ import yaml
 
 from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides, TracingSettings
+from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
     CLIENT_DECISION_HEADERS,
     CLIENT_PATH_HEADER,
@@ -594,43 +595,46 @@ def _failover_action(
 _UPSTREAM_UNAVAILABLE_FLAGS = ["UF", "UH", "URX", "UO", "UC", "UR"]
 
 
-def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], str, str, str, str]]:
+def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], GatewayError]]:
+    """Envoy's own error replies: what each matches, and the error it words,
+    with the status that picks the error's type in each API."""
     limit = gateway.max_request_body_bytes
     return [
         (
             _too_large_filter(),
-            "invalid_request_error",
-            "request_too_large",
-            "request_too_large",
-            f"Request body exceeds the gateway limit of {limit} bytes.",
+            GatewayError(
+                413,
+                f"Request body exceeds the gateway limit of {limit} bytes.",
+                code="request_too_large",
+            ),
         ),
         (
             _details_filter("response.code_details.startsWith('ext_proc_error')"),
-            "server_error",
-            "router_unavailable",
-            "api_error",
-            "Archway's routing service is unavailable; retry shortly.",
+            GatewayError(
+                500,
+                "Archway's routing service is unavailable; retry shortly.",
+                code="router_unavailable",
+            ),
         ),
         (
             {"response_flag_filter": {"flags": ["UT"]}},
-            "server_error",
-            "upstream_timeout",
-            "api_error",
-            "The model provider did not answer in time.",
+            GatewayError(
+                504, "The model provider did not answer in time.", code="upstream_timeout"
+            ),
         ),
         (
             {"response_flag_filter": {"flags": ["NC"]}},
-            "server_error",
-            "no_upstream",
-            "api_error",
-            "The gateway selected no upstream for this request.",
+            GatewayError(
+                503, "The gateway selected no upstream for this request.", code="no_upstream"
+            ),
         ),
         (
             {"response_flag_filter": {"flags": _UPSTREAM_UNAVAILABLE_FLAGS}},
-            "server_error",
-            "upstream_unavailable",
-            "api_error",
-            "The model provider could not be reached: %LOCAL_REPLY_BODY%",
+            GatewayError(
+                503,
+                "The model provider could not be reached: %LOCAL_REPLY_BODY%",
+                code="upstream_unavailable",
+            ),
         ),
     ]
 
@@ -682,29 +686,18 @@ def _anthropic_request() -> dict[str, Any]:
 
 def _local_reply_config(gateway: GatewaySettings) -> dict[str, Any]:
     mappers: list[dict[str, Any]] = []
-    for match, openai_type, code, anthropic_type, message in _local_reply_kinds(gateway):
+    for match, error in _local_reply_kinds(gateway):
         # First match wins, so each Anthropic-shaped mapper precedes its OpenAI twin.
         mappers.append(
             {
                 "filter": {"and_filter": {"filters": [match, _anthropic_request()]}},
-                "body_format_override": _json_body(
-                    {"type": "error", "error": {"type": anthropic_type, "message": message}}
-                ),
+                "body_format_override": _json_body(error_payload(ErrorShape.ANTHROPIC, error)),
             }
         )
         mappers.append(
             {
                 "filter": match,
-                "body_format_override": _json_body(
-                    {
-                        "error": {
-                            "message": message,
-                            "type": openai_type,
-                            "param": None,
-                            "code": code,
-                        }
-                    }
-                ),
+                "body_format_override": _json_body(error_payload(ErrorShape.OPENAI, error)),
             }
         )
     return {"mappers": mappers}
