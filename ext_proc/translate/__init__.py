@@ -63,11 +63,11 @@ def context_from_header(value: str | None) -> tuple[Translator, TranslationConte
     ``None`` for anything else (a header no translator wrote)."""
     if value is None:
         return None
-    pair, *flags = value.split(";")
+    pair, _, state = value.partition(";")
     translator = _BY_PAIR.get(pair)
-    if translator is None or not translator.flags.issuperset(flags):
+    if translator is None:
         return None
-    return translator, TranslationContext(translator.client, translator.provider, frozenset(flags))
+    return translator, TranslationContext(translator.client, translator.provider, state)
 
 
 def translate_response(

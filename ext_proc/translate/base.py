@@ -37,9 +37,11 @@ class TranslationContext:
 
     client: WireAPI
     provider: WireAPI
-    flags: frozenset[str] = frozenset()
-    """Facts about the request its translator's response side needs (an OpenAI
-    client asked for usage in its stream); only that translator's ``flags``."""
+    state: str = ""
+    """What the translator's request side tells its response side, in its own
+    words, as header-safe text; empty when there is nothing to tell. An OpenAI
+    client's wish for usage in its stream; a Responses client's response id and
+    the request fields its Response repeats."""
 
     @property
     def pair(self) -> str:
@@ -47,7 +49,7 @@ class TranslationContext:
         return f"{self.client.value}-to-{self.provider.value}"
 
     def header_value(self) -> str:
-        return ";".join((self.pair, *sorted(self.flags)))
+        return f"{self.pair};{self.state}" if self.state else self.pair
 
 
 class Translator(Protocol):
@@ -63,11 +65,6 @@ class Translator(Protocol):
 
     @property
     def provider(self) -> WireAPI: ...
-
-    @property
-    def flags(self) -> frozenset[str]:
-        """Every flag its ``request`` may set on a context."""
-        ...
 
     def request(
         self, body: Mapping[str, Any], dialect: Dialect

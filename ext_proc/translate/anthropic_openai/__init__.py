@@ -23,7 +23,6 @@ __all__ = ["AnthropicToOpenAI"]
 class AnthropicToOpenAI:
     client = WireAPI.ANTHROPIC
     provider = WireAPI.OPENAI
-    flags: frozenset[str] = frozenset()
 
     def request(
         self, body: Mapping[str, Any], dialect: Dialect

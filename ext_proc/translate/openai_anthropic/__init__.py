@@ -20,19 +20,18 @@ from ext_proc.translate.openai_anthropic.stream import StreamTranslator
 __all__ = ["INCLUDE_USAGE", "OpenAIToAnthropic"]
 
 INCLUDE_USAGE = "include-usage"
-"""Flag: the client asked for a usage chunk at the end of its stream."""
+"""The context's state when the client asked for a usage chunk at the end of its stream."""
 
 
 class OpenAIToAnthropic:
     client = WireAPI.OPENAI
     provider = WireAPI.ANTHROPIC
-    flags = frozenset({INCLUDE_USAGE})
 
     def request(
         self, body: Mapping[str, Any], dialect: Dialect
     ) -> tuple[dict[str, Any], TranslationContext]:
-        flags = self.flags if wants_stream_usage(body) else frozenset()
-        context = TranslationContext(self.client, self.provider, flags)
+        state = INCLUDE_USAGE if wants_stream_usage(body) else ""
+        context = TranslationContext(self.client, self.provider, state)
         return translate_request(body), context
 
     def response(
@@ -41,7 +40,7 @@ class OpenAIToAnthropic:
         return translate_response(body, created=created)
 
     def stream(self, context: TranslationContext, *, created: int) -> StreamTranslator:
-        return StreamTranslator(created=created, include_usage=INCLUDE_USAGE in context.flags)
+        return StreamTranslator(created=created, include_usage=context.state == INCLUDE_USAGE)
 
     def error(self, status: int, body: bytes) -> bytes:
         return error_in_client_shape(self.client, status, body)
