@@ -82,6 +82,14 @@ def test_the_client_api_is_judged_from_the_path(path: str, api: WireAPI) -> None
     assert client_api(path) is api
 
 
+def test_every_api_has_its_facts() -> None:
+    for api in WireAPI:
+        assert api.upstream_path.startswith("/")
+        assert api.error_shape in ErrorShape
+        assert api.sdk_header_prefix.endswith("-")
+    assert {e.api for e in Endpoint} == set(WireAPI)
+
+
 def test_error_shapes_follow_the_api() -> None:
     error = GatewayError(404, "no such model", code="model_not_found", param="model")
     assert json.loads(error_body(WireAPI.ANTHROPIC, error)) == {
