@@ -315,9 +315,12 @@ def test_chat_request_carries_every_honoured_field() -> None:
 
 
 def test_chat_history_comes_before_this_turn() -> None:
-    history = parse_request(body(input="first")).items + (
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A"}]},
-    )
+    answer = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "A"}],
+    }
+    history = (*parse_request(body(input="first")).items, answer)
     chat = to_chat(parse_request(body(input="second")), history)
     assert chat["messages"] == [
         {"role": "user", "content": "first"},
