@@ -25,6 +25,7 @@ __all__ = [
     "open_store",
     "parse_state_storage",
     "response_not_found",
+    "state_storage_not_configured",
 ]
 
 Item = dict[str, Any]
@@ -105,3 +106,16 @@ def conversation(
 ) -> list[Item]:
     """What a stored response keeps: everything said up to and including its answer."""
     return [*history, *inputs, *outputs]
+
+
+def state_storage_not_configured() -> GatewayError:
+    """``previous_response_id`` for a provider without the Responses API, when the
+    config has no ``state_storage``: as in Plano, state is then off, and the
+    client must send the whole conversation itself."""
+    return GatewayError(
+        400,
+        "previous_response_id needs conversation state, and this gateway has no "
+        "state_storage configured; send the whole conversation as input instead.",
+        code="state_storage_not_configured",
+        param="previous_response_id",
+    )

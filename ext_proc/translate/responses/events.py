@@ -50,6 +50,8 @@ class _Message:
     kind: str | None = None
     """The open content part's type, ``output_text`` or ``refusal``; ``None`` when none is open."""
     chunks: list[str] = field(default_factory=list)
+    delta_head: str = ""
+    """The open text part's delta event up to its ``delta`` value."""
 
 
 @dataclass(slots=True)
@@ -165,10 +167,20 @@ class EventWriter:
             message.kind = kind
             part = text_part("") if kind == _TEXT else refusal_part("")
             self._emit(out, "response.content_part.added", self._part_fields(message, part=part))
+            message.delta_head = (
+                "event: response.output_text.delta\n"
+                'data: {"type":"response.output_text.delta",'
+                f'"item_id":{dumps(message.id)},"output_index":{message.index},'
+                f'"content_index":{len(message.parts)},"delta":'
+            )
         message.chunks.append(delta)
         if kind == _TEXT:
-            fields = self._part_fields(message, delta=delta, logprobs=[])
-            self._emit(out, "response.output_text.delta", fields)
+            # Most events of a stream are these: formatted directly, one small dumps each.
+            out += (
+                f"{message.delta_head}{dumps(delta)},"
+                f'"logprobs":[],"sequence_number":{self._sequence}}}\n\n'
+            ).encode()
+            self._sequence += 1
         else:
             self._emit(out, "response.refusal.delta", self._part_fields(message, delta=delta))
 
