@@ -54,7 +54,7 @@ def rows(dsn: str, table: str = DEFAULT_TABLE) -> int:
 def test_round_trip_survives_a_new_store(dsn: str) -> None:
     async def scenario() -> list[dict[str, Any]]:
         first = await PostgresStore.connect(dsn)
-        await first.put("resp_1", items("café ☕ \u2028"), 3600)
+        await first.put("resp_1", items("café ☕ \u2028 \u0000"), 3600)
         await first.close()
         # Another worker, or the gateway after a restart.
         second = await PostgresStore.connect(dsn)
@@ -63,7 +63,7 @@ def test_round_trip_survives_a_new_store(dsn: str) -> None:
         finally:
             await second.close()
 
-    assert run(scenario()) == items("café ☕ \u2028")
+    assert run(scenario()) == items("café ☕ \u2028 \u0000")
 
 
 def test_put_replaces_and_unknown_is_404(dsn: str) -> None:

@@ -1,9 +1,11 @@
 """Conversation state in PostgreSQL, through psycopg 3's async pool.
 
-One row per stored response: its id, its conversation as ``jsonb`` and when it
-expires. The table is created when absent (under an advisory lock, so workers
-starting together do not race), expired rows are deleted now and then by a
-``put``, and a row past its expiry is never returned even before that.
+One row per stored response: its id, its conversation as ``json`` and when it
+expires. ``json``, not ``jsonb``: the items come back exactly as stored, and a
+NUL character in a message (``\\u0000``), which ``jsonb`` refuses, is kept.
+The table is created when absent (under an advisory lock, so workers starting
+together do not race), expired rows are deleted now and then by a ``put``, and
+a row past its expiry is never returned even before that.
 
 The store is shared by every worker and replica pointed at the same database,
 and survives restarts: the backend for more than one process.
@@ -29,7 +31,7 @@ try:
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Json
     from psycopg_pool import AsyncConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - exercised only without the extra installed
     psycopg = None  # type: ignore[assignment]
@@ -140,7 +142,7 @@ class PostgresStore:
         purge = self._puts % PURGE_EVERY_PUTS == 0
         try:
             async with self._pool.connection() as conn:
-                await conn.execute(self._put, (response_id, Jsonb(list(items)), float(ttl_s)))
+                await conn.execute(self._put, (response_id, Json(list(items)), float(ttl_s)))
                 if purge:
                     await conn.execute(self._purge)
         except (PoolTimeout, psycopg.Error) as error:
@@ -160,7 +162,7 @@ async def _create_table(conn: psycopg.AsyncConnection, table: str) -> None:
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
                 "id text PRIMARY KEY, "
-                "items jsonb NOT NULL, "
+                "items json NOT NULL, "
                 "created_at timestamptz NOT NULL DEFAULT now(), "
                 "expires_at timestamptz NOT NULL)"
             ).format(name)
