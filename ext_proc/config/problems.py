@@ -30,5 +30,9 @@ class Problems:
             text += f"; {fix}"
         self.items.append((line or 0, text))
 
+    def add_unplaced(self, text: str) -> None:
+        """A message about another file, already located; listed first."""
+        self.items.append((0, text))
+
     def lines(self) -> list[str]:
         return [text for _, text in sorted(self.items, key=lambda item: item[0])]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from ext_proc.config.fields import Kind, setting
 from ext_proc.config.models import ModelIndex
 
 __all__ = [
@@ -18,7 +19,6 @@ __all__ = [
     "DEFAULT_LISTENER",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "DEFAULT_METRICS_PORT",
-    "ROUTER_BACKENDS",
     "AffinitySettings",
     "ArchRouterOptions",
     "Config",
@@ -39,15 +39,18 @@ DEFAULT_METRICS_PORT = 9003
 """Next to the ext_proc server's 9002, so Archway's two ports are easy to remember."""
 
 
+MESSAGE_FORMATS = ("openai",)
+
+
 @dataclass(frozen=True)
 class Listener:
     """An Envoy listener that accepts LLM client traffic."""
 
     name: str
-    address: str
-    port: int
-    timeout_s: float
-    message_format: str = "openai"
+    address: str = setting(Kind.TEXT)
+    port: int = setting(Kind.INTEGER, low=0, high=65535)
+    timeout_s: float = setting(Kind.DURATION, key="timeout")
+    message_format: str = setting(Kind.CHOICE, "openai", choices=MESSAGE_FORMATS, what="format")
 
 
 @dataclass(frozen=True)
@@ -67,17 +70,17 @@ class ProviderConfig:
     access_key_ref: str | None = None
     """How the key was written when it came from the environment (``$OPENAI_API_KEY``),
     so tools can say where it came from without showing it."""
-    default: bool = False
-    base_url: str | None = None
-    provider_interface: str | None = None
-    passthrough_auth: bool = False
-    http_host: str | None = None
+    default: bool = setting(Kind.BOOLEAN, False)
+    base_url: str | None = setting(Kind.URL, None)
+    provider_interface: str | None = setting(Kind.TEXT, None)
+    passthrough_auth: bool = setting(Kind.BOOLEAN, False)
+    http_host: str | None = setting(Kind.TEXT, None)
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     """Extra upstream headers. Hidden from ``repr``: values often carry credentials."""
     fallbacks: tuple[str, ...] = ()
     """Models (``provider/model``) to try in order when this one fails with a
     connect error, 429 or 5xx (an Archway extension)."""
-    timeout_s: float | None = None
+    timeout_s: float | None = setting(Kind.DURATION, None, key="timeout", positive=True)
     """Per-attempt timeout for this provider; ``None``: the listener's timeout."""
     line: int | None = None
     """Line of the entry in the config file, for messages."""
@@ -105,11 +108,6 @@ class RoutingPreference:
     the embedding router compares conversations with them."""
 
 
-ROUTER_BACKENDS = ("arch_router", "remote", "embedding")
-"""Preference-router backends: Arch-Router in-process on CTranslate2, Arch-Router
-served elsewhere behind an OpenAI-compatible endpoint, or a sentence encoder on
-CTranslate2 that compares the conversation with the routes (milliseconds on a CPU)."""
-
 CT2_DEVICES = ("auto", "cpu", "cuda")
 CT2_COMPUTE_TYPES = (
     "auto",
@@ -129,24 +127,24 @@ CT2_COMPUTE_TYPES = (
 class ArchRouterOptions:
     """Settings only the in-process CTranslate2 backend has."""
 
-    device: str = "auto"
-    compute_type: str = "auto"
+    device: str = setting(Kind.CHOICE, "auto", choices=CT2_DEVICES, what="device")
+    compute_type: str = setting(Kind.CHOICE, "auto", choices=CT2_COMPUTE_TYPES, what="compute type")
     """CTranslate2's: ``auto`` takes the fastest the device supports (int8 on a CPU)."""
-    intra_threads: int = 0
+    intra_threads: int = setting(Kind.INTEGER, 0, low=0)
     """Threads per generation; 0 lets CTranslate2 use one per core. On the 1.5B
     shape two threads beat one on a 2-core machine (bench/router_bench.py); one is
     better for tiny models, or when other processes need the cores."""
-    max_batch_size: int | None = None
+    max_batch_size: int | None = setting(Kind.INTEGER, None, low=1, high=256)
     """``None``: 8 on a GPU, 1 on a CPU. A CPU's prefill is compute-bound, and
     CTranslate2 decodes the part of longer prompts past the shortest one token by
     token, so a batch of four different conversations took twice as long as four
     one after another (bench/router_bench.py)."""
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = setting(Kind.DURATION, 0.002, key="batch_wait")
     """How long the first request of a batch waits for others to join it."""
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = setting(Kind.INTEGER, None, low=1, high=4096)
     """``None``: just enough to tell the answers apart once their shared start
     (``{"route": "``, put in the prompt) is given: usually one or two tokens."""
-    static_prompt: bool = True
+    static_prompt: bool = setting(Kind.BOOLEAN, True)
     """Cache the model state for the part of the prompt that only the config fixes."""
 
 
@@ -155,11 +153,11 @@ class RemoteRouterOptions:
     """Settings only the remote backend has: an OpenAI-compatible endpoint
     (vLLM, Ollama, llama.cpp's server) that serves Arch-Router."""
 
-    endpoint: str
+    endpoint: str = setting(Kind.URL, required="`endpoint: http://HOST:PORT/v1`")
     """Base URL, e.g. ``http://127.0.0.1:8000/v1``; ``/chat/completions`` is appended."""
-    model: str
-    access_key: str | None = field(default=None, repr=False)
-    max_new_tokens: int | None = None
+    model: str = setting(Kind.TEXT, required="`model: NAME`, as the endpoint names Arch-Router")
+    access_key: str | None = setting(Kind.SECRET, None, repr=False)
+    max_new_tokens: int | None = setting(Kind.INTEGER, None, low=1, high=4096)
 
 
 @dataclass(frozen=True)
@@ -167,31 +165,33 @@ class EmbeddingRouterOptions:
     """Settings only the embedding backend has. The decision defaults were tuned
     on the dev split of tests/data/routing_set.yaml (see bench/)."""
 
-    device: str = "cpu"
-    compute_type: str = "auto"
+    device: str = setting(Kind.CHOICE, "cpu", choices=CT2_DEVICES, what="device")
+    compute_type: str = setting(Kind.CHOICE, "auto", choices=CT2_COMPUTE_TYPES, what="compute type")
     """``auto``: int8 on a CPU, within 0.996 cosine of float32 and twice as fast."""
-    intra_threads: int = 0
+    intra_threads: int = setting(Kind.INTEGER, 0, low=0)
     """0 lets CTranslate2 pick (one per core, up to four)."""
-    max_batch_size: int = 32
+    max_batch_size: int = setting(Kind.INTEGER, 32, low=1, high=1024)
     """Requests whose turns share one encoder call."""
-    threshold: float = 0.05
+    # Cosines live in [-1, 1]: a threshold or margin outside that is a typo.
+    threshold: float = setting(Kind.NUMBER, 0.05, low=-1.0, high=1.0)
     """Below this cosine to its best route, a conversation is ``other``."""
-    margin: float = 0.1
+    margin: float = setting(Kind.NUMBER, 0.1, low=-2.0, high=2.0)
     """``other`` when the background of everyday requests beats every route on the
     latest user turn by more than this."""
-    history_weight: float = 0.3
+    history_weight: float = setting(Kind.NUMBER, 0.3, low=0.0, high=1.0)
     """Each older user turn's weight relative to the next newer one."""
-    context_margin: float = 0.2
+    context_margin: float = setting(Kind.NUMBER, 0.2, low=0.0, high=2.0)
     """Older user turns are read only when the latest turn's best route leads the
     runner-up by less than this (a follow-up that cannot stand alone)."""
-    classifier_weight: float = 0.3
+    classifier_weight: float = setting(Kind.NUMBER, 0.3, low=0.0, high=10.0)
     """Of the route classifier's logit in a route's score; 0: nearest vector alone."""
-    other_examples: tuple[str, ...] | None = None
+    other_examples: tuple[str, ...] | None = setting(Kind.EXAMPLES, None)
     """Replaces the built-in background of off-topic requests; ``None``: built-in."""
 
 
 RouterOptions = ArchRouterOptions | RemoteRouterOptions | EmbeddingRouterOptions
-"""Backend-specific settings; a new backend adds its own class here."""
+"""Backend-specific settings. A new backend declares its own class of ``setting``
+fields and registers it with its builder in ``ext_proc/router/factory.py``."""
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,11 @@ class RouterSettings:
     backend: str
     model_path: Path | None
     """A local model directory, made absolute (relative paths are from the config file)."""
-    timeout_s: float = 5.0
+    timeout_s: float = setting(Kind.DURATION, 5.0, key="timeout", positive=True)
     """Past this, the request goes to the default model with ``x-archway-route: timeout``."""
-    token_budget: int = 2048
+    token_budget: int = setting(Kind.INTEGER, 2048, low=16)
     """Tokens of conversation the router reads, counted with the model's tokenizer."""
-    max_messages: int = 16
+    max_messages: int = setting(Kind.INTEGER, 16, low=1)
     options: RouterOptions = field(default_factory=ArchRouterOptions)
     line: int | None = None
 
@@ -215,8 +215,10 @@ class RouterSettings:
 class Overrides:
     """The parts of Plano's ``overrides`` section that Archway uses."""
 
-    upstream_connect_timeout_s: float = 5.0
-    upstream_tls_ca_path: str = "/etc/ssl/certs/ca-certificates.crt"
+    upstream_connect_timeout_s: float = setting(
+        Kind.DURATION, 5.0, key="upstream_connect_timeout", positive=True
+    )
+    upstream_tls_ca_path: str = setting(Kind.TEXT, "/etc/ssl/certs/ca-certificates.crt")
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,10 @@ class AffinitySettings:
     ``routing.session_max_entries``): how long and how many pins each ext_proc
     worker process keeps."""
 
-    ttl_s: float = 600.0
-    max_entries: int = 10_000
+    ttl_s: float = setting(Kind.SECONDS, 600.0, key="session_ttl_seconds", low=1)
+    max_entries: int = setting(
+        Kind.INTEGER, 10_000, key="session_max_entries", low=1, high=1_000_000
+    )
 
 
 @dataclass(frozen=True)
@@ -246,14 +250,14 @@ class GatewaySettings:
     """Archway's own settings (the optional top-level ``archway:`` section, an
     Archway extension that Plano does not have)."""
 
-    ext_proc_address: str = "127.0.0.1"
-    ext_proc_port: int = 9002
-    admin_address: str = "127.0.0.1"
-    admin_port: int = 9901
-    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
-    message_timeout_s: float = 5.0
-    failure_mode_allow: bool = False
-    metrics_address: str = "127.0.0.1"
+    ext_proc_address: str = setting(Kind.TEXT, "127.0.0.1")
+    ext_proc_port: int = setting(Kind.INTEGER, 9002, low=0, high=65535)
+    admin_address: str = setting(Kind.TEXT, "127.0.0.1")
+    admin_port: int = setting(Kind.INTEGER, 9901, low=0, high=65535)
+    max_request_body_bytes: int = setting(Kind.INTEGER, DEFAULT_MAX_REQUEST_BODY_BYTES, low=1)
+    message_timeout_s: float = setting(Kind.DURATION, 5.0, key="message_timeout", positive=True)
+    failure_mode_allow: bool = setting(Kind.BOOLEAN, False)
+    metrics_address: str = setting(Kind.TEXT, "127.0.0.1")
     metrics_port: int | None = DEFAULT_METRICS_PORT
     """The Prometheus endpoint's port: 0 picks a free one, ``None`` turns it off."""
     tracing: TracingSettings | None = None
