@@ -43,17 +43,21 @@ from ext_proc.translate.bedrock.converse import ConverseRequest
 from ext_proc.translate.eventstream import encode_message
 
 __all__ = [
+    "REASONING_SIGNATURE",
     "REASONING_TEXT",
     "REPLY_TEXT",
     "TOOL_ARGUMENTS",
+    "TOOL_USE_ID",
     "USAGE",
     "FakeBedrock",
     "Reply",
     "TranslatingProxy",
     "converse_answer",
     "converse_events",
+    "error_reply",
     "event_frame",
     "exception_frame",
+    "stream_reply",
 ]
 
 REPLY_TEXT = "Bonjour ! Un café ☕, s'il vous plaît."
