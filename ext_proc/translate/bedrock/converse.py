@@ -78,10 +78,12 @@ _DOCUMENT_FORMATS = {
 }
 
 # Status codes of the exceptions ConverseStream sends mid-stream, as the same
-# exceptions carry when Converse answers with them outright.
+# exceptions carry when Converse answers with them outright; except that a model
+# failing mid-stream (424 on Bedrock) is the server's fault, not the request's,
+# and the client's error type should say so.
 _STREAM_EXCEPTION_STATUS = {
     "internalServerException": 500,
-    "modelStreamErrorException": 424,
+    "modelStreamErrorException": 500,
     "validationException": 400,
     "throttlingException": 429,
     "serviceUnavailableException": 503,
