@@ -554,3 +554,27 @@ def test_anthropic_blocks_converse_cannot_take(block: dict[str, Any], message: s
     error = refused(request_from_anthropic.translate_request, body)
     assert message in error.message
     assert "messages[0].content[0]" in error.message
+
+
+def test_json_tool_output_goes_as_json() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = from_openai(
+        messages=[
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": '{"temp": 18}'},
+            {"role": "tool", "tool_call_id": "c", "content": "[1, 2]"},
+            {"role": "tool", "tool_call_id": "c", "content": "{not json"},
+        ]
+    )
+    results = [b["toolResult"]["content"] for b in body["messages"][2]["content"]]
+    assert results == [[{"json": {"temp": 18}}], [{"text": "[1, 2]"}], [{"text": "{not json"}]]
+    body = from_anthropic(
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t", "content": '{"a": 1}'}],
+            }
+        ]
+    )
+    assert body["messages"][0]["content"][0]["toolResult"]["content"] == [{"json": {"a": 1}}]

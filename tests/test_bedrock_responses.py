@@ -200,3 +200,13 @@ def test_error_name_from_the_body_and_odd_bodies() -> None:
 def test_envoy_replies_in_the_client_shape_pass_unchanged() -> None:
     local = b'{"error":{"message":"upstream connect error","type":"server_error","code":"x"}}'
     assert errors.translate_error(WireAPI.OPENAI, 503, local) == local
+
+
+def test_the_matched_stop_sequence_reaches_anthropic_clients() -> None:
+    answer = {
+        **converse_answer({}),
+        "stopReason": "stop_sequence",
+        "additionalModelResponseFields": {"stop_sequence": "END"},
+    }
+    message = to_anthropic(answer)
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")

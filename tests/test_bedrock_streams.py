@@ -304,3 +304,11 @@ def test_unknown_events_and_frames_are_skipped() -> None:
     )
     assert text == REPLY_TEXT
     assert validate(anthropic_stream(data))[-1].type == "message_stop"
+
+
+def test_the_matched_stop_sequence_reaches_anthropic_streams() -> None:
+    events = converse_events({})
+    stop = {"stopReason": "stop_sequence", "additionalModelResponseFields": {"stop_sequence": "X"}}
+    data = b"".join(event_frame(k, stop if k == "messageStop" else p) for k, p in events)
+    delta = validate(anthropic_stream(data))[-2]
+    assert (delta.delta.stop_reason, delta.delta.stop_sequence) == ("stop_sequence", "X")

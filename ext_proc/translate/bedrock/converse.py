@@ -223,6 +223,13 @@ def stop_reason(converse_reason: object) -> str:
     return "end_turn"
 
 
+def matched_stop_sequence(fields: object) -> str | None:
+    """The stop sequence that ended the answer, where the model says (Claude on
+    Bedrock does, in ``additionalModelResponseFields``)."""
+    value = as_dict(fields).get("stop_sequence")
+    return value if isinstance(value, str) and value else None
+
+
 def tool_input_json(value: object) -> dict[str, Any]:
     """A ``toolUse.input`` as the object both client APIs expect."""
     return value if isinstance(value, dict) else {"value": value}
@@ -372,6 +379,19 @@ def output_config(schema: object, name: object, where: str) -> dict[str, Any]:
     definition: dict[str, Any] = {"schema": json.dumps(schema, separators=(",", ":"))}
     definition["name"] = name if isinstance(name, str) and name else "response"
     return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
+
+
+def tool_result_part(text: str) -> dict[str, Any]:
+    """A tool's text output; a JSON object goes as Converse's ``json`` member,
+    which models that distinguish the two read as structured data."""
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            return {"json": parsed}
+    return {"text": text}
 
 
 def append_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:

@@ -26,6 +26,7 @@ from ext_proc.translate.bedrock.converse import (
     inference_config,
     output_config,
     tool_config,
+    tool_result_part,
     tool_spec,
 )
 from ext_proc.translate.common import as_dict, as_list, unsupported
@@ -196,13 +197,13 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
     content = block.get("content")
     parts: list[dict[str, Any]] = []
     if isinstance(content, str):
-        parts.append({"text": content})
+        parts.append(tool_result_part(content))
     else:
         for k, part in enumerate(as_list(content)):
             part = as_dict(part)
             kind = part.get("type")
             if kind == "text":
-                parts.append({"text": part.get("text", "")})
+                parts.append(tool_result_part(str(part.get("text", ""))))
             elif kind == "image":
                 parts.append(_image(part, f"{where}.content[{k}]"))
             elif kind == "document":

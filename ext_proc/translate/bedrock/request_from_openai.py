@@ -25,6 +25,7 @@ from ext_proc.translate.bedrock.converse import (
     inference_config,
     output_config,
     tool_config,
+    tool_result_part,
     tool_spec,
 )
 from ext_proc.translate.common import as_dict, as_list, split_data_url, unsupported
@@ -222,7 +223,7 @@ def _assistant_blocks(message: Mapping[str, Any], i: int) -> list[dict[str, Any]
 
 
 def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
-    content = _text_blocks(message.get("content"), where)
+    content = [tool_result_part(b["text"]) for b in _text_blocks(message.get("content"), where)]
     return {
         "toolResult": {
             "toolUseId": message.get("tool_call_id"),

@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.translate.bedrock.converse import anthropic_usage, stop_reason, tool_input_json
+from ext_proc.translate.bedrock.converse import (
+    anthropic_usage,
+    matched_stop_sequence,
+    stop_reason,
+    tool_input_json,
+)
 from ext_proc.translate.common import as_dict, as_list
 
 __all__ = ["translate_response"]
@@ -30,7 +35,7 @@ def translate_response(answer: Mapping[str, Any], *, model: str, message_id: str
         "model": model,
         "content": content,
         "stop_reason": stop_reason(answer.get("stopReason")),
-        "stop_sequence": None,
+        "stop_sequence": matched_stop_sequence(answer.get("additionalModelResponseFields")),
         "usage": anthropic_usage(answer.get("usage")),
     }
 

@@ -18,6 +18,7 @@ from ext_proc.translate.bedrock.converse import (
     StreamEvent,
     StreamFailure,
     anthropic_usage,
+    matched_stop_sequence,
     stop_reason,
 )
 from ext_proc.translate.common import as_dict, dumps
@@ -39,6 +40,7 @@ class StreamTranslator:
         "_open",
         "_started",
         "_stop_reason",
+        "_stop_sequence",
     )
 
     def __init__(self, *, model: str, message_id: str) -> None:
@@ -52,6 +54,7 @@ class StreamTranslator:
         self._open: tuple[int, str] | None = None
         """The Anthropic block now open, and its type."""
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._done = False
 
     def feed(self, chunk: bytes) -> bytes:
@@ -98,6 +101,7 @@ class StreamTranslator:
             self._start(out)
             self._close_block(out)
             self._stop_reason = stop_reason(body.get("stopReason"))
+            self._stop_sequence = matched_stop_sequence(body.get("additionalModelResponseFields"))
         elif kind == "metadata":
             self._close(out, as_dict(body.get("usage")))
 
@@ -178,7 +182,10 @@ class StreamTranslator:
     def _close(self, out: bytearray, usage: dict[str, Any]) -> None:
         self._start(out)
         self._close_block(out)
-        delta = {"stop_reason": self._stop_reason or "end_turn", "stop_sequence": None}
+        delta = {
+            "stop_reason": self._stop_reason or "end_turn",
+            "stop_sequence": self._stop_sequence,
+        }
         payload = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
         out += _event("message_delta", payload)
         out += _event("message_stop", {"type": "message_stop"})
