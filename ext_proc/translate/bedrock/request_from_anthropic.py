@@ -6,8 +6,10 @@ a Claude model on Bedrock can continue its own reasoning). ``cache_control`` on
 a block becomes a Converse ``cachePoint`` right after it. ``thinking``
 configuration goes through ``additionalModelRequestFields``, where Claude on
 Bedrock reads it. Refused with a 400 naming the field: server tools, MCP
-servers, containers, ``top_k`` (model-specific on Bedrock), linked images and
-documents, and ``disable_parallel_tool_use``.
+servers, containers, linked images and documents, ``disable_parallel_tool_use``.
+Dropped, as hints with no Converse equivalent (as the Anthropic -> OpenAI
+translator drops them): ``top_k``, ``metadata``, ``service_tier``,
+``output_config.effort``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ def translate_request(body: Mapping[str, Any], *, model_id: str) -> ConverseRequ
     for name in ("mcp_servers", "container"):
         if body.get(name):
             raise unsupported(name, f"'{name}' runs on Anthropic's servers only.")
-    if body.get("top_k") is not None:
-        raise unsupported("top_k", "Bedrock Converse has no model-independent top_k; leave it out.")
     messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"messages": messages}
     system = _system(body.get("system"))
@@ -69,10 +69,6 @@ def translate_request(body: Mapping[str, Any], *, model_id: str) -> ConverseRequ
     if isinstance(thinking, dict) and thinking.get("type") != "disabled":
         out["additionalModelRequestFields"] = {"thinking": thinking}
     output = as_dict(body.get("output_config"))
-    if output.get("effort") is not None:
-        raise unsupported(
-            "output_config", "output_config.effort has no Bedrock Converse equivalent."
-        )
     output_format = as_dict(output.get("format"))
     if output_format:
         if output_format.get("type") != "json_schema":
@@ -96,19 +92,16 @@ def _system(system: object) -> list[dict[str, Any]]:
             raise unsupported("system", f"system[{i}]: only text blocks are allowed.")
         if block.get("text"):
             blocks.append({"text": block["text"]})
-        _cache_point(block, blocks, f"system[{i}]")
+        _cache_point(block, blocks)
     return blocks
 
 
-def _cache_point(block: dict[str, Any], blocks: list[dict[str, Any]], where: str) -> None:
+def _cache_point(block: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
     """Anthropic marks the block that ends a cached prefix; Converse puts a
-    ``cachePoint`` after it. Converse caches for five minutes only."""
-    cache = block.get("cache_control")
-    if not isinstance(cache, dict):
-        return
-    if cache.get("ttl") not in (None, "5m"):
-        raise unsupported(where, f"{where}: Bedrock caches for 5 minutes only; drop the ttl.")
-    blocks.append(dict(_CACHE_POINT))
+    ``cachePoint`` after it. Caching is a hint: a ``ttl`` Bedrock lacks only
+    makes the cache expire sooner, never changes the answer."""
+    if isinstance(block.get("cache_control"), dict):
+        blocks.append(dict(_CACHE_POINT))
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
@@ -141,7 +134,7 @@ def _blocks(content: object, where: str) -> list[dict[str, Any]]:
         converted = _block(block, here)
         if converted is not None:
             blocks.append(converted)
-        _cache_point(block, blocks, here)
+        _cache_point(block, blocks)
     return blocks
 
 
@@ -237,7 +230,7 @@ def _tools(raw: object) -> list[dict[str, Any]]:
                 tool.get("strict") is True,
             )
         )
-        _cache_point(tool, tools, f"tools[{i}]")
+        _cache_point(tool, tools)
     return tools
 
 

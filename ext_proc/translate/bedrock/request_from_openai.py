@@ -2,11 +2,12 @@
 
 System and developer messages become ``system`` blocks; user, assistant and
 tool messages become alternating Converse turns (tool results ride in the next
-user turn, as Converse wants). Whatever Converse cannot honour is refused with
-a 400 that names the field, never dropped: ``n > 1``, logprobs, audio, seeds,
-penalties, logit bias, linked (not inline) images, ``parallel_tool_calls:
-false``. Fields that only label the request (``user``, ``metadata``, ``store``,
-``service_tier``) do not change the answer and are left out.
+user turn, as Converse wants). What Converse cannot honour is refused with a
+400 that names the field: ``n > 1``, logprobs, audio, linked (not inline)
+images, ``parallel_tool_calls: false``. Hints with no Converse equivalent are
+dropped, as the OpenAI -> Anthropic translator drops them (a client that moves
+between providers should not start failing): ``seed``, penalties, ``logit_bias``,
+``reasoning_effort``, ``user``, ``metadata``, ``store``, ``service_tier``...
 """
 
 from __future__ import annotations
@@ -35,15 +36,7 @@ __all__ = ["translate_request"]
 _REFUSED_IF_SET = {
     "logprobs": "Bedrock Converse does not return log probabilities.",
     "top_logprobs": "Bedrock Converse does not return log probabilities.",
-    "logit_bias": "Bedrock Converse has no logit bias.",
-    "seed": "Bedrock Converse has no sampling seed.",
-    "prediction": "Bedrock Converse has no predicted outputs.",
     "audio": "Bedrock Converse does not produce audio.",
-    "reasoning_effort": (
-        "Bedrock Converse has no model-independent reasoning effort; "
-        "send the model's own field through an Anthropic-style 'thinking' request instead."
-    ),
-    "web_search_options": "Bedrock Converse has no built-in web search.",
     "functions": "The legacy 'functions' API is not translated; send 'tools' instead.",
     "function_call": "The legacy 'functions' API is not translated; send 'tools' instead.",
 }
@@ -90,9 +83,6 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     for name, message in _REFUSED_IF_SET.items():
         if body.get(name):
             raise unsupported(name, message)
-    for name in ("frequency_penalty", "presence_penalty"):
-        if body.get(name):
-            raise unsupported(name, f"Bedrock Converse has no {name}; send 0 or leave it out.")
     if "audio" in as_list(body.get("modalities")):
         raise unsupported("modalities", "Bedrock Converse does not produce audio.")
     kind = as_dict(body.get("response_format")).get("type")
