@@ -137,6 +137,14 @@ def test_bad_prelude_crc_is_refused() -> None:
         EventStreamDecoder().feed(bytes(frame))
 
 
+def test_frames_before_a_corrupt_one_are_kept() -> None:
+    corrupt = bytearray(CONTENT_TYPE_FRAME)
+    corrupt[-1] ^= 0x01
+    with pytest.raises(EventStreamError) as caught:
+        EventStreamDecoder().feed(EMPTY_HEADERS_FRAME + CONTENT_TYPE_FRAME + bytes(corrupt))
+    assert [m.payload for m in caught.value.decoded] == [PAYLOAD, PAYLOAD]
+
+
 def test_bad_message_crc_is_refused() -> None:
     frame = bytearray(CONTENT_TYPE_FRAME)
     frame[-6] ^= 0x20  # inside the payload

@@ -147,6 +147,20 @@ def test_corrupt_frame_ends_the_openai_stream_with_an_error() -> None:
     assert error["type"] == "server_error"
 
 
+def test_what_came_before_a_corrupt_frame_reaches_the_client() -> None:
+    events = converse_events({})
+    good = b"".join(event_frame(k, p) for k, p in events[:3])
+    bad = bytearray(event_frame(*events[3]))
+    bad[-1] ^= 0x01
+    translator = stream_to_openai.StreamTranslator(
+        model=MODEL, response_id="c", created=0, include_usage=False
+    )
+    out = SSEDecoder().feed(translator.feed(good + bytes(bad)) + translator.finish())
+    first_words = [json.loads(e.data)["choices"][0]["delta"].get("content") for e in out[:3]]
+    assert first_words == ["", "Bonjour", " !"]
+    assert "message CRC" in json.loads(out[-1].data)["error"]["message"]
+
+
 def test_cut_off_stream_for_openai() -> None:
     events = converse_events({})
     data = b"".join(event_frame(k, p) for k, p in events[:4])

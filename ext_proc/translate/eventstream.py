@@ -62,6 +62,11 @@ HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
 class EventStreamError(ValueError):
     """Bytes that are not a valid event stream: bad CRC, bad length, bad header."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.decoded: list[Message] = []
+        """The good frames the same ``feed`` completed before the bad one."""
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -101,12 +106,17 @@ class EventStreamDecoder:
         messages: list[Message] = []
         start = 0
         buffer = self._buffer
-        while len(buffer) - start >= _PRELUDE_LENGTH:
-            total = self._check_prelude(memoryview(buffer)[start : start + _PRELUDE_LENGTH])
-            if len(buffer) - start < total:
-                break
-            messages.append(_decode_frame(bytes(buffer[start : start + total])))
-            start += total
+        try:
+            while len(buffer) - start >= _PRELUDE_LENGTH:
+                total = self._check_prelude(memoryview(buffer)[start : start + _PRELUDE_LENGTH])
+                if len(buffer) - start < total:
+                    break
+                messages.append(_decode_frame(bytes(buffer[start : start + total])))
+                start += total
+        except EventStreamError as error:
+            # What came before the corruption is good, and the reader may still use it.
+            error.decoded = messages
+            raise
         del buffer[:start]
         return messages
 

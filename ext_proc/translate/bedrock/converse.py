@@ -302,12 +302,16 @@ class ConverseEvents:
     def feed(self, chunk: bytes) -> list[StreamEvent | StreamFailure]:
         if self._failed:
             return []
+        failure: list[StreamEvent | StreamFailure] = []
         try:
             messages = self._decoder.feed(chunk)
         except EventStreamError as error:
             self._failed = True
-            return [StreamFailure(502, "invalid_event_stream", f"Bedrock's stream is bad: {error}")]
-        return [e for e in map(read_stream_message, messages) if e is not None]
+            messages = error.decoded
+            failure.append(
+                StreamFailure(502, "invalid_event_stream", f"Bedrock's stream is bad: {error}")
+            )
+        return [e for e in map(read_stream_message, messages) if e is not None] + failure
 
     def finish(self) -> list[StreamEvent | StreamFailure]:
         if self._failed:
