@@ -9,7 +9,8 @@ direction and phase, all pure:
 - ``response_to_openai`` / ``response_to_anthropic``: Converse JSON -> client JSON;
 - ``stream_to_openai`` / ``stream_to_anthropic``: event-stream bytes -> client SSE;
 - ``errors``: Bedrock error body -> the client's error shape;
-- ``converse``: what they share (paths, media, stop reasons, usage, stream events).
+- ``converse``: what they share (paths, stop reasons, usage, stream events);
+- ``request_parts``: what both request translators build (media, tools, settings).
 """
 
 from ext_proc.translate.bedrock.converse import (

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.errors import GatewayError
-from ext_proc.translate.bedrock.converse import (
+from ext_proc.translate.bedrock.converse import ConverseRequest
+from ext_proc.translate.bedrock.request_parts import (
     NO_TOOL_CHOICE,
-    ConverseRequest,
     append_turn,
     document_block,
     image_block,
