@@ -13,7 +13,7 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 from ext_proc.apis import COMMON_DIALECT, Dialect, WireAPI
-from ext_proc.config import ProviderConfig
+from ext_proc.config.types import ProviderConfig
 
 __all__ = [
     "CATALOG",
