@@ -16,15 +16,26 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from ext_proc.routing.resolve import build_routing_table
-from ext_proc.server.processor import RequestProcessor as _AsyncProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.server.translation_stream import TranslationProcessor
 from tests.factories import config, provider
 
 
 class RequestProcessor:
-    """Drives the async processor synchronously: each call runs one phase."""
+    """Drives the routing stream's processor synchronously: each call runs one phase."""
 
     def __init__(self, table) -> None:
-        self._inner = _AsyncProcessor(table)
+        self._inner = RoutingProcessor(table)
+
+    def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+        return asyncio.run(self._inner.handle(request))
+
+
+class ResponseProcessor:
+    """Drives the translation stream's processor synchronously."""
+
+    def __init__(self) -> None:
+        self._inner = TranslationProcessor()
 
     def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         return asyncio.run(self._inner.handle(request))
@@ -221,12 +232,12 @@ def test_bodyless_llm_request_is_answered_from_headers() -> None:
 
 
 def test_unexpected_failure_is_a_500_json_not_a_raise(monkeypatch) -> None:
-    import ext_proc.server.processor as processor
+    import ext_proc.server.routing_stream as routing_stream
 
     def boom(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(processor, "plan_request", boom)
+    monkeypatch.setattr(routing_stream, "plan_request", boom)
     status, body = immediate(run("/v1/chat/completions", {"model": "gpt-5.2"}))
     assert status == 500 and body["error"]["type"] == "server_error"
     assert "bug" not in body["error"]["message"]
@@ -342,7 +353,7 @@ def upstream_headers(content_type: str, status: int = 200, **extra: str) -> dict
 
 
 def test_untranslated_response_is_left_alone() -> None:
-    resp = RequestProcessor(TABLE).handle(
+    resp = ResponseProcessor().handle(
         response_headers_msg({":status": "200", "content-type": "application/json"})
     )
     assert resp.WhichOneof("response") == "response_headers"
@@ -351,7 +362,7 @@ def test_untranslated_response_is_left_alone() -> None:
 
 
 def test_sse_response_is_streamed_and_translated_chunk_by_chunk() -> None:
-    p = RequestProcessor(TABLE)
+    p = ResponseProcessor()
     resp = p.handle(response_headers_msg(upstream_headers("text/event-stream")))
     assert resp.mode_override.response_body_mode == ProcessingMode.STREAMED
     _, removes = mutation(resp, "response_headers")
@@ -377,7 +388,7 @@ def test_sse_response_is_streamed_and_translated_chunk_by_chunk() -> None:
 
 
 def test_json_response_is_buffered_and_rewritten_with_its_length() -> None:
-    p = RequestProcessor(TABLE)
+    p = ResponseProcessor()
     resp = p.handle(response_headers_msg(upstream_headers("application/json")))
     assert resp.mode_override.response_body_mode == ProcessingMode.BUFFERED
     message = {
@@ -398,7 +409,7 @@ def test_json_response_is_buffered_and_rewritten_with_its_length() -> None:
 
 
 def test_upstream_error_keeps_its_status_in_the_clients_shape() -> None:
-    p = RequestProcessor(TABLE)
+    p = ResponseProcessor()
     resp = p.handle(response_headers_msg(upstream_headers("application/json", 529)))
     assert resp.mode_override.response_body_mode == ProcessingMode.BUFFERED
     sets, _ = mutation(resp, "response_headers")
@@ -417,7 +428,7 @@ def test_upstream_error_keeps_its_status_in_the_clients_shape() -> None:
 
 
 def test_compressed_upstream_body_is_a_502_in_the_clients_shape() -> None:
-    resp = RequestProcessor(TABLE).handle(
+    resp = ResponseProcessor().handle(
         response_headers_msg(upstream_headers("application/json", **{"content-encoding": "gzip"}))
     )
     status, body = immediate(resp)
@@ -425,7 +436,7 @@ def test_compressed_upstream_body_is_a_502_in_the_clients_shape() -> None:
 
 
 def test_bodyless_translated_response_needs_no_body_phase() -> None:
-    resp = RequestProcessor(TABLE).handle(
+    resp = ResponseProcessor().handle(
         response_headers_msg(upstream_headers("application/json", 204), eos=True)
     )
     assert not resp.HasField("mode_override")

@@ -227,12 +227,7 @@ class GatewayMetrics:
             self._routed_child(Resolution.DEFAULT, default.provider, default.model)
 
     def _prime_model(self, table: RoutingTable, name: str, resolution: Resolution) -> None:
-        provider = table.by_model.get(name)
-        if provider is None and "/" in name:
-            provider = table.wildcards.get(name.partition("/")[0])
-        if provider is None:
-            candidates = table.by_bare_id.get(name, ())
-            provider = candidates[0] if len(candidates) == 1 else None
+        provider = table.models.provider_of(name)
         if provider is not None:
             self._routed_child(resolution, provider.provider, provider.model)
 
