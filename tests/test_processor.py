@@ -185,6 +185,9 @@ def test_models_listing_in_both_shapes() -> None:
         ({"model": "nope/nothing"}, None, 400, "model_not_found"),
         ({"model": "x"}, {"content-type": "text/plain"}, 415, "unsupported_media_type"),
         (b"[" * 100_000, None, 400, "invalid_json"),
+        # Valid JSON that json.loads refuses: past Python's int digit limit.
+        (b'{"model": "fast-model", "n": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
+        ({"model": "fast-model", "messages": "hello"}, None, 400, "invalid_request"),
     ],
 )
 def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
@@ -193,6 +196,63 @@ def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
     assert got["error"]["code"] == code
     assert got["error"]["type"] == "invalid_request_error"
     assert got["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("messages", "hello"),
+        ("messages", ["hello"]),
+        ("messages", None),
+        ("stream", "true"),
+        ("stream", 1),
+        ("tools", {"type": "function"}),
+        ("model", 7),
+    ],
+)
+def test_fields_archway_reads_must_have_their_openai_types(field, value) -> None:
+    body = {"model": "fast-model", "messages": [{"role": "user", "content": "hi"}]}
+    status, got = immediate(run("/v1/chat/completions", {**body, field: value}))
+    assert status == 400
+    assert got["error"]["param"] == field
+    assert got["error"]["type"] == "invalid_request_error"
+    assert f"'{field}' must be" in got["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("system", 5),
+        ("system", ["be brief"]),
+        ("messages", {"role": "user"}),
+        ("stream", "no"),
+        ("tools", "search"),
+    ],
+)
+def test_fields_archway_reads_must_have_their_anthropic_types(field, value) -> None:
+    body = {"model": "anthropic/claude-sonnet-4-5", "max_tokens": 5, "messages": []}
+    status, got = immediate(run("/v1/messages", {**body, field: value}))
+    assert status == 400
+    assert got == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": got["error"]["message"]},
+    }
+    assert f"'{field}' must be" in got["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"stream": None, "tools": [], "system": 5}),
+        ("/v1/messages", {"stream": False, "system": "be brief", "max_tokens": 5}),
+        ("/v1/messages", {"system": [{"type": "text", "text": "be brief"}], "max_tokens": 5}),
+    ],
+)
+def test_well_typed_fields_are_routed(path, body) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    model = "anthropic/claude-sonnet-4-5" if path == "/v1/messages" else "gpt-5.2"
+    resp = run(path, {"model": model, "messages": messages, **body})
+    assert resp.WhichOneof("response") == "request_body"
 
 
 def test_errors_on_messages_use_anthropic_shape() -> None:
