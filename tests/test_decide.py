@@ -1,4 +1,4 @@
-"""Deciding apart from planning: the pure steps, the one model index, the retry
+"""Deciding apart from planning: the pure steps, the config's one model index, the retry
 splice, and the processor each stream role gets."""
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from ext_proc.headers import FALLBACK_CHAIN, UPSTREAM_PHASE_KEY
 from ext_proc.router import RouteChoice
 from ext_proc.routing import affinity
 from ext_proc.routing.body import parse_json, with_model
-from ext_proc.routing.decide import Decision, decide, is_open_model, look
-from ext_proc.routing.index import ModelIndex
-from ext_proc.routing.resolve import Resolution, build_routing_table
+from ext_proc.routing.decide import Decision, decide, is_open_model, look, resolve_model
+from ext_proc.routing.resolve import Resolution, build_routing_table, configured_entry
 from ext_proc.server.attempt import ATTEMPT_HEADER, AttemptProcessor
 from ext_proc.server.routing_stream import RoutingProcessor
 from ext_proc.server.service import ExternalProcessor
@@ -90,29 +89,27 @@ def test_a_session_is_pinned_by_decide_and_recalled_by_look() -> None:
     assert reused.target.model == "anthropic/claude-sonnet-4-5" and reused.target.route == "code"
 
 
-def test_the_index_answers_every_kind_of_name_in_resolution_order() -> None:
-    index = ModelIndex.of(
-        (
+def test_every_lookup_reads_the_configs_one_index() -> None:
+    table = build_routing_table(
+        config(
             provider("openai/gpt-5"),
             provider("mistral/gpt-5"),
             provider("groq/*"),
             provider("deepseek/*"),
         )
     )
-    assert [p.model for p, _ in index.serving("openai/gpt-5")] == ["openai/gpt-5"]
-    assert [(p.model, i) for p, i in index.serving("groq/llama-4")] == [("groq/*", "llama-4")]
-    # A bare id: the explicit models first, and only then the wildcards.
-    assert [p.model for p, _ in index.serving("gpt-5")] == ["openai/gpt-5", "mistral/gpt-5"]
-    assert [p.model for p, _ in index.serving("llama-4")] == ["groq/*", "deepseek/*"]
-    assert index.serving("nobody/gpt-5") == ()
-    assert index.provider_of("gpt-5") is None  # ambiguous
-    assert index.provider_of("groq/x").model == "groq/*"  # type: ignore[union-attr]
+    assert table.models is table.config.models
+    found = resolve_model(table, "groq/llama-4")
+    assert (found.provider.model, found.upstream_model) == ("groq/*", "llama-4")
+    assert configured_entry(table.models, "groq/llama-4").model == "groq/*"  # type: ignore[union-attr]
+    assert configured_entry(table.models, "gpt-5") is None  # two explicit models: ambiguous
+    for name, served_by in (("gpt-5", "openai/gpt-5, mistral/gpt-5"), ("x", "groq/*, deepseek/*")):
+        with pytest.raises(GatewayError) as info:
+            resolve_model(table, name)
+        assert info.value.code == "model_ambiguous" and served_by in info.value.message
     with pytest.raises(GatewayError) as info:
-        decide(
-            build_routing_table(config(*index.by_model.values())),
-            look(TABLE, {"model": "gpt-5"}, {}),
-        )
-    assert info.value.code == "model_ambiguous"
+        resolve_model(table, "nobody/gpt-5")
+    assert info.value.code == "model_not_found"
 
 
 def test_a_retry_body_gets_the_same_splice_as_the_first_attempt() -> None:

@@ -10,7 +10,7 @@ Order, for a requested name (``routing.decide`` tells open names from named ones
 3. ``provider/model``: that configured model, else the provider's wildcard
    (``openai/*`` serves any ``openai/<id>``);
 4. a bare model id served by exactly one configured model (explicit models
-   first, then a single wildcard provider), as ``ModelIndex.serving`` says;
+   first, then a single wildcard provider), as the config's ``ModelIndex`` says;
 5. anything else: a 400 that lists what is available.
 """
 
@@ -19,16 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ext_proc.config import Config, ProviderConfig
+from ext_proc.config import Config, ModelIndex, ProviderConfig
 from ext_proc.errors import GatewayError
 from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_for
-from ext_proc.routing.index import ModelIndex
 
 __all__ = [
     "Resolution",
     "RoutingDecision",
     "RoutingTable",
     "build_routing_table",
+    "configured_entry",
     "failover_chains",
     "resolve_named",
     "resolve_open",
@@ -94,7 +94,7 @@ def build_routing_table(config: Config) -> RoutingTable:
     routes = {pref.name: pref.models[0] for pref in config.routing_preferences if pref.models}
     return RoutingTable(
         config=config,
-        models=ModelIndex.of(config.providers),
+        models=config.models,
         upstreams={p.model: upstream_for(p) for p in config.providers},
         aliases=dict(config.aliases),
         alias_fallbacks=dict(config.alias_fallbacks),
@@ -159,26 +159,49 @@ def resolve_open(table: RoutingTable, requested: str | None, route: str | None) 
     return _decision(table, default, default.model_id, Resolution.DEFAULT, requested, route=route)
 
 
+def configured_entry(models: ModelIndex, name: str) -> ProviderConfig | None:
+    """The one configured entry serving ``name`` (``openai/*`` for a wildcard's
+    model); ``None`` when none does or the name is ambiguous. For reporting."""
+    provider = models.provider_for(name)
+    if provider is None:
+        names = models.serving(name)
+        provider = models.provider_for(names[0]) if len(names) == 1 else None
+    return provider
+
+
 def _lookup(table: RoutingTable, name: str) -> tuple[ProviderConfig, str]:
     """The configured model serving ``name`` and the id to send upstream."""
-    found = table.models.serving(name)
-    if len(found) == 1:
-        provider, model_id = found[0]
-        return provider, _wildcard_id(model_id) if provider.wildcard else model_id
-    if len(found) > 1:
-        names = ", ".join(p.model for p, _ in found)
-        if all(p.wildcard for p, _ in found):
-            message = f"it could be served by {names}. Ask for it as provider/model."
-        else:
-            message = f"it is served by {names}. Ask for one of them as provider/model."
-        raise GatewayError(
-            400, f"Model {name!r} is ambiguous: {message}", code="model_ambiguous", param="model"
-        )
-    raise GatewayError(
-        400,
-        f"Model {name!r} is not configured on this gateway. Available: {_listing(table)}",
-        code="model_not_found",
-        param="model",
+    models = table.models
+    # A full name (the common case, and every alias target and fallback) is
+    # one or two dictionary look-ups; only a bare id needs ``serving``.
+    provider = models.provider_for(name)
+    if provider is None:
+        names = models.serving(name)
+        if len(names) > 1:
+            raise _ambiguous(models, name, names)
+        if not names:
+            raise GatewayError(
+                400,
+                f"Model {name!r} is not configured on this gateway. Available: {_listing(table)}",
+                code="model_not_found",
+                param="model",
+            )
+        name = names[0]
+        provider = models.provider_for(name)
+        assert provider is not None
+    if provider.wildcard:
+        return provider, _wildcard_id(name.partition("/")[2])
+    return provider, provider.model_id
+
+
+def _ambiguous(models: ModelIndex, name: str, names: list[str]) -> GatewayError:
+    if name in models.by_bare_id:
+        message = f"it is served by {', '.join(names)}. Ask for one of them as provider/model."
+    else:
+        wildcards = ", ".join(p.model for p in models.wildcards.values())
+        message = f"it could be served by {wildcards}. Ask for it as provider/model."
+    return GatewayError(
+        400, f"Model {name!r} is ambiguous: {message}", code="model_ambiguous", param="model"
     )
 
 

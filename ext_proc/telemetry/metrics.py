@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable
+from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable, configured_entry
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -227,7 +227,7 @@ class GatewayMetrics:
             self._routed_child(Resolution.DEFAULT, default.provider, default.model)
 
     def _prime_model(self, table: RoutingTable, name: str, resolution: Resolution) -> None:
-        provider = table.models.provider_of(name)
+        provider = configured_entry(table.models, name)
         if provider is not None:
             self._routed_child(resolution, provider.provider, provider.model)
 

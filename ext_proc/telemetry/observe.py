@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ext_proc.errors import GatewayError
 from ext_proc.router import RouteChoice
-from ext_proc.routing.resolve import RoutingDecision, RoutingTable
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, configured_entry
 from ext_proc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class AttemptTelemetry:
 
 def _configured_model(table: RoutingTable, name: str) -> str:
     """The configured entry serving ``name`` (``openai/*`` for a wildcard's model)."""
-    provider = table.models.provider_of(name)
+    provider = configured_entry(table.models, name)
     return provider.model if provider is not None else ""
 
 
