@@ -182,27 +182,34 @@ def check_fields(data: Mapping[str, Any], api: WireAPI) -> None:
 
     Absent fields are the provider's to require: Archway only refuses what it
     would misread (the router reads ``messages`` and ``system``, translation
-    reads all of these) or forward as if it were well-formed.
+    reads all of these) or forward as if it were well-formed. The body came
+    from ``json``, so exact ``type`` checks are enough, and cheaper.
     """
     requested_model(data)
-    messages = data.get("messages")
-    if "messages" in data and not (
-        isinstance(messages, list) and all(isinstance(m, dict) for m in messages)
-    ):
-        raise _wrong_type("messages", "a list of message objects", messages)
+    messages = data.get("messages", _ABSENT)
+    if messages is not _ABSENT:
+        if type(messages) is not list:
+            raise _wrong_type("messages", "a list of message objects", messages)
+        for message in messages:
+            if type(message) is not dict:
+                raise _wrong_type("messages", "a list of message objects", messages)
     stream = data.get("stream")
     # OpenAI's schema allows null (not streamed); Anthropic's SDK never sends it.
-    if stream is not None and not isinstance(stream, bool):
+    if stream is not None and type(stream) is not bool:
         raise _wrong_type("stream", "true or false", stream)
-    if "tools" in data and not isinstance(data["tools"], list):
-        raise _wrong_type("tools", "a list of tools", data["tools"])
-    if api is WireAPI.ANTHROPIC and "system" in data:
-        system = data["system"]
-        if not (
-            isinstance(system, str)
-            or (isinstance(system, list) and all(isinstance(b, dict) for b in system))
-        ):
+    tools = data.get("tools", _ABSENT)
+    if tools is not _ABSENT and type(tools) is not list:
+        raise _wrong_type("tools", "a list of tools", tools)
+    if api is WireAPI.ANTHROPIC:
+        system = data.get("system", _ABSENT)
+        well_typed = type(system) is str or (
+            type(system) is list and all(type(block) is dict for block in system)
+        )
+        if system is not _ABSENT and not well_typed:
             raise _wrong_type("system", "a string or a list of content blocks", system)
+
+
+_ABSENT: Any = object()
 
 
 def _wrong_type(

@@ -16,8 +16,7 @@ The one state touched is this process's session pins (``routing.affinity``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ext_proc.headers import AFFINITY_NEW, AFFINITY_PINNED, CLIENT_AFFINITY_HEADER
 from ext_proc.router import RouteChoice
@@ -44,9 +43,9 @@ def is_open_model(requested: str | None) -> bool:
     return requested is None or requested.strip().lower() in AUTO_MODELS
 
 
-@dataclass(frozen=True, slots=True)
-class Look:
-    """What a request says before any router is asked."""
+class Look(NamedTuple):
+    """What a request says before any router is asked. A named tuple: immutable,
+    and built on every request at a third of a frozen dataclass's cost."""
 
     requested: str | None
     open_model: bool
@@ -61,9 +60,9 @@ class Look:
         return self.open_model and self.pinned is None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The outcome of routing one request: plain data for the planner and telemetry."""
+class Decision(NamedTuple):
+    """The outcome of routing one request: plain immutable data for the planner
+    and telemetry (a named tuple, as ``Look``)."""
 
     target: RoutingDecision
     """Model, resolution, route, cluster and fallbacks."""
