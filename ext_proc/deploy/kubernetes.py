@@ -39,10 +39,11 @@ from ext_proc.deploy.bootstrap import (
     EXT_PROC_HEALTH_CHECK,
     bootstrap_dict,
     buffer_limit_bytes,
+    distinct_upstreams,
     is_ip_address,
 )
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
-from ext_proc.routing.catalog import Upstream, upstream_for
+from ext_proc.routing.catalog import Upstream
 from ext_proc.routing.plan import CREDENTIAL_HEADERS
 from ext_proc.server.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE
 
@@ -639,14 +640,6 @@ def _listener_sections(config: Config) -> dict[str, str]:
     return _unique_labels([lst.name for lst in config.listeners], "listeners")
 
 
-def _distinct_upstreams(config: Config) -> list[Upstream]:
-    seen: dict[str, Upstream] = {}
-    for provider in config.providers:
-        upstream = upstream_for(provider)
-        seen.setdefault(upstream.cluster, upstream)
-    return list(seen.values())
-
-
 def _gateway_ref() -> dict[str, str]:
     return {"group": _GATEWAY_API, "kind": "Gateway", "name": GATEWAY_NAME}
 
@@ -732,7 +725,7 @@ def route_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
     listener one route without the header, so that every request matches a route
     and passes through Archway first."""
     sections = _listener_sections(config)
-    upstreams = _distinct_upstreams(config)
+    upstreams = distinct_upstreams(config)
     cluster_labels = _unique_labels([u.cluster for u in upstreams], "clusters")
     manifests: list[Manifest] = []
     for upstream in upstreams:
