@@ -11,7 +11,8 @@ Deployment, headless Service, HorizontalPodAutoscaler, PodDisruptionBudget):
   request to whichever pod it reached first, whatever the autoscaler adds.
 - **envoy-gateway** (``gateway_manifests`` and ``route_manifests``): Envoy
   Gateway runs Envoy. A Gateway carries the listeners, an EnvoyExtensionPolicy
-  sends every request through Archway, and one HTTPRoute per upstream matches
+  sends every request through Archway (and every response's headers, so that
+  Archway can translate a response back), and one HTTPRoute per upstream matches
   the ``x-archway-cluster`` header that Archway sets, forwarding to a Backend
   (with a BackendTLSPolicy for https upstreams).
 
