@@ -123,7 +123,7 @@ def _build(r: Reader, root: yaml.MappingNode) -> Config | None:
     overrides = read_overrides(r, value("overrides"))
     gateway = read_gateway(r, value("archway"))
     affinity = read_affinity(r, value("routing"))
-    router = read_router(r, top.get("router"), r.source)
+    router = read_router(r, top.get("router"))
     if router is not None and not preferences:
         r.warn(
             top["router"][0],

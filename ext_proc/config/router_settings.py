@@ -22,9 +22,7 @@ __all__ = ["read_router"]
 _COMMON_KEYS = ("backend", "model_path", *setting_keys(RouterSettings))
 
 
-def read_router(
-    r: Reader, entry: tuple[yaml.Node, yaml.Node] | None, source: Path | None
-) -> RouterSettings | None:
+def read_router(r: Reader, entry: tuple[yaml.Node, yaml.Node] | None) -> RouterSettings | None:
     """``None`` when the section is absent, or broken (reported)."""
     node = entry[1] if entry is not None else None
     if entry is None or is_null(node):
@@ -56,7 +54,7 @@ def read_router(
                 f"{key} is a setting of backend {owner!r}, not {name!r}",
                 f"remove it, or set backend: {owner}",
             )
-    model_path = _model_path(r, fields.get("model_path"), source, backend)
+    model_path = _model_path(r, fields.get("model_path"), backend)
     if backend.model_dir is not None and "model_path" not in fields:
         r.missing_key(node, "router", "model_path", f"`model_path: DIR`, {backend.model_dir}")
     common = r.settings(RouterSettings, fields, node, "router") or {}
@@ -72,9 +70,7 @@ def read_router(
     )
 
 
-def _model_path(
-    r: Reader, node: yaml.Node | None, source: Path | None, backend: BackendKind
-) -> Path | None:
+def _model_path(r: Reader, node: yaml.Node | None, backend: BackendKind) -> Path | None:
     text = r.text(node, "router.model_path")
     if text is None:
         return None
@@ -82,9 +78,9 @@ def _model_path(
         r.error(node, "router.model_path", "empty path", "write the model directory")
         return None
     path = Path(text).expanduser()
-    if not path.is_absolute() and source is not None:
+    if not path.is_absolute() and r.source is not None:
         # Relative to the config, not to wherever `archway` happens to run.
-        path = source.resolve().parent / path
+        path = r.source.resolve().parent / path
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is not a directory"
         fix = (

@@ -124,7 +124,14 @@ CT2_COMPUTE_TYPES = (
 
 
 @dataclass(frozen=True)
-class ArchRouterOptions:
+class RouterOptions:
+    """A router backend's own settings: a subclass of ``setting`` fields, which the
+    loader reads. It is registered with the backend's builder in
+    ``ext_proc/router/factory.py``, the one list of backends."""
+
+
+@dataclass(frozen=True)
+class ArchRouterOptions(RouterOptions):
     """Settings only the in-process CTranslate2 backend has."""
 
     device: str = setting(Kind.CHOICE, "auto", choices=CT2_DEVICES, what="device")
@@ -149,7 +156,7 @@ class ArchRouterOptions:
 
 
 @dataclass(frozen=True)
-class RemoteRouterOptions:
+class RemoteRouterOptions(RouterOptions):
     """Settings only the remote backend has: an OpenAI-compatible endpoint
     (vLLM, Ollama, llama.cpp's server) that serves Arch-Router."""
 
@@ -161,7 +168,7 @@ class RemoteRouterOptions:
 
 
 @dataclass(frozen=True)
-class EmbeddingRouterOptions:
+class EmbeddingRouterOptions(RouterOptions):
     """Settings only the embedding backend has. The decision defaults were tuned
     on the dev split of tests/data/routing_set.yaml (see bench/)."""
 
@@ -187,11 +194,6 @@ class EmbeddingRouterOptions:
     """Of the route classifier's logit in a route's score; 0: nearest vector alone."""
     other_examples: tuple[str, ...] | None = setting(Kind.EXAMPLES, None)
     """Replaces the built-in background of off-topic requests; ``None``: built-in."""
-
-
-RouterOptions = ArchRouterOptions | RemoteRouterOptions | EmbeddingRouterOptions
-"""Backend-specific settings. A new backend declares its own class of ``setting``
-fields and registers it with its builder in ``ext_proc/router/factory.py``."""
 
 
 @dataclass(frozen=True)

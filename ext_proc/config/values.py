@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DURATION_HINT", "ENV_NAME", "ENV_REF", "parse_dotenv", "parse_duration"]
+__all__ = ["DURATION_HINT", "ENV_REF", "parse_dotenv", "parse_duration"]
 
 # `$$` first, so that `$$HOME` is a literal `$HOME` rather than `$` + $HOME.
 ENV_REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -57,7 +57,7 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[int]]:
             stripped = stripped[len("export") :].lstrip()
         key, sep, rest = stripped.partition("=")
         key = key.strip()
-        if not sep or not ENV_NAME.fullmatch(key):
+        if not sep or not _ENV_NAME.fullmatch(key):
             bad.append(number)
             continue
         value = _dotenv_value(rest.strip())
