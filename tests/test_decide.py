@@ -155,3 +155,24 @@ def test_each_stream_role_gets_its_own_processor(
     headers += [(k.encode(), v.encode()) for k, v in metadata]
     stream = servicer.new_stream(headers)
     assert type(stream._processor) is kind
+
+
+def test_a_routing_stream_that_sees_its_response_translates_it() -> None:
+    """Envoy Gateway's one ext_proc filter sends the response on the routing stream."""
+    values = [
+        HeaderValue(key=k, raw_value=v.encode())
+        for k, v in {
+            ":status": "200",
+            "content-type": "application/json",
+            "x-archway-translate": "openai-to-anthropic",
+        }.items()
+    ]
+    message = ProcessingRequest(
+        response_headers=HttpHeaders(headers=HeaderMap(headers=values), end_of_stream=False)
+    )
+    response = asyncio.run(RoutingProcessor(TABLE).handle(message))
+    assert response.WhichOneof("response") == "response_headers"
+    assert list(response.response_headers.response.header_mutation.remove_headers) == [
+        "x-archway-translate"
+    ]
+    assert response.HasField("mode_override")

@@ -5,6 +5,11 @@ answered at once); the body is parsed once, ``routing.decide`` decides where
 it goes (awaiting the preference router only when the request leaves the
 model open and no session pin answers), and ``routing.plan`` says how to
 rewrite it. ``handle`` suspends only on that router call.
+
+Under Envoy Gateway one ext_proc filter does both jobs, so this stream also
+sees its response; those phases go to a ``TranslationProcessor`` of its own, as
+they would on the translation filter's stream (and as on a stream from an
+Envoy config written before the translation filter's streams were tagged).
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ from ext_proc.routing.plan import plan_request
 from ext_proc.routing.resolve import RoutingTable
 from ext_proc.server import messages
 from ext_proc.server.processor import internal_error
+from ext_proc.server.translation_stream import TranslationProcessor
 from ext_proc.telemetry.observe import RequestTelemetry
 
 __all__ = ["RoutingProcessor"]
 
 log = logging.getLogger("archway.processor")
+
+_RESPONSE_PHASES = frozenset({"response_headers", "response_body"})
 
 
 class RoutingProcessor:
@@ -44,6 +52,7 @@ class RoutingProcessor:
         "_api",
         "_endpoint",
         "_headers",
+        "_response",
         "_router",
         "_table",
         "_telemetry",
@@ -64,6 +73,7 @@ class RoutingProcessor:
         self._api = WireAPI.OPENAI
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
+        self._response: TranslationProcessor | None = None
         self._telemetry = RequestTelemetry()
         self._trace_context = trace_context
         """The gRPC stream's W3C trace context (Envoy's span), when tracing is on."""
@@ -75,6 +85,11 @@ class RoutingProcessor:
                 return self._on_request_headers(request.request_headers)
             if phase == "request_body":
                 return await self._on_request_body(request.request_body)
+            if phase in _RESPONSE_PHASES:
+                response = self._response
+                if response is None:
+                    response = self._response = TranslationProcessor()
+                return await response.handle(request)
             return messages.pass_through(phase)
         except GatewayError as exc:
             return self._error(exc)
