@@ -43,6 +43,9 @@ class WireAPI(StrEnum):
     """OpenAI chat completions, which most providers also serve."""
     ANTHROPIC = "anthropic"
     """Anthropic Messages."""
+    RESPONSES = "responses"
+    """OpenAI's Responses API (``/v1/responses``): what the Agents SDK and Codex
+    speak. OpenAI's error shape and SDK headers."""
 
     @property
     def upstream_path(self) -> str:
@@ -70,6 +73,7 @@ class _APIFacts:
 _FACTS: dict[WireAPI, _APIFacts] = {
     WireAPI.OPENAI: _APIFacts("/chat/completions", ErrorShape.OPENAI, "openai-"),
     WireAPI.ANTHROPIC: _APIFacts("/messages", ErrorShape.ANTHROPIC, "anthropic-"),
+    WireAPI.RESPONSES: _APIFacts("/responses", ErrorShape.OPENAI, "openai-"),
 }
 
 
@@ -102,6 +106,7 @@ class Endpoint(Enum):
 
     CHAT_COMPLETIONS = _Route("POST", ("/v1/chat/completions", "/chat/completions"), WireAPI.OPENAI)
     MESSAGES = _Route("POST", ("/v1/messages",), WireAPI.ANTHROPIC)
+    RESPONSES = _Route("POST", ("/v1/responses", "/responses"), WireAPI.RESPONSES)
     MODELS = _Route("GET", ("/v1/models", "/models"), WireAPI.OPENAI)
     """Answered from the config (``ext_proc.routing.endpoints``), in the shape of
     the caller's SDK."""

@@ -31,6 +31,7 @@ from ext_proc.routing.decide import Look, decide, look, resolve_model
 from ext_proc.routing.endpoints import classify
 from ext_proc.routing.plan import CREDENTIAL_HEADERS, plan_request
 from ext_proc.routing.resolve import build_routing_table
+from ext_proc.state import StateStorageError
 
 if TYPE_CHECKING:
     from ext_proc.telemetry.observe import ProcessObservability
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (RouterUnavailableError, ModelFilesError) as exc:
         print(f"archway: the preference router cannot start: {exc}", file=sys.stderr)
+        return 1
+    except StateStorageError as exc:
+        print(f"archway: the state_storage cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

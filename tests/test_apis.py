@@ -19,6 +19,7 @@ from ext_proc.apis import (
     path_prefixes,
 )
 from ext_proc.errors import GatewayError, error_body
+from ext_proc.routing.catalog import CATALOG
 from ext_proc.routing.endpoints import classify, listing_api
 from ext_proc.translate import TranslationContext, translate_response, translator_for
 
@@ -74,7 +75,7 @@ def test_unserved_paths_and_methods_are_refused_with_what_is_served() -> None:
         ("/v1/messages", WireAPI.ANTHROPIC),
         ("/v1/messages/count_tokens", WireAPI.ANTHROPIC),
         ("/v1/chat/completions", WireAPI.OPENAI),
-        ("/v1/responses", WireAPI.OPENAI),
+        ("/v1/responses", WireAPI.RESPONSES),
         ("/", WireAPI.OPENAI),
     ],
 )
@@ -106,10 +107,18 @@ def test_the_models_listing_answers_each_sdk_in_its_shape() -> None:
     assert listing_api({"authorization": "Bearer x"}) is WireAPI.OPENAI
 
 
-def test_every_pair_of_apis_has_a_translator_and_one_api_needs_none() -> None:
+def test_every_client_api_has_a_translator_to_every_provider_api() -> None:
     for api in WireAPI:
         assert translator_for(api, api) is None
+    # Responses is never a provider's only API: those that serve it also serve chat.
+    provider_apis = {spec.api for spec in CATALOG.values()}
+    assert WireAPI.RESPONSES not in provider_apis
     for client, provider in permutations(WireAPI, 2):
+        if provider not in provider_apis:
+            with pytest.raises(GatewayError) as error:
+                translator_for(client, provider)
+            assert error.value.status == 400
+            continue
         translator = translator_for(client, provider)
         assert translator is not None
         assert (translator.client, translator.provider) == (client, provider)

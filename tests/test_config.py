@@ -23,6 +23,7 @@ from ext_proc.config import (
     load_config_text,
     parse_duration,
 )
+from ext_proc.state import StateStorageConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -925,6 +926,8 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         prompt_caching: {enabled: true}
         """),
     )
+    # state_storage is Archway's too now (Responses conversation state).
+    assert config.state_storage == StateStorageConfig("memory")
     sections = [w.split(": ")[1] for w in config.warnings]
     assert sections == [
         "tracing",
@@ -932,7 +935,6 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         "prompt_guards",
         "endpoints",
         "system_prompt",
-        "state_storage",
         "agents",
         "filters",
         "prompt_targets",
@@ -948,10 +950,23 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
 
 
 def test_plano_section_with_unset_variable_is_not_an_error(tmp_path: Path) -> None:
-    config = load(
-        tmp_path, MINIMAL + "state_storage:\n  type: postgres\n  connection_string: $PG\n"
-    )
+    config = load(tmp_path, MINIMAL + "endpoints:\n  app:\n    endpoint: $APP_HOST\n")
     assert len(config.warnings) == 1
+
+
+def test_state_storage_postgres_needs_its_variable_and_never_shows_it(tmp_path: Path) -> None:
+    text = "state_storage:\n  type: postgres\n  connection_string: $PG\n"
+    found = problem(tmp_path, MINIMAL + text)
+    assert "environment variable PG is not set" in found
+    (tmp_path / ".env").write_text("PG=postgresql://u:s3cret@db:5432/x\n")
+    config = load(tmp_path, MINIMAL + text)
+    assert config.state_storage == StateStorageConfig("postgres", "postgresql://u:s3cret@db:5432/x")
+    assert "s3cret" not in problem(tmp_path, MINIMAL + text.replace("postgres\n", "postgress\n"))
+
+
+def test_state_storage_type_is_checked(tmp_path: Path) -> None:
+    found = problem(tmp_path, MINIMAL + "state_storage:\n  type: redis\n")
+    assert "unknown state storage type 'redis'" in found
 
 
 def test_overrides(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ext_proc.config.fields import Kind, setting
 from ext_proc.config.models import ModelIndex
+from ext_proc.state import StateStorageConfig
 
 __all__ = [
     "CT2_COMPUTE_TYPES",
@@ -281,6 +282,9 @@ class Config:
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    state_storage: StateStorageConfig | None = None
+    """Plano's ``state_storage``: where Responses conversations are kept for
+    ``previous_response_id``; ``None``, state is off (as in Plano)."""
     version: str | None = None
     source: Path | None = None
     warnings: tuple[str, ...] = ()

@@ -38,6 +38,7 @@ _TEXT_PART_TYPES: dict[WireAPI, frozenset[str]] = {
     # have their own types and are never read.
     WireAPI.OPENAI: frozenset({"text"}),
     WireAPI.ANTHROPIC: frozenset({"text"}),
+    WireAPI.RESPONSES: frozenset({"input_text", "output_text"}),
 }
 
 # A request body may be several MiB. Before anything is tokenized a message is
@@ -66,10 +67,29 @@ def select_conversation(
     ``count_tokens`` measures a message's text as the backend will see it.
     Returns ``()`` when the body has no conversation text at all.
     """
-    turns = _text_turns(body.get("messages"), api)
+    turns = _text_turns(_messages(body, api), api)
     # turns[-0:] would be every turn, not none.
     turns = turns[-max_messages:] if max_messages > 0 else []
     return _fit_budget(turns, count_tokens, token_budget)
+
+
+def _messages(body: Mapping[str, Any], api: WireAPI) -> object:
+    """The body's conversation as a list of role/content messages. A Responses
+    ``input`` is a string (one user turn) or items, of which messages are the
+    ones without a ``type`` or of type ``message``; its ``instructions``, like a
+    system prompt, are not read."""
+    if api is not WireAPI.RESPONSES:
+        return body.get("messages")
+    value = body.get("input")
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        return []
+    return [
+        item
+        for item in value
+        if isinstance(item, Mapping) and item.get("type", "message") == "message"
+    ]
 
 
 def _text_turns(messages: object, api: WireAPI) -> list[Turn]:

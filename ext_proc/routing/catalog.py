@@ -25,6 +25,7 @@ __all__ = [
     "provider_api",
     "provider_dialect",
     "request_path",
+    "serving_api",
     "spec_for",
     "upstream_for",
 ]
@@ -67,10 +68,24 @@ class ProviderSpec:
     """The request path, ``{model_id}`` filled in, for a base URL with no path of
     its own; ``None``: the prefix and the API's path."""
     dialect: Dialect = COMMON_DIALECT
+    also_serves: tuple[tuple[WireAPI, str | None], ...] = ()
+    """Other APIs the provider serves itself (OpenAI's Responses), each with its
+    ``bare_path`` (``None``: the prefix and the API's path). Their clients'
+    bodies go upstream untranslated."""
 
 
-def _openai_compatible(name: str, base_url: str | None, prefix: str = "/v1") -> ProviderSpec:
-    return ProviderSpec(name, WireAPI.OPENAI, AuthStyle.BEARER, base_url, prefix)
+_RESPONSES = ((WireAPI.RESPONSES, None),)
+
+
+def _openai_compatible(
+    name: str,
+    base_url: str | None,
+    prefix: str = "/v1",
+    also_serves: tuple[tuple[WireAPI, str | None], ...] = (),
+) -> ProviderSpec:
+    return ProviderSpec(
+        name, WireAPI.OPENAI, AuthStyle.BEARER, base_url, prefix, also_serves=also_serves
+    )
 
 
 CATALOG: dict[str, ProviderSpec] = {
@@ -82,6 +97,7 @@ CATALOG: dict[str, ProviderSpec] = {
             AuthStyle.BEARER,
             "https://api.openai.com/v1",
             dialect=_OPENAI_REASONING,
+            also_serves=_RESPONSES,
         ),
         ProviderSpec(
             "anthropic",
@@ -97,7 +113,7 @@ CATALOG: dict[str, ProviderSpec] = {
         _openai_compatible("groq", "https://api.groq.com/openai/v1", "/openai/v1"),
         _openai_compatible("mistral", "https://api.mistral.ai/v1"),
         _openai_compatible("deepseek", "https://api.deepseek.com/v1"),
-        _openai_compatible("xai", "https://api.x.ai/v1"),
+        _openai_compatible("xai", "https://api.x.ai/v1", also_serves=_RESPONSES),
         _openai_compatible("together_ai", "https://api.together.xyz/v1"),
         _openai_compatible("openrouter", "https://openrouter.ai/api/v1", "/api/v1"),
         _openai_compatible("moonshotai", "https://api.moonshot.ai/v1"),
@@ -115,6 +131,8 @@ CATALOG: dict[str, ProviderSpec] = {
                 f"?api-version={AZURE_API_VERSION}"
             ),
             dialect=_OPENAI_REASONING,
+            # Azure's Responses API lives only under its v1 path, for every deployment.
+            also_serves=((WireAPI.RESPONSES, "/openai/v1/responses"),),
         ),
         # Plano's `provider_interface: openai` on a custom base_url lands here too.
         _openai_compatible("custom", None),
@@ -189,18 +207,33 @@ def provider_api(provider: ProviderConfig) -> WireAPI:
     return spec.api if spec is not None else WireAPI.OPENAI
 
 
+def serving_api(provider: ProviderConfig, client: WireAPI) -> WireAPI:
+    """The API a request from a ``client``-API client is sent to ``provider`` in:
+    the client's own where the provider serves it natively, else the provider's."""
+    spec = spec_for(provider)
+    if spec is None:
+        return WireAPI.OPENAI
+    if client is spec.api or any(api is client for api, _ in spec.also_serves):
+        return client
+    return spec.api
+
+
 def provider_dialect(provider: ProviderConfig) -> Dialect:
     spec = spec_for(provider)
     return spec.dialect if spec is not None else COMMON_DIALECT
 
 
-def request_path(provider: ProviderConfig, upstream: Upstream) -> str:
-    """The upstream path for a chat request: in the provider's own API, since
-    requests from clients of another API are translated to it."""
+def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI | None = None) -> str:
+    """The upstream path for a request in ``api`` (default: the provider's own
+    API, which requests from clients of another API are translated to)."""
     spec = spec_for(provider)
-    if spec is not None and spec.bare_path is not None and not upstream.path_prefix:
-        return spec.bare_path.format(model_id=provider.model_id)
-    return upstream.path_prefix + provider_api(provider).upstream_path
+    main = provider_api(provider)
+    api = main if api is None else api
+    if spec is not None and not upstream.path_prefix:
+        bare = spec.bare_path if api is main else dict(spec.also_serves).get(api)
+        if bare is not None:
+            return bare.format(model_id=provider.model_id)
+    return upstream.path_prefix + api.upstream_path
 
 
 def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:

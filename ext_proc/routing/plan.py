@@ -10,8 +10,9 @@ into a ProcessingResponse; ``archway explain`` prints it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.headers import (
@@ -28,9 +29,9 @@ from ext_proc.headers import (
 from ext_proc.routing.body import ParsedBody, with_model
 from ext_proc.routing.catalog import (
     auth_headers,
-    provider_api,
     provider_dialect,
     request_path,
+    serving_api,
     spec_for,
 )
 from ext_proc.routing.decide import Decision
@@ -41,6 +42,7 @@ from ext_proc.translate.common import encode_json
 __all__ = [
     "CREDENTIAL_HEADERS",
     "RequestPlan",
+    "continued_response",
     "decision_headers",
     "plan_request",
     "upstream_headers",
@@ -78,14 +80,16 @@ def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
 
 
 def upstream_headers(
-    decision: RoutingDecision, headers: Mapping[str, str]
+    decision: RoutingDecision, headers: Mapping[str, str], client: WireAPI = WireAPI.OPENAI
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """``:path`` (the provider's native API) and credentials for sending a request
-    to the decision's provider: headers to set, and the client's (or an earlier
-    attempt's) credentials to drop."""
+    """``:path`` (in the client's API where the provider serves it, else the
+    provider's own) and credentials for sending a request to the decision's
+    provider: headers to set, and the client's (or an earlier attempt's)
+    credentials to drop."""
     provider = decision.provider
     spec = spec_for(provider)
-    set_headers = [(":path", request_path(provider, decision.upstream))]
+    api = serving_api(provider, client)
+    set_headers = [(":path", request_path(provider, decision.upstream, api))]
     remove: list[str] = []
     if not provider.passthrough_auth:
         remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
@@ -100,28 +104,47 @@ def upstream_headers(
     return set_headers, [h for h in remove if h not in replaced]
 
 
+def continued_response(
+    decision: Decision, endpoint: Endpoint, body: Mapping[str, Any]
+) -> str | None:
+    """The ``previous_response_id`` whose stored conversation Archway must
+    prepend: a Responses request continuing an earlier one, going to a provider
+    that does not serve the Responses API (one that does keeps its own state)."""
+    if endpoint.api is not WireAPI.RESPONSES:
+        return None
+    if serving_api(decision.target.provider, endpoint.api) is WireAPI.RESPONSES:
+        return None
+    previous = body.get("previous_response_id")
+    return previous if isinstance(previous, str) and previous else None
+
+
 def plan_request(
-    decision: Decision, parsed: ParsedBody, endpoint: Endpoint, headers: Mapping[str, str]
+    decision: Decision,
+    parsed: ParsedBody,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    history: Sequence[Mapping[str, Any]] = (),
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError`` (a body
-    the provider's API cannot express)."""
+    the provider's API cannot express). ``history`` is the stored conversation a
+    Responses request continues, for a provider that keeps none itself."""
     target = decision.target
     provider = target.provider
-    translator = translator_for(endpoint.api, provider_api(provider))
+    translator = translator_for(endpoint.api, serving_api(provider, endpoint.api))
 
     set_headers = list(decision_headers(target))
     if decision.score is not None:
         set_headers.append((DECISION_ROUTE_SCORE, f"{decision.score:.4f}"))
     if decision.affinity is not None:
         set_headers.append((DECISION_AFFINITY, decision.affinity))
-    upstream_set, remove = upstream_headers(target, headers)
+    upstream_set, remove = upstream_headers(target, headers, endpoint.api)
     set_headers.extend(upstream_set)
 
     translation: TranslationContext | None = None
     new_body: bytes | None
     if translator is not None:
         data = {**parsed.data, "model": target.upstream_model}
-        translated, translation = translator.request(data, provider_dialect(provider))
+        translated, translation = translator.request(data, provider_dialect(provider), history)
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
         # The client SDK's own headers mean nothing to a provider of another API.
         foreign = translation.client.sdk_header_prefix

@@ -22,8 +22,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from ext_proc.apis import WireAPI, endpoint_for
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
+    CLIENT_PATH_HEADER,
     DECISION_FALLBACK,
     DECISION_MODEL,
     DECISION_PROVIDER,
@@ -91,7 +93,11 @@ class AttemptProcessor:
         )
         # Every header an earlier attempt set is still on the request: the path
         # and credentials are set again, and the earlier key dropped.
-        set_headers, remove = upstream_headers(decision, headers)
+        # The client's own path (Envoy's copy) says which API the body is in: a
+        # Responses body to a provider that serves Responses keeps that path.
+        endpoint = endpoint_for(headers.get(CLIENT_PATH_HEADER, ""))
+        client = endpoint.api if endpoint is not None else WireAPI.OPENAI
+        set_headers, remove = upstream_headers(decision, headers, client)
         log.info("failover attempt %d: %s", attempt, decision.model)
         return messages.attempt_headers_response(set_headers, remove, retry=True)
 

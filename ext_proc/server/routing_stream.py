@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
@@ -31,12 +32,14 @@ from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing.body import parse_request
 from ext_proc.routing.decide import decide, look
 from ext_proc.routing.endpoints import classify, listing_api, models_listing
-from ext_proc.routing.plan import plan_request
+from ext_proc.routing.plan import continued_response, plan_request
 from ext_proc.routing.resolve import RoutingTable
 from ext_proc.server import messages
+from ext_proc.server.conversations import Conversations
 from ext_proc.server.processor import internal_error
 from ext_proc.server.translation_stream import TranslationProcessor
 from ext_proc.telemetry.observe import RequestTelemetry
+from ext_proc.translate.responses.translators import stored_response_id
 
 __all__ = ["RoutingProcessor"]
 
@@ -50,6 +53,7 @@ class RoutingProcessor:
 
     __slots__ = (
         "_api",
+        "_conversations",
         "_endpoint",
         "_headers",
         "_response",
@@ -65,11 +69,13 @@ class RoutingProcessor:
         router: ConfiguredRouter | None = None,
         *,
         trace_context: Mapping[str, str] | None = None,
+        conversations: Conversations | None = None,
     ) -> None:
         # The table is captured per request, so a config reload never changes
         # the rules under a request already in flight.
         self._table = table
         self._router = router
+        self._conversations = conversations or Conversations(None)
         self._api = WireAPI.OPENAI
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
@@ -88,7 +94,7 @@ class RoutingProcessor:
             if phase in _RESPONSE_PHASES:
                 response = self._response
                 if response is None:
-                    response = self._response = TranslationProcessor()
+                    response = self._response = TranslationProcessor(self._conversations)
                 return await response.handle(request)
             return messages.pass_through(phase)
         except GatewayError as exc:
@@ -130,7 +136,16 @@ class RoutingProcessor:
                 self._router.decide(parsed.data, endpoint.api)
             )
         decision = decide(table, seen, choice)
-        plan = plan_request(decision, parsed, endpoint, headers)
+        history: list[dict[str, Any]] = []
+        previous = continued_response(decision, endpoint, parsed.data)
+        if previous is not None:
+            history = await self._conversations.history(previous)
+        plan = plan_request(decision, parsed, endpoint, headers, history)
+        translation = plan.translation
+        if translation is not None and translation.conversation is not None:
+            response_id = stored_response_id(translation)
+            if response_id is not None:
+                await self._conversations.begin(response_id, translation.conversation)
         self._telemetry.routed(table, plan, decision.affinity)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision

@@ -32,6 +32,7 @@ from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing.resolve import RoutingTable, build_routing_table
 from ext_proc.server.attempt import AttemptProcessor
+from ext_proc.server.conversations import Conversations
 from ext_proc.server.health import (
     DEFAULT_DRAIN_S,
     HEALTH_CHECK_PATH,
@@ -42,6 +43,7 @@ from ext_proc.server.processor import StreamProcessor, StreamRole
 from ext_proc.server.reload import ConfigReloader
 from ext_proc.server.routing_stream import RoutingProcessor
 from ext_proc.server.translation_stream import TranslationProcessor
+from ext_proc.state import open_store
 from ext_proc.telemetry import tracing
 from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 
@@ -68,9 +70,16 @@ _MESSAGE_OVERHEAD = 1024 * 1024
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     """``envoy.service.ext_proc.v3.ExternalProcessor``, routing LLM requests."""
 
-    def __init__(self, table: RoutingTable, router: ConfiguredRouter | None = None) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        router: ConfiguredRouter | None = None,
+        conversations: Conversations | None = None,
+    ) -> None:
         self.table = table
         self.router = router
+        self.conversations = conversations or Conversations(None)
+        """Responses conversation state: one store per process, for every stream."""
 
     async def Process(
         self,
@@ -95,12 +104,14 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     def processor(self, role: StreamRole, metadata: Iterable[tuple[str, Any]]) -> StreamProcessor:
         """The processor for a new stream of ``role``."""
         if role is StreamRole.TRANSLATION:
-            return TranslationProcessor()
+            return TranslationProcessor(self.conversations)
         # Envoy's span for this call, when it traces: the parent of the request's span.
         trace_context = tracing.stream_trace_context(metadata)
         if role is StreamRole.ATTEMPT:
             return AttemptProcessor(self.table, trace_context=trace_context)
-        return RoutingProcessor(self.table, self.router, trace_context=trace_context)
+        return RoutingProcessor(
+            self.table, self.router, trace_context=trace_context, conversations=self.conversations
+        )
 
 
 _PHASE_KEY_BYTES = UPSTREAM_PHASE_KEY.encode()
@@ -159,6 +170,9 @@ class RunningServer:
         router, self.servicer.router = self.servicer.router, None
         if router is not None:
             await router.close()
+        store, self.servicer.conversations.store = self.servicer.conversations.store, None
+        if store is not None:
+            await store.close()
 
 
 def _message_limit(config: Config) -> int:
@@ -202,7 +216,15 @@ async def start_server(
     """
     # Loading a model takes seconds of CPU: off the event loop.
     router = await asyncio.to_thread(router_factory, config)
-    servicer = ExternalProcessor(build_routing_table(config), router)
+    store = None
+    try:
+        if config.state_storage is not None:
+            store = await open_store(config.state_storage)
+    except BaseException:
+        if router is not None:
+            await router.close()
+        raise
+    servicer = ExternalProcessor(build_routing_table(config), router, Conversations(store))
     health = ServerHealth()
     try:
         if os.environ.get(GRPC_SERVER_ENV, "h2") == "grpcio":
@@ -216,6 +238,8 @@ async def start_server(
     except BaseException:
         if router is not None:
             await router.close()
+        if store is not None:
+            await store.close()
         raise
     await health.serving()
     log.info("ext_proc server listening on %s:%d", host, bound)

@@ -9,7 +9,9 @@ JSON and for errors (rewritten whole, in the client's shape).
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
@@ -22,6 +24,7 @@ from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError
 from ext_proc.headers import TRANSLATE_HEADER
 from ext_proc.server import messages
+from ext_proc.server.conversations import Conversations
 from ext_proc.server.modes import BodyMode
 from ext_proc.server.processor import internal_error
 from ext_proc.telemetry.observe import RequestTelemetry
@@ -32,6 +35,8 @@ from ext_proc.translate import (
     context_from_header,
     translate_response,
 )
+from ext_proc.translate.common import encode_json
+from ext_proc.translate.responses.translators import stored_response_id
 from ext_proc.translate.sse import SSEError
 
 __all__ = ["TranslationProcessor"]
@@ -64,18 +69,19 @@ class _ResponseTranslation:
 class TranslationProcessor:
     """The response-translation filter's stream for one response."""
 
-    __slots__ = ("_api", "_response")
+    __slots__ = ("_api", "_conversations", "_response")
 
-    def __init__(self) -> None:
+    def __init__(self, conversations: Conversations | None = None) -> None:
         self._api = WireAPI.OPENAI
         """The client's API, for errors: known once the response headers name it."""
         self._response: _ResponseTranslation | None = None
+        self._conversations = conversations or Conversations(None)
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
         try:
             if phase == "response_body":
-                return self._on_response_body(request.response_body)
+                return await self._on_response_body(request.response_body)
             if phase == "response_headers":
                 return self._on_response_headers(request.response_headers)
             return messages.pass_through(phase)
@@ -131,7 +137,7 @@ class TranslationProcessor:
             )
         return messages.response_headers_response(remove_headers=remove)
 
-    def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
+    async def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
         translation = self._response
         if translation is None:
             return messages.pass_through("response_body")
@@ -145,14 +151,45 @@ class TranslationProcessor:
                 raise GatewayError(
                     502, f"The model provider's stream is broken: {exc}.", code="upstream_stream"
                 ) from None
+            if msg.end_of_stream:
+                output_items = getattr(stream, "output_items", None)
+                if output_items is not None:
+                    await self._store(translation.context, output_items())
             return messages.response_body_response(out)
         if translation.status >= 300:
             body = translation.translator.error(translation.status, msg.body)
+        elif translation.context.client is WireAPI.RESPONSES:
+            body = await self._responses_body(translation, msg.body)
         else:
             body = translate_response(
                 translation.translator, translation.context, msg.body, created=translation.created
             )
         return messages.response_body_response(body, [("content-length", str(len(body)))])
+
+    async def _responses_body(self, translation: _ResponseTranslation, raw: bytes) -> bytes:
+        """A whole Response, its conversation stored when the client asked."""
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, RecursionError):
+            parsed = None
+        if not isinstance(parsed, dict):
+            return translate_response(
+                translation.translator, translation.context, raw, created=translation.created
+            )
+        response = translation.translator.response(
+            parsed, translation.context, created=translation.created
+        )
+        output = response.get("output")
+        if isinstance(output, list):
+            await self._store(translation.context, output)
+        return encode_json(response)
+
+    async def _store(self, context: TranslationContext, output: list[dict[str, Any]]) -> None:
+        if self._conversations.store is None or context.client is not WireAPI.RESPONSES:
+            return
+        response_id = stored_response_id(context)
+        if response_id is not None:
+            await self._conversations.finish(response_id, output)
 
     def _error(self, exc: GatewayError) -> ProcessingResponse:
         # Counted as an error answered, not as a failed request: routing

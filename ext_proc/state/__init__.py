@@ -18,12 +18,14 @@ from ext_proc.errors import GatewayError
 
 __all__ = [
     "DEFAULT_TTL_S",
+    "PENDING_TTL_S",
     "ConversationStore",
     "StateStorageConfig",
     "StateStorageError",
     "conversation",
     "open_store",
     "parse_state_storage",
+    "pending_key",
     "response_not_found",
     "state_storage_not_configured",
 ]
@@ -32,6 +34,17 @@ Item = dict[str, Any]
 
 DEFAULT_TTL_S = 30 * 24 * 3600.0
 """How long a stored response can be continued: 30 days, as OpenAI keeps them."""
+
+
+PENDING_TTL_S = 3600.0
+"""How long a turn's input waits for its answer: the request side keeps it, the
+response side (another ext_proc stream, maybe another worker) adds the output."""
+
+
+def pending_key(response_id: str) -> str:
+    """Where a turn's conversation waits for its answer; apart from stored
+    responses, whose ids all start ``resp_``."""
+    return f"pending:{response_id}"
 
 
 class StateStorageError(Exception):

@@ -22,6 +22,7 @@ from ext_proc.translate.anthropic_openai import AnthropicToOpenAI
 from ext_proc.translate.base import StreamTranslator, TranslationContext, Translator
 from ext_proc.translate.common import encode_json
 from ext_proc.translate.openai_anthropic import OpenAIToAnthropic
+from ext_proc.translate.responses.translators import ResponsesToAnthropic, ResponsesToChat
 
 __all__ = [
     "StreamTranslator",
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 _TRANSLATORS: dict[tuple[WireAPI, WireAPI], Translator] = {
-    (t.client, t.provider): t for t in (OpenAIToAnthropic(), AnthropicToOpenAI())
+    (t.client, t.provider): t
+    for t in (OpenAIToAnthropic(), AnthropicToOpenAI(), ResponsesToChat(), ResponsesToAnthropic())
 }
 
 

@@ -10,8 +10,8 @@ later, separate ext_proc stream, which learns what it needs from the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ext_proc.apis import Dialect, WireAPI
@@ -42,6 +42,10 @@ class TranslationContext:
     words, as header-safe text; empty when there is nothing to tell. An OpenAI
     client's wish for usage in its stream; a Responses client's response id and
     the request fields its Response repeats."""
+    conversation: tuple[Mapping[str, Any], ...] | None = field(default=None, compare=False)
+    """For the request side only, never in the header: the conversation so far
+    (stored history, then this turn's input) when the client asked for its
+    response to be stored (Responses' ``store``)."""
 
     @property
     def pair(self) -> str:
@@ -67,10 +71,15 @@ class Translator(Protocol):
     def provider(self) -> WireAPI: ...
 
     def request(
-        self, body: Mapping[str, Any], dialect: Dialect
+        self,
+        body: Mapping[str, Any],
+        dialect: Dialect,
+        history: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[dict[str, Any], TranslationContext]:
         """The provider's request body for the client's (``model`` already the
-        provider's), and the context its response will need."""
+        provider's), and the context its response will need. ``history`` is a
+        stored conversation the request continues (Responses'
+        ``previous_response_id``); other APIs carry theirs in the body."""
         ...
 
     def response(

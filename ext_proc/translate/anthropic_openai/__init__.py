@@ -7,7 +7,7 @@ dialect; ``response`` and ``stream``: the completion as an Anthropic
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ext_proc.apis import Dialect, WireAPI
@@ -25,7 +25,10 @@ class AnthropicToOpenAI:
     provider = WireAPI.OPENAI
 
     def request(
-        self, body: Mapping[str, Any], dialect: Dialect
+        self,
+        body: Mapping[str, Any],
+        dialect: Dialect,
+        history: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[dict[str, Any], TranslationContext]:
         return translate_request(body, dialect), TranslationContext(self.client, self.provider)
 

@@ -7,7 +7,7 @@ events; errors in OpenAI's shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ext_proc.apis import Dialect, WireAPI
@@ -28,7 +28,10 @@ class OpenAIToAnthropic:
     provider = WireAPI.ANTHROPIC
 
     def request(
-        self, body: Mapping[str, Any], dialect: Dialect
+        self,
+        body: Mapping[str, Any],
+        dialect: Dialect,
+        history: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[dict[str, Any], TranslationContext]:
         state = INCLUDE_USAGE if wants_stream_usage(body) else ""
         context = TranslationContext(self.client, self.provider, state)
