@@ -28,6 +28,7 @@ from ext_proc.deploy.echo import ReceivedRequest, ThreadedUpstream
 
 __all__ = [
     "ANTHROPIC_MODEL_VERSION",
+    "NATIVE_RESPONSE_ID",
     "REPLY_TEXT",
     "TOOL_ARGUMENTS",
     "FakeProvider",
@@ -35,6 +36,8 @@ __all__ = [
     "anthropic_message",
     "anthropic_stream",
     "openai_completion",
+    "openai_response",
+    "openai_response_stream",
     "openai_stream",
 ]
 
@@ -257,6 +260,120 @@ def openai_stream(model: str, *, tool: str | None = None, include_usage: bool = 
 # --- the server ---------------------------------------------------------------------
 
 
+# --- OpenAI Responses wire format (native) ---------------------------------------------
+
+NATIVE_RESPONSE_ID = "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"
+
+
+def openai_response(model: str, *, tool: str | None = None) -> dict[str, Any]:
+    """A Response as OpenAI's ``/v1/responses`` answers it."""
+    if tool is None:
+        item: dict[str, Any] = {
+            "id": "msg_67ccd2bf17f0819081ff3bb2cf6508e6",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": REPLY_TEXT, "annotations": []}],
+        }
+    else:
+        item = {
+            "id": "fc_12345xyz",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_12345xyz",
+            "name": tool,
+            "arguments": json.dumps(TOOL_ARGUMENTS),
+        }
+    return {
+        "id": NATIVE_RESPONSE_ID,
+        "object": "response",
+        "created_at": 1741476542,
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "model": model,
+        "output": [item],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": 36,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 87,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 123,
+        },
+        "user": None,
+        "metadata": {},
+    }
+
+
+def openai_response_stream(model: str) -> bytes:
+    """OpenAI's Responses event sequence for a text answer."""
+    done = openai_response(model)
+    item = done["output"][0]
+    started = {**done, "status": "in_progress", "output": [], "usage": None}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**item, "status": "in_progress", "content": []},
+        },
+        {
+            "type": "response.content_part.added",
+            "item_id": item["id"],
+            "output_index": 0,
+            "content_index": 0,
+            "part": part,
+        },
+    ]
+    for word in _words(REPLY_TEXT):
+        events.append(
+            {
+                "type": "response.output_text.delta",
+                "item_id": item["id"],
+                "output_index": 0,
+                "content_index": 0,
+                "delta": word,
+            }
+        )
+    events += [
+        {
+            "type": "response.output_text.done",
+            "item_id": item["id"],
+            "output_index": 0,
+            "content_index": 0,
+            "text": REPLY_TEXT,
+        },
+        {
+            "type": "response.content_part.done",
+            "item_id": item["id"],
+            "output_index": 0,
+            "content_index": 0,
+            "part": item["content"][0],
+        },
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": done},
+    ]
+    out = []
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+        data = json.dumps(event, ensure_ascii=False)
+        out.append(f"event: {event['type']}\ndata: {data}\n\n".encode())
+    return b"".join(out)
+
+
 def _first_tool(payload: dict[str, Any]) -> str | None:
     tools = payload.get("tools") or []
     if not tools:
@@ -269,6 +386,12 @@ def _native_reply(path: str, payload: dict[str, Any]) -> Reply:
     model = str(payload.get("model", ""))
     tool = _first_tool(payload)
     stream = payload.get("stream") is True
+    if path.endswith("/responses"):
+        if stream:
+            return Reply(
+                content_type="text/event-stream; charset=utf-8", body=openai_response_stream(model)
+            )
+        return Reply(body=json.dumps(openai_response(model, tool=tool)).encode())
     if path.endswith("/messages"):
         if stream:
             return Reply(
