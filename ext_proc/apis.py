@@ -46,6 +46,9 @@ class WireAPI(StrEnum):
     RESPONSES = "responses"
     """OpenAI's Responses API (``/v1/responses``): what the Agents SDK and Codex
     speak. OpenAI's error shape and SDK headers."""
+    BEDROCK = "bedrock"
+    """Amazon Bedrock's Converse API, a provider API only: ``/model/{id}/converse``
+    and ``/converse-stream``, the path set by its translators."""
 
     @property
     def upstream_path(self) -> str:
@@ -74,6 +77,8 @@ _FACTS: dict[WireAPI, _APIFacts] = {
     WireAPI.OPENAI: _APIFacts("/chat/completions", ErrorShape.OPENAI, "openai-"),
     WireAPI.ANTHROPIC: _APIFacts("/messages", ErrorShape.ANTHROPIC, "anthropic-"),
     WireAPI.RESPONSES: _APIFacts("/responses", ErrorShape.OPENAI, "openai-"),
+    # Every request to Bedrock is translated, and its translator gives the path.
+    WireAPI.BEDROCK: _APIFacts("/converse", ErrorShape.OPENAI, "x-amz-"),
 }
 
 

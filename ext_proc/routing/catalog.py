@@ -134,6 +134,9 @@ CATALOG: dict[str, ProviderSpec] = {
             # Azure's Responses API lives only under its v1 path, for every deployment.
             also_serves=((WireAPI.RESPONSES, "/openai/v1/responses"),),
         ),
+        # Plano's amazon_bedrock: a regional runtime endpoint for base_url
+        # (https://bedrock-runtime.<region>.amazonaws.com), a Bedrock API key as Bearer.
+        ProviderSpec("amazon_bedrock", WireAPI.BEDROCK, AuthStyle.BEARER, None, default_prefix=""),
         # Plano's `provider_interface: openai` on a custom base_url lands here too.
         _openai_compatible("custom", None),
     )

@@ -146,6 +146,9 @@ def plan_request(
         data = {**parsed.data, "model": target.upstream_model}
         translated, translation = translator.request(data, provider_dialect(provider), history)
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
+        if translation.path is not None:
+            set_headers = [(n, v) for n, v in set_headers if n != ":path"]
+            set_headers.append((":path", target.upstream.path_prefix + translation.path))
         # The client SDK's own headers mean nothing to a provider of another API.
         foreign = translation.client.sdk_header_prefix
         if foreign != translation.provider.sdk_header_prefix:

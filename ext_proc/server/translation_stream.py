@@ -35,6 +35,7 @@ from ext_proc.translate import (
     context_from_header,
     translate_response,
 )
+from ext_proc.translate.bedrock.converse import STREAM_CONTENT_TYPE
 from ext_proc.translate.common import encode_json
 from ext_proc.translate.responses.translators import stored_response_id
 from ext_proc.translate.sse import SSEError
@@ -42,6 +43,8 @@ from ext_proc.translate.sse import SSEError
 __all__ = ["TranslationProcessor"]
 
 _SSE_TYPE = "text/event-stream"
+_STREAM_TYPES = frozenset({_SSE_TYPE, STREAM_CONTENT_TYPE})
+"""Answers translated as they arrive: SSE, and Bedrock's ``converse-stream`` frames."""
 
 
 class _ResponseTranslation:
@@ -122,13 +125,15 @@ class TranslationProcessor:
                 remove,
                 body_mode=BodyMode.BUFFERED,
             )
-        if media_type == _SSE_TYPE:
+        if media_type in _STREAM_TYPES:
             stream = translator.stream(context, created=created)
             self._response = _ResponseTranslation(translator, context, status, created, stream)
             # The translated stream has another length; Envoy sends it chunked.
             remove.append("content-length")
+            # Bedrock streams binary event-stream frames; the client reads SSE.
+            retyped = [("content-type", _SSE_TYPE)] if media_type != _SSE_TYPE else []
             return messages.response_headers_response(
-                remove_headers=remove, body_mode=BodyMode.STREAMED
+                retyped, remove_headers=remove, body_mode=BodyMode.STREAMED
             )
         if media_type == "application/json" or media_type.endswith("+json"):
             self._response = _ResponseTranslation(translator, context, status, created)

@@ -20,6 +20,11 @@ from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError
 from ext_proc.translate.anthropic_openai import AnthropicToOpenAI
 from ext_proc.translate.base import StreamTranslator, TranslationContext, Translator
+from ext_proc.translate.bedrock.translators import (
+    AnthropicToBedrock,
+    OpenAIToBedrock,
+    ResponsesToBedrock,
+)
 from ext_proc.translate.common import encode_json
 from ext_proc.translate.openai_anthropic import OpenAIToAnthropic
 from ext_proc.translate.responses.translators import ResponsesToAnthropic, ResponsesToChat
@@ -35,7 +40,15 @@ __all__ = [
 
 _TRANSLATORS: dict[tuple[WireAPI, WireAPI], Translator] = {
     (t.client, t.provider): t
-    for t in (OpenAIToAnthropic(), AnthropicToOpenAI(), ResponsesToChat(), ResponsesToAnthropic())
+    for t in (
+        OpenAIToAnthropic(),
+        AnthropicToOpenAI(),
+        ResponsesToChat(),
+        ResponsesToAnthropic(),
+        OpenAIToBedrock(),
+        AnthropicToBedrock(),
+        ResponsesToBedrock(),
+    )
 }
 
 

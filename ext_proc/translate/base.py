@@ -46,6 +46,10 @@ class TranslationContext:
     """For the request side only, never in the header: the conversation so far
     (stored history, then this turn's input) when the client asked for its
     response to be stored (Responses' ``store``)."""
+    path: str | None = field(default=None, compare=False)
+    """For the request side only: the upstream path under the provider's prefix,
+    where the translated request picks its own (Bedrock's model id and
+    ``converse-stream`` are in the path); ``None``, the API's usual path."""
 
     @property
     def pair(self) -> str:

@@ -31,7 +31,13 @@ from ext_proc.translate.responses.request import (
     parse_request,
 )
 
-__all__ = ["ResponsesToAnthropic", "ResponsesToChat", "response_context", "stored_response_id"]
+__all__ = [
+    "ResponsesToAnthropic",
+    "ResponsesToChat",
+    "response_context",
+    "start_context",
+    "stored_response_id",
+]
 
 
 def response_context(context: TranslationContext) -> ResponseContext:
@@ -44,9 +50,10 @@ def stored_response_id(context: TranslationContext) -> str | None:
     return ctx.response_id if ctx.echo.get("store") is not False else None
 
 
-def _context(
+def start_context(
     client: WireAPI, provider: WireAPI, request: ResponsesRequest, history: Sequence[Any]
 ) -> TranslationContext:
+    """A new response's id and context, with the conversation to keep when stored."""
     ctx = request.context(new_response_id(), int(time.time()))
     keep = (*history, *request.items) if request.store else None
     return TranslationContext(client, provider, ctx.to_json(), conversation=keep)
@@ -69,7 +76,7 @@ class ResponsesToChat:
         translated = request_to_chat.translate_request(
             request, items, max_tokens_field=dialect.max_tokens_field
         )
-        return translated, _context(self.client, self.provider, request, items)
+        return translated, start_context(self.client, self.provider, request, items)
 
     def response(
         self, body: Mapping[str, Any], context: TranslationContext, *, created: int
@@ -100,7 +107,7 @@ class ResponsesToAnthropic:
         request = parse_request(body)
         items = [dict(item) for item in history]
         translated = request_to_anthropic.translate_request(request, items)
-        return translated, _context(self.client, self.provider, request, items)
+        return translated, start_context(self.client, self.provider, request, items)
 
     def response(
         self, body: Mapping[str, Any], context: TranslationContext, *, created: int
