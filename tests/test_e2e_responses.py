@@ -8,6 +8,7 @@ checked on memory and on a real PostgreSQL.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -340,3 +341,19 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(gw: Gateway) -> None:
     assert error.value.status_code == 400
     assert "web_search" in error.value.message
     assert requests_to(gw, "groq") == []
+
+
+@pytest.mark.parametrize("random_text", [False, True], ids=["compressible", "incompressible"])
+def test_many_large_tools_are_echoed_back(gw: Gateway, random_text: bool) -> None:
+    # The Response repeats the request's tools; an agent's toolbox can be larger
+    # than every header Envoy allows a request, so the context travels compressed,
+    # and past that the echo keeps each tool's type and name.
+    def description() -> str:
+        return secrets.token_hex(800) if random_text else "A long description. " * 80
+
+    tools = [{**WEATHER, "name": f"tool_{n}", "description": description()} for n in range(60)]
+    with client(gw) as sdk:
+        response = sdk.responses.create(model=MODELS["groq"], input="Hi", tools=tools)
+    assert [item.type for item in response.output] == ["function_call"]
+    assert [tool.name for tool in response.tools] == [f"tool_{n}" for n in range(60)]
+    assert len(only_request(gw, "groq").json()["tools"]) == 60

@@ -9,7 +9,9 @@ client asked for ``store``) goes back in ``TranslationContext.conversation``.
 
 from __future__ import annotations
 
+import base64
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,8 +42,32 @@ __all__ = [
 ]
 
 
+_COMPRESS_OVER = 2048
+"""A context longer than this travels zlib-compressed, base64url-encoded, after ``z``
+(JSON never starts with one): the Response repeats the request's tools and
+instructions, and an agent's can run to tens of KiB, against Envoy's 60 KiB
+for all of a request's headers."""
+_MAX_STATE = 32 * 1024
+"""Past this, even compressed, the echoed tools keep only their type and name."""
+
+
+def _encode(ctx: ResponseContext) -> str:
+    text = ctx.to_json()
+    if len(text) <= _COMPRESS_OVER:
+        return text
+    packed = "z" + base64.urlsafe_b64encode(zlib.compress(text.encode(), 6)).decode()
+    if len(packed) <= _MAX_STATE:
+        return packed
+    tools = [{"type": t.get("type"), "name": t.get("name")} for t in ctx.echo.get("tools", [])]
+    slim = ResponseContext(ctx.response_id, ctx.created_at, {**ctx.echo, "tools": tools})
+    return "z" + base64.urlsafe_b64encode(zlib.compress(slim.to_json().encode(), 6)).decode()
+
+
 def response_context(context: TranslationContext) -> ResponseContext:
-    return ResponseContext.from_json(context.state)
+    state = context.state
+    if state.startswith("z"):
+        state = zlib.decompress(base64.urlsafe_b64decode(state[1:])).decode()
+    return ResponseContext.from_json(state)
 
 
 def stored_response_id(context: TranslationContext) -> str | None:
@@ -56,7 +82,7 @@ def start_context(
     """A new response's id and context, with the conversation to keep when stored."""
     ctx = request.context(new_response_id(), int(time.time()))
     keep = (*history, *request.items) if request.store else None
-    return TranslationContext(client, provider, ctx.to_json(), conversation=keep)
+    return TranslationContext(client, provider, _encode(ctx), conversation=keep)
 
 
 class ResponsesToChat:
