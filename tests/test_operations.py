@@ -17,11 +17,22 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ext_proc.config import Config
+from ext_proc.router.service import ConfiguredRouter
 from ext_proc.telemetry import tracing
 from ext_proc.telemetry.metrics import MetricsEndpoint, start_metrics_endpoint
 from tests.fake_providers import FakeProvider, Reply
-from tests.gateway import Gateway, start_gateway, stop_gateway
+from tests.gateway import (
+    LOOPBACK_LISTENER,
+    OPENAI_AND_ANTHROPIC,
+    Gateway,
+    echo_gateway,
+    start_gateway,
+    stop_gateway,
+)
 from tests.metrics_scrape import delta, requests_key, sample_key, scrape
+from tests.scripted_router import ScriptedRouter, configured
+from tests.test_e2e import raw_post
 
 NAMES = ("openai", "mistral", "anthropic")
 SECRETS = ("sk-openai-OPSSECRET", "sk-mistral-OPSSECRET", "sk-ant-OPSSECRET")
@@ -258,3 +269,46 @@ def test_the_access_log_names_every_decision_field(ops: Ops) -> None:
     assert fallback["route_score"] is None and fallback["affinity"] is None
     pinned = ops.access_log("affinity", "pinned")
     assert pinned["resolution"] == "default" and pinned["model"] == "openai/gpt-5"
+
+
+# --- the router's time inside Envoy's ---------------------------------------------
+
+SLOW_ROUTER_CONFIG = (
+    LOOPBACK_LISTENER
+    + OPENAI_AND_ANTHROPIC
+    + """\
+routing_preferences:
+  - name: code generation
+    description: generating new code
+    models: [openai/gpt-5]
+router:
+  model_path: {model_path}
+  timeout: 400ms
+archway:
+  admin_port: 0
+  message_timeout: 200ms
+"""
+)
+
+
+def test_a_router_slower_than_envoys_message_timeout_still_ends_in_the_default(
+    tmp_path: Path,
+) -> None:
+    # Envoy is told to wait 200 ms per message; the router may take 400 ms and
+    # this one takes longer. The client must get the default model (the router's
+    # timeout), not Envoy's 504 for an ext_proc server that did not answer.
+    backend = ScriptedRouter(lambda _: "code generation", delay_s=2.0)
+
+    def factory(config: Config) -> ConfiguredRouter:
+        assert config.router is not None
+        return configured(backend, timeout_s=config.router.timeout_s)
+
+    with echo_gateway(
+        SLOW_ROUTER_CONFIG, tmp_path, router_factory=factory, model_path=tmp_path
+    ) as gw:
+        body = json.dumps({"messages": [{"role": "user", "content": "write code"}]})
+        status, headers, _ = raw_post(gw, "/v1/chat/completions", body.encode())
+    assert backend.calls, "the router was asked"
+    assert status == 200
+    assert headers["x-archway-resolution"] == "default"
+    assert headers["x-archway-route"] == "timeout"
