@@ -16,7 +16,7 @@ from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
-from ext_proc.server.workers import WorkerError, WorkerPool, default_workers
+from ext_proc.server.workers import HealthWatch, WorkerError, WorkerPool, default_workers
 from tests.test_cli import _children, _is_zombie, _read_until
 
 SERVE = [sys.executable, "-m", "ext_proc.cli", "serve"]
@@ -129,10 +129,11 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
             proc.wait(timeout=10)
 
 
-def test_a_worker_that_cannot_start_is_an_error(tmp_path: Path) -> None:
+def test_a_worker_that_cannot_start_is_an_error_in_its_own_words(tmp_path: Path) -> None:
     async def run() -> None:
         pool = WorkerPool(tmp_path / "missing.yaml", "127.0.0.1", 0, 2, ready_timeout_s=30)
-        with pytest.raises(WorkerError, match="exited with status"):
+        # The worker's last line on stderr, not "exited with status 1".
+        with pytest.raises(WorkerError, match=r"missing\.yaml: cannot read the config file"):
             await pool.start()
         assert pool.pids == []
 
@@ -144,7 +145,7 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
     path.write_text(CONFIG)
 
     async def run() -> None:
-        pool = WorkerPool(path, "127.0.0.1", 0, 2, own_ports=True)
+        pool = WorkerPool(path, "127.0.0.1", 0, 2)
         await pool.start()
         try:
             own = pool.worker_ports
@@ -162,8 +163,54 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
             assert pool.worker_ports == own
             assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, own[0])
         finally:
-            await pool.stop()
+            await pool.stop(2.0, signal.SIGINT)
         assert pool.pids == []
+
+    asyncio.run(run())
+
+
+def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    watch = HealthWatch(interval_s=0.2, timeout_s=0.5, misses=2)
+
+    async def run() -> None:
+        pool = WorkerPool(path, "127.0.0.1", 0, 2, health=watch)
+        await pool.start()
+        try:
+            own = pool.worker_ports
+            stopped = pool.pids[0]
+            # Stopped, it never exits: only its silence on the health check tells.
+            os.kill(stopped, signal.SIGSTOP)
+            deadline = time.monotonic() + 60
+            while pool.restarts < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert pool.hung == 1 and pool.restarts == 1
+            assert stopped not in pool.pids and len(pool.pids) == 2
+            assert not _alive(stopped)
+            assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, own[0])
+            # The healthy sibling was left alone all along.
+            assert pool.hung == 1
+        finally:
+            await pool.stop(2.0, signal.SIGINT)
+
+    asyncio.run(run())
+
+
+def test_a_busy_worker_is_not_mistaken_for_a_hung_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    watch = HealthWatch(interval_s=0.1, timeout_s=2.0, misses=2)
+
+    async def run() -> None:
+        pool = WorkerPool(path, "127.0.0.1", 0, 1, health=watch)
+        await pool.start()
+        try:
+            for _ in range(20):
+                assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, pool.port)
+            assert pool.hung == 0 and pool.restarts == 0
+        finally:
+            await pool.stop(2.0, signal.SIGINT)
 
     asyncio.run(run())
 

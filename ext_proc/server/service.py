@@ -9,7 +9,6 @@ stream (see that module). ``ARCHWAY_GRPC_SERVER=grpcio`` selects grpcio's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -40,6 +39,7 @@ from ext_proc.server.health import (
 )
 from ext_proc.server.processor import RequestProcessor
 from ext_proc.server.reload import ConfigReloader
+from ext_proc.server.signals import STOP_SIGNALS, SignalQueue
 from ext_proc.telemetry import tracing
 from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 
@@ -284,16 +284,13 @@ async def serve_forever(
         config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port
     )
     print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
-    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, received.put_nowait, sig)
-    if await received.get() is signal.SIGTERM and drain_s > 0:
-        # Still answering, but health says NOT_SERVING: Envoy's health check and
-        # Kubernetes move new requests elsewhere before the server stops.
-        await running.health.draining()
-        log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
-        with contextlib.suppress(TimeoutError):
+    # SIGHUP is the reloader's (installed by start_server's watch).
+    with SignalQueue(*STOP_SIGNALS) as received:
+        if await received.get() is signal.SIGTERM and drain_s > 0:
+            # Still answering, but health says NOT_SERVING: Envoy's health check and
+            # Kubernetes move new requests elsewhere before the server stops.
+            await running.health.draining()
+            log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
             # A second signal cuts the drain short.
-            await asyncio.wait_for(received.get(), drain_s)
-    await running.stop()
+            await received.get_within(drain_s)
+        await running.stop()
