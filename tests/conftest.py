@@ -1,11 +1,27 @@
-"""Shared fixtures: the tiny Arch-Router-shaped model, built once per test run."""
+"""Shared fixtures: the tiny Arch-Router-shaped model, built once per test run.
+
+ctranslate2, torch and transformers are declared test dependencies (the
+``test`` extra): a broken install makes the router tests error, loudly, rather
+than skip and leave the router untested while the suite passes.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+def _require_router_test_dependencies() -> None:
+    for name in ("ctranslate2", "torch", "transformers"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"{name} does not import ({exc}); it is a test dependency: pip install -e '.[test]'"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -18,9 +34,7 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    pytest.importorskip("ctranslate2")
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    _require_router_test_dependencies()
     from ext_proc.router.convert import convert_model
     from tests.tiny_qwen import build_model, build_tokenizer
 
@@ -43,9 +57,7 @@ class TinyEncoder:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> TinyEncoder:
-    pytest.importorskip("ctranslate2")
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    _require_router_test_dependencies()
     from ext_proc.router.convert import convert_encoder
     from tests.tiny_bert import build_model, build_tokenizer
 

@@ -29,6 +29,7 @@ from ext_proc.cli import main
 from ext_proc.config import load_config
 from ext_proc.deploy.bootstrap import render_bootstrap
 from tests.metrics_scrape import sample_key, scrape
+from tests.processes import children, is_zombie, read_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-live-DO-NOT-PRINT-1234"
@@ -120,31 +121,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if marker in line:
-            return lines
-    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(lines)}")
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue  # that thread ended between the listing and the read
-        found.extend(int(c) for c in text)
-    return found
-
-
 def _demo_config(tmp_path: Path) -> Path:
     """The README's demo config on free ports, so tests run beside anything."""
     config = (ROOT / "examples/demo.yaml").read_text()
@@ -166,12 +142,12 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     try:
-        lines = _read_until(proc, "Ctrl-C", 60)
+        lines = read_until(proc, "Ctrl-C", 60)
         # Ready is printed only once both Envoy and the ext_proc health service answer.
         assert any("gRPC health: SERVING" in line and "/ready: LIVE" in line for line in lines)
         base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
-        children = _children(proc.pid)
-        assert children, "envoy should run as a child of archway up"
+        started = children(proc.pid)
+        assert started, "envoy should run as a child of archway up"
         req = urllib.request.Request(
             base + "/chat/completions",
             data=json.dumps({"model": "creative-model", "messages": []}).encode(),
@@ -200,8 +176,8 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         assert samples[sample_key("archway_translations_total", pair="anthropic-to-openai")] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
-        for child in children:
-            assert not Path(f"/proc/{child}").exists() or _is_zombie(child), "orphan left running"
+        for child in started:
+            assert not Path(f"/proc/{child}").exists() or is_zombie(child), "orphan left running"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -222,13 +198,6 @@ def _stream_both_ways(base_url: str) -> None:
         text = "".join(stream.text_stream)
         assert stream.get_final_message().stop_reason == "end_turn"
     assert text.startswith("echo from openai: POST /v1/chat/completions")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _chat_stream() -> list[ProcessingRequest]:
@@ -271,7 +240,7 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path, transport: str) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1", "ARCHWAY_GRPC_SERVER": transport},
     )
     try:
-        lines = _read_until(proc, "listening on", 30)
+        lines = read_until(proc, "listening on", 30)
         port = int(lines[-1].rsplit(":", 1)[1])
         metrics_url = next(line.split(" on ")[1].strip() for line in lines if "metrics on" in line)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -338,15 +307,15 @@ def test_up_restarts_a_crashed_ext_proc_worker(tmp_path: Path) -> None:
             return err.code
 
     try:
-        lines = _read_until(proc, "Ctrl-C", 60)
+        lines = read_until(proc, "Ctrl-C", 60)
         base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
         assert chat(base) == 200
-        (worker,) = [p for p in _children(proc.pid) if " serve " in _cmdline(p)]
+        (worker,) = [p for p in children(proc.pid) if " serve " in _cmdline(p)]
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while True:  # the supervisor starts a new worker; Envoy finds it
             replacements = [
-                p for p in _children(proc.pid) if " serve " in _cmdline(p) and p != worker
+                p for p in children(proc.pid) if " serve " in _cmdline(p) and p != worker
             ]
             if replacements and chat(base) == 200:
                 break

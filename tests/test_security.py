@@ -136,7 +136,7 @@ def test_client_routing_headers_are_stripped(tmp_path, header: str, value: str) 
         text = CONFIG.format(openai=oai.base_url, anthropic=ant.base_url).replace(
             "$OPENAI_TEST_KEY", "k"
         )
-        gw = start_gateway(text, tmp_path, {"openai": oai, "anthropic": ant})
+        gw = start_gateway(text, tmp_path, {"openai": oai, "anthropic": ant}, server_process=True)
         try:
             body = json.dumps({"model": "gpt-5", "messages": []}).encode()
             status, headers, answer = _request(gw.url, body, **{header: value})

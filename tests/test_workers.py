@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
 from ext_proc.server.workers import HealthWatch, WorkerError, WorkerPool, default_workers
-from tests.test_cli import _children, _is_zombie, _read_until
+from tests.processes import alive, children, read_until
 
 SERVE = [sys.executable, "-m", "ext_proc.cli", "serve"]
 CONFIG = "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
@@ -48,10 +48,6 @@ def _wait_for(check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
     raise AssertionError("condition not met in time")
 
 
-def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
-
-
 def test_default_is_one_worker_per_core() -> None:
     from ext_proc.server.workers import cgroup_cpu_limit
 
@@ -76,9 +72,9 @@ def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) ->
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        line = _read_until(proc, "listening on", 60)[-1]
+        line = read_until(proc, "listening on", 60)[-1]
         port = int(line.rsplit(":", 1)[1])
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) == 3
         for _ in range(6):
             assert b"openai/gpt-5" in _list_models(port)
@@ -87,20 +83,20 @@ def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) ->
         # (Connections already queued on the dead worker's socket are reset: the
         # kernel does not move them to its siblings.)
         os.kill(workers[0], signal.SIGKILL)
-        _wait_for(lambda: not _alive(workers[0]), 10)
+        _wait_for(lambda: not alive(workers[0]), 10)
         # A connection the kernel had already queued for the dead worker is reset;
         # the next one lands on a live sibling.
         assert b"openai/gpt-5" in _list_models_retrying(port, attempts=3)
-        _wait_for(lambda: len([p for p in _children(proc.pid) if _alive(p)]) == 3, 30)
-        replaced = set(_children(proc.pid)) - set(workers)
+        _wait_for(lambda: len([p for p in children(proc.pid) if alive(p)]) == 3, 30)
+        replaced = set(children(proc.pid)) - set(workers)
         assert len(replaced) == 1
         assert b"openai/gpt-5" in _list_models(port)
 
-        now = [p for p in _children(proc.pid) if _alive(p)]
+        now = [p for p in children(proc.pid) if alive(p)]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         for pid in now:
-            assert not _alive(pid), "worker left running"
+            assert not alive(pid), "worker left running"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,12 +113,12 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _read_until(proc, "listening on", 60)
-        workers = _children(proc.pid)
+        read_until(proc, "listening on", 60)
+        workers = children(proc.pid)
         assert len(workers) == 2
         proc.kill()  # no chance to clean up: the kernel's parent-death signal must
         proc.wait(timeout=10)
-        _wait_for(lambda: not any(_alive(p) for p in workers), 15)
+        _wait_for(lambda: not any(alive(p) for p in workers), 15)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -187,7 +183,7 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
             assert pool.hung == 1 and pool.restarts == 1
             assert stopped not in pool.pids and len(pool.pids) == 2
-            assert not _alive(stopped)
+            assert not alive(stopped)
             assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, own[0])
             # The healthy sibling was left alone all along.
             assert pool.hung == 1
