@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"archway: {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
+        if len(exc.problems) == 1:
+            print(f"archway: {exc.problems[0]}", file=sys.stderr)
+            return 1
+        print(f"archway: {len(exc.problems)} problems in the config:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
@@ -109,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where Envoy reaches the ext_proc server (default: the config's archway section)",
     )
-    render.add_argument("--admin-port", type=int, help="Envoy admin port (default: the config's)")
+    render.add_argument("--admin-port", type=_port, help="Envoy admin port (default: the config's)")
     render.add_argument(
         "--kubernetes",
         action="store_true",
@@ -177,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the ext_proc gRPC server alone")
     serve.add_argument("config", type=Path)
     serve.add_argument("--address", help="listen address (default: the config's, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default: the config's, 9002)")
+    serve.add_argument("--port", type=_port, help="listen port (default: the config's, 9002)")
     serve.add_argument(
         "--drain-seconds",
         type=float,
@@ -194,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         help="share the port with other processes (SO_REUSEPORT); each worker does",
     )
     # A worker's second, private port (see ext_proc.server.workers); set by its parent.
-    serve.add_argument("--own-port", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--own-port", type=_port, help=argparse.SUPPRESS)
     _add_ready_timeout_argument(serve, "each ext_proc worker (with --workers above 1)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
@@ -207,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also start a local echo provider on each loopback base_url in the config",
     )
     up.add_argument(
-        "--ext-proc-port", type=int, default=0, help="ext_proc port (default: a free one)"
+        "--ext-proc-port", type=_port, default=0, help="ext_proc port (default: a free one)"
     )
     _add_metrics_arguments(up)
     _add_workers_argument(up)
@@ -236,6 +239,10 @@ def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
 def _metrics_port(value: str) -> int | str:
     if value.lower() in ("off", "false", "no"):
         return "off"
+    return _port(value)
+
+
+def _port(value: str) -> int:
     port = int(value)
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("a port is 0 to 65535")
