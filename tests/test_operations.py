@@ -260,14 +260,31 @@ def test_the_access_log_names_every_decision_field(ops: Ops) -> None:
     assert entry["fallback"] is None and entry["answered_model"] == "anthropic/claude-sonnet-4-5"
     assert entry["request_id"]
     assert not any(secret in ops.envoy_log.read_text() for secret in SECRETS)
-    # The requests of the tests above, by now in the same file.
-    fallback = ops.access_log("fallback", "1")
+
+
+def test_the_access_log_records_a_fallback_and_a_pinned_conversation(ops: Ops) -> None:
+    # Each line is found by a trace id only this test sends: other tests' lines
+    # in the same file neither help nor hurt.
+    fallback_trace = "6bf92f3577b34da6a3ce929d0e0e4738"
+    pinned_trace = "7bf92f3577b34da6a3ce929d0e0e4739"
+    body = json.dumps({"error": {"message": "overloaded", "type": "x"}}).encode()
+    ops.gateway.upstreams["openai"].queue(Reply(status=503, body=body))  # type: ignore[attr-defined]
+    traced = {"traceparent": f"00-{fallback_trace}-{CLIENT_SPAN_ID}-01"}
+    assert ops.chat("openai/gpt-5", headers=traced)[0] == 200
+    session = {"x-model-affinity": "access-log-conversation"}
+    assert ops.chat(None, headers=session)[0] == 200
+    traced = {**session, "traceparent": f"00-{pinned_trace}-{CLIENT_SPAN_ID}-01"}
+    assert ops.chat(None, headers=traced)[0] == 200
+
+    fallback = ops.access_log("trace_id", fallback_trace)
+    assert fallback["fallback"] == "1"
     assert fallback["model"] == "openai/gpt-5"  # the first choice, as routed
     assert fallback["answered_model"] == "mistral/mistral-large"
     assert fallback["response_code"] == 200
     assert fallback["upstream_cluster"].startswith("failover_")
     assert fallback["route_score"] is None and fallback["affinity"] is None
-    pinned = ops.access_log("affinity", "pinned")
+    pinned = ops.access_log("trace_id", pinned_trace)
+    assert pinned["affinity"] == "pinned"
     assert pinned["resolution"] == "default" and pinned["model"] == "openai/gpt-5"
 
 
