@@ -156,8 +156,8 @@ async def _serve_workers(
         ) from None
     pids = ", ".join(str(p) for p in pool.pids)
     print(f"archway: {workers} ext_proc workers (pids {pids})", file=sys.stderr, flush=True)
-    print(f"{READY_LINE} {host}:{bound}", flush=True)
     with SignalQueue(*STOP_SIGNALS, signal.SIGHUP) as received:
+        print(f"{READY_LINE} {host}:{bound}", flush=True)
         first = await _forward_reloads(received, pool, args.config)
         # SIGTERM: every worker drains (health NOT_SERVING, still answering) as a
         # single server would; a second signal cuts that short. Ctrl-C stops at once.
@@ -275,8 +275,12 @@ async def _up(
         except TimeoutError as exc:
             raise StartError(f"{exc}; give it longer with --ready-timeout") from None
         addresses = await asyncio.to_thread(envoy.listener_addresses)
-        _print_ready(config, addresses, echoes, ext_port, workers, envoy.admin_url, observability)
-        code = await _run_until_stopped(envoy, pool, args.config)
+        # Handlers first: a signal sent as soon as the ready message shows is ours.
+        with SignalQueue(*STOP_SIGNALS, signal.SIGHUP) as received:
+            _print_ready(
+                config, addresses, echoes, ext_port, workers, envoy.admin_url, observability
+            )
+            code = await _run_until_stopped(received, envoy, pool, args.config)
         print("archway: stopping", file=sys.stderr, flush=True)
         envoy.stop()
         return code
@@ -287,21 +291,22 @@ async def _up(
             await pool.stop(5.0, signal.SIGINT)
 
 
-async def _run_until_stopped(envoy: EnvoyProcess, pool: WorkerPool, path: Path) -> int:
+async def _run_until_stopped(
+    received: SignalQueue, envoy: EnvoyProcess, pool: WorkerPool, path: Path
+) -> int:
     """Serve until SIGINT or SIGTERM (0) or Envoy exits (1); SIGHUP reloads."""
-    with SignalQueue(*STOP_SIGNALS, signal.SIGHUP) as received:
-        while True:
-            sig = await received.get_within(_ENVOY_POLL_S)
-            if sig is signal.SIGHUP:
-                # Envoy's bootstrap stays; a config that needs another is refused by
-                # each worker, which logs why.
-                progress(f"SIGHUP: {len(pool.pids)} ext_proc worker(s) reload {path}")
-                pool.signal_all(signal.SIGHUP)
-            elif sig is not None:
-                return 0
-            if envoy.returncode is not None:
-                print(f"archway: envoy exited with code {envoy.returncode}", file=sys.stderr)
-                return 1
+    while True:
+        sig = await received.get_within(_ENVOY_POLL_S)
+        if sig is signal.SIGHUP:
+            # Envoy's bootstrap stays; a config that needs another is refused by
+            # each worker, which logs why.
+            progress(f"SIGHUP: {len(pool.pids)} ext_proc worker(s) reload {path}")
+            pool.signal_all(signal.SIGHUP)
+        elif sig is not None:
+            return 0
+        if envoy.returncode is not None:
+            print(f"archway: envoy exited with code {envoy.returncode}", file=sys.stderr)
+            return 1
 
 
 def _envoy_start_error(exc: Exception, config: Config) -> StartError:

@@ -283,9 +283,10 @@ async def serve_forever(
     running = await start_server(
         config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port
     )
-    print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
-    # SIGHUP is the reloader's (installed by start_server's watch).
+    # SIGHUP is the reloader's (installed by start_server's watch). Handlers
+    # before the ready line: a signal sent as soon as it shows is ours.
     with SignalQueue(*STOP_SIGNALS) as received:
+        print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
         if await received.get() is signal.SIGTERM and drain_s > 0:
             # Still answering, but health says NOT_SERVING: Envoy's health check and
             # Kubernetes move new requests elsewhere before the server stops.
