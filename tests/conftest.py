@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny Arch-Router-shaped model, built once per test run.
+"""Shared fixtures, built once per test run: the tiny Arch-Router-shaped model,
+and Archway installed from its wheel.
 
 ctranslate2, torch and transformers are declared test dependencies (the
 ``test`` extra): a broken install makes the router tests error, loudly, rather
@@ -10,8 +11,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.installed import Installation
 
 
 def _require_router_test_dependencies() -> None:
@@ -67,3 +72,12 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> TinyEncoder:
     build_model(hf_dir)
     ct2_dir = convert_encoder(hf_dir, root / "ct2", quantization="float32")
     return TinyEncoder(hf_dir, ct2_dir)
+
+
+@pytest.fixture(scope="session")
+def installed_archway(tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    """The sdist, the wheel built from it, and a fresh venv with the wheel
+    installed (not editable); shared by test_install.py and test_container_paths.py."""
+    from tests.installed import build_and_install
+
+    return build_and_install(tmp_path_factory.mktemp("archway-install"))
