@@ -154,7 +154,8 @@ class HealthWatch:
     """How the parent tells a hung worker from a busy one."""
 
     interval_s: float = 1.0
-    timeout_s: float = 1.0
+    timeout_s: float = 2.0
+    """Generous: a worker starved of CPU on a loaded machine still answers in time."""
     misses: int = 3
     """Consecutive unanswered checks before the worker is killed and replaced."""
 
@@ -388,6 +389,13 @@ class WorkerPool:
         """Send ``sig`` (SIGTERM: drain first; SIGINT: at once) to every worker, and
         SIGKILL those still running after ``grace_s``."""
         self._stopping = True
+        # Supervisors and watches first: one restarting a worker right now would
+        # otherwise start it after the list below was taken, and leave it running.
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         live = [p for p in self._procs if p is not None and p.returncode is None]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
@@ -402,11 +410,6 @@ class WorkerPool:
                         proc.kill()
             for proc in live:
                 await proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if self._reserved is not None:
             self._reserved.close()
         for sock in self._own:
