@@ -37,6 +37,7 @@ from ext_proc.headers import (
     DECISION_ROUTE_SCORE,
     ROUTE_HEADER,
     TRANSLATE_HEADER,
+    TRANSLATION_PHASE,
     UPSTREAM_PHASE,
     UPSTREAM_PHASE_KEY,
 )
@@ -423,7 +424,7 @@ def _client_path_filter() -> dict[str, Any]:
     }
 
 
-def _ext_proc_grpc_service(gateway: GatewaySettings, *, upstream: bool) -> dict[str, Any]:
+def _ext_proc_grpc_service(gateway: GatewaySettings, *, phase: str | None) -> dict[str, Any]:
     service: dict[str, Any] = {
         "envoy_grpc": {
             "cluster_name": EXT_PROC_CLUSTER,
@@ -432,10 +433,10 @@ def _ext_proc_grpc_service(gateway: GatewaySettings, *, upstream: bool) -> dict[
             "max_receive_message_length": buffer_limit_bytes(gateway),
         },
     }
-    if upstream:
-        # One server, two roles: this stream metadata tells the server that the
-        # stream is a retry attempt in a failover cluster, not a new request.
-        service["initial_metadata"] = [{"key": UPSTREAM_PHASE_KEY, "value": UPSTREAM_PHASE}]
+    if phase is not None:
+        # One server, three roles: this stream metadata tells the server that the
+        # stream is a retry attempt or a response to translate, not a new request.
+        service["initial_metadata"] = [{"key": UPSTREAM_PHASE_KEY, "value": phase}]
     return service
 
 
@@ -458,7 +459,7 @@ def _ext_proc_filter(
 ) -> dict[str, Any]:
     """The routing filter, or (``upstream``) its twin in a failover cluster's
     upstream filter chain, which sees each retry attempt (never the router)."""
-    service = _ext_proc_service(gateway, upstream=upstream)
+    service = _ext_proc_service(gateway, UPSTREAM_PHASE if upstream else None)
     if message_timeout_s is not None:
         service["message_timeout"] = _duration(message_timeout_s)
     return {
@@ -501,7 +502,7 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
     return {
         "name": TRANSLATION_FILTER,
         "typed_config": {
-            **_ext_proc_service(gateway),
+            **_ext_proc_service(gateway, TRANSLATION_PHASE),
             "stat_prefix": TRANSLATION_STAT_PREFIX,
             "processing_mode": dict(_TRANSLATION_OFF),
             "allow_mode_override": True,
@@ -509,10 +510,10 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
     }
 
 
-def _ext_proc_service(gateway: GatewaySettings, *, upstream: bool = False) -> dict[str, Any]:
+def _ext_proc_service(gateway: GatewaySettings, phase: str | None) -> dict[str, Any]:
     return {
         "@type": _T_EXT_PROC,
-        "grpc_service": _ext_proc_grpc_service(gateway, upstream=upstream),
+        "grpc_service": _ext_proc_grpc_service(gateway, phase=phase),
         "failure_mode_allow": gateway.failure_mode_allow,
         "message_timeout": _duration(gateway.message_timeout_s),
     }
