@@ -27,7 +27,7 @@ from ext_proc.routing.catalog import Upstream
 from ext_proc.routing.decide import Look, decide, look, resolve_model
 from ext_proc.routing.endpoints import classify
 from ext_proc.routing.plan import CREDENTIAL_HEADERS, plan_request
-from ext_proc.routing.resolve import build_routing_table
+from ext_proc.routing.resolve import build_routing_table, chain_providers
 from ext_proc.state import StateStorageError
 
 if TYPE_CHECKING:
@@ -442,7 +442,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         endpoint = classify("POST", args.path)
         parsed = parse_request(headers, body, endpoint.api)
         seen = look(table, parsed.data, headers)
-        plan = plan_request(decide(table, seen), parsed, endpoint, headers)
+        decision = decide(table, seen)
+        chain = chain_providers(table, decision.target)
+        # Stored history is not read: explain shows the shape, not a conversation.
+        plan = plan_request(decision, parsed, endpoint, headers, chain=chain)
     except GatewayError as exc:
         if args.json:
             print(json.dumps({"status": exc.status, "code": exc.code, "message": exc.message}))

@@ -88,7 +88,8 @@ def test_every_api_has_its_facts() -> None:
         assert api.upstream_path.startswith("/")
         assert api.error_shape in ErrorShape
         assert api.sdk_header_prefix.endswith("-")
-    assert {e.api for e in Endpoint} == set(WireAPI)
+    # Bedrock's Converse is a provider API only: no client speaks it to Archway.
+    assert {e.api for e in Endpoint} == set(WireAPI) - {WireAPI.BEDROCK}
 
 
 def test_error_shapes_follow_the_api() -> None:
@@ -110,11 +111,13 @@ def test_the_models_listing_answers_each_sdk_in_its_shape() -> None:
 def test_every_client_api_has_a_translator_to_every_provider_api() -> None:
     for api in WireAPI:
         assert translator_for(api, api) is None
+    client_apis = {e.api for e in Endpoint}
     # Responses is never a provider's only API: those that serve it also serve chat.
     provider_apis = {spec.api for spec in CATALOG.values()}
     assert WireAPI.RESPONSES not in provider_apis
+    assert WireAPI.BEDROCK in provider_apis
     for client, provider in permutations(WireAPI, 2):
-        if provider not in provider_apis:
+        if client not in client_apis or provider not in provider_apis:
             with pytest.raises(GatewayError) as error:
                 translator_for(client, provider)
             assert error.value.status == 400

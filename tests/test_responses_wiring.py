@@ -21,7 +21,7 @@ from ext_proc.routing.body import parse_json
 from ext_proc.routing.catalog import request_path, serving_api, upstream_for
 from ext_proc.routing.decide import Decision, resolve_model
 from ext_proc.routing.plan import RequestPlan, continued_response, plan_request
-from ext_proc.routing.resolve import build_routing_table
+from ext_proc.routing.resolve import build_routing_table, chain_providers
 from ext_proc.server.attempt import ATTEMPT_HEADER, AttemptProcessor
 from ext_proc.server.conversations import Conversations
 from ext_proc.state import pending_key
@@ -115,9 +115,30 @@ def test_translated_plan_carries_the_context_and_the_conversation_to_keep() -> N
 def test_only_non_native_providers_continue_from_archway_s_state() -> None:
     body = {"input": "Hi", "previous_response_id": "resp_1"}
     for model, expected in (("groq/llama-3.3-70b", "resp_1"), ("openai/gpt-5.2", None)):
-        decision = Decision(resolve_model(TABLE, model))
-        assert continued_response(decision, Endpoint.RESPONSES, body) == expected
-        assert continued_response(decision, Endpoint.CHAT_COMPLETIONS, body) is None
+        chain = (resolve_model(TABLE, model).provider,)
+        assert continued_response(Endpoint.RESPONSES, body, chain) == expected
+        assert continued_response(Endpoint.CHAT_COMPLETIONS, body, chain) is None
+
+
+def test_a_chain_not_all_native_gets_chat_for_every_attempt() -> None:
+    # openai serves Responses, its fallback groq does not: every attempt must be
+    # able to read the one body, so it is translated to chat for all of them.
+    table = build_routing_table(
+        config(
+            provider("openai/gpt-5.2", fallbacks=("groq/llama-3.3-70b",)),
+            provider("groq/llama-3.3-70b"),
+            provider("xai/grok-4", fallbacks=("openai/gpt-5.2",)),
+        )
+    )
+    body = {"input": "Hi", "previous_response_id": "resp_1"}
+    parsed = parse_json(json.dumps({"model": "openai/gpt-5.2", **body}).encode())
+    for model, native in (("openai/gpt-5.2", False), ("xai/grok-4", True)):
+        target = resolve_model(table, model)
+        chain = chain_providers(table, target)
+        planned = plan_request(Decision(target), parsed, Endpoint.RESPONSES, {}, chain=chain)
+        assert (planned.translation is None) is native
+        assert path_of(planned) == ("/v1/responses" if native else "/v1/chat/completions")
+        assert (continued_response(Endpoint.RESPONSES, body, chain) is None) is native
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -139,9 +160,17 @@ def test_bedrock_gets_its_model_and_action_in_the_path(stream: bool) -> None:
     assert request_path(bedrock, upstream_for(bedrock), WireAPI.BEDROCK) == "/converse"
 
 
-def test_a_fallback_attempt_keeps_the_responses_path() -> None:
+@pytest.mark.parametrize(
+    ("fallback", "path"),
+    [("xai/grok-4", "/v1/responses"), ("groq/llama", "/openai/v1/chat/completions")],
+)
+def test_a_fallback_attempt_keeps_the_body_s_api(fallback: str, path: str) -> None:
     table = build_routing_table(
-        config(provider("openai/gpt-5.2", fallbacks=("xai/grok-4",)), provider("xai/grok-4"))
+        config(
+            provider("openai/gpt-5.2", fallbacks=(fallback,)),
+            provider("xai/grok-4"),
+            provider("groq/llama"),
+        )
     )
 
     async def attempt() -> dict[str, str]:
@@ -149,7 +178,7 @@ def test_a_fallback_attempt_keeps_the_responses_path() -> None:
         headers = (
             (":path", "/v1/responses"),
             (CLIENT_PATH_HEADER, "/v1/responses"),
-            (FALLBACK_CHAIN, "openai/gpt-5.2 xai/grok-4"),
+            (FALLBACK_CHAIN, f"openai/gpt-5.2 {fallback}"),
             (ATTEMPT_HEADER, "2"),
         )
         values = [HeaderValue(key=k, raw_value=v.encode()) for k, v in headers]
@@ -158,7 +187,7 @@ def test_a_fallback_attempt_keeps_the_responses_path() -> None:
         mutation = response.request_headers.response.header_mutation
         return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
 
-    assert asyncio.run(attempt())[":path"] == "/v1/responses"
+    assert asyncio.run(attempt())[":path"] == path
 
 
 def test_conversations_cross_from_request_to_response() -> None:

@@ -8,6 +8,7 @@ into the endpoint Envoy connects to (one cluster per distinct endpoint), and
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ __all__ = [
     "ProviderSpec",
     "Upstream",
     "auth_headers",
+    "chain_api",
     "failover_cluster_name",
     "provider_api",
     "provider_dialect",
@@ -219,6 +221,16 @@ def serving_api(provider: ProviderConfig, client: WireAPI) -> WireAPI:
     if client is spec.api or any(api is client for api, _ in spec.also_serves):
         return client
     return spec.api
+
+
+def chain_api(providers: Sequence[ProviderConfig], client: WireAPI) -> WireAPI:
+    """The API a request's body goes in to a model and its fallbacks, in order:
+    the client's own when every one of them serves it (a retry cannot reshape the
+    body), else the first's own (the config holds a chain to one API)."""
+    apis = {serving_api(provider, client) for provider in providers}
+    if len(apis) == 1:
+        return apis.pop()
+    return provider_api(providers[0])
 
 
 def provider_dialect(provider: ProviderConfig) -> Dialect:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.apis import Endpoint, WireAPI
+from ext_proc.config.types import ProviderConfig
 from ext_proc.headers import (
     DECISION_AFFINITY,
     DECISION_MODEL,
@@ -29,9 +30,9 @@ from ext_proc.headers import (
 from ext_proc.routing.body import ParsedBody, with_model
 from ext_proc.routing.catalog import (
     auth_headers,
+    chain_api,
     provider_dialect,
     request_path,
-    serving_api,
     spec_for,
 )
 from ext_proc.routing.decide import Decision
@@ -80,15 +81,13 @@ def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
 
 
 def upstream_headers(
-    decision: RoutingDecision, headers: Mapping[str, str], client: WireAPI = WireAPI.OPENAI
+    decision: RoutingDecision, headers: Mapping[str, str], api: WireAPI | None = None
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """``:path`` (in the client's API where the provider serves it, else the
-    provider's own) and credentials for sending a request to the decision's
-    provider: headers to set, and the client's (or an earlier attempt's)
-    credentials to drop."""
+    """``:path`` (in ``api``, the body's; default the provider's own) and
+    credentials for sending a request to the decision's provider: headers to
+    set, and the client's (or an earlier attempt's) credentials to drop."""
     provider = decision.provider
     spec = spec_for(provider)
-    api = serving_api(provider, client)
     set_headers = [(":path", request_path(provider, decision.upstream, api))]
     remove: list[str] = []
     if not provider.passthrough_auth:
@@ -105,14 +104,15 @@ def upstream_headers(
 
 
 def continued_response(
-    decision: Decision, endpoint: Endpoint, body: Mapping[str, Any]
+    endpoint: Endpoint, body: Mapping[str, Any], chain: Sequence[ProviderConfig]
 ) -> str | None:
     """The ``previous_response_id`` whose stored conversation Archway must
-    prepend: a Responses request continuing an earlier one, going to a provider
-    that does not serve the Responses API (one that does keeps its own state)."""
+    prepend: a Responses request continuing an earlier one, going to providers
+    (``chain``: the model, then its fallbacks) not all serving the Responses API
+    (those that do keep their own state)."""
     if endpoint.api is not WireAPI.RESPONSES:
         return None
-    if serving_api(decision.target.provider, endpoint.api) is WireAPI.RESPONSES:
+    if chain_api(chain, endpoint.api) is WireAPI.RESPONSES:
         return None
     previous = body.get("previous_response_id")
     return previous if isinstance(previous, str) and previous else None
@@ -124,20 +124,23 @@ def plan_request(
     endpoint: Endpoint,
     headers: Mapping[str, str],
     history: Sequence[Mapping[str, Any]] = (),
+    chain: Sequence[ProviderConfig] = (),
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError`` (a body
     the provider's API cannot express). ``history`` is the stored conversation a
-    Responses request continues, for a provider that keeps none itself."""
+    Responses request continues, for a provider that keeps none itself;
+    ``chain`` the model's provider and its fallbacks' (default: the model's alone)."""
     target = decision.target
     provider = target.provider
-    translator = translator_for(endpoint.api, serving_api(provider, endpoint.api))
+    body_api = chain_api(chain or (provider,), endpoint.api)
+    translator = translator_for(endpoint.api, body_api)
 
     set_headers = list(decision_headers(target))
     if decision.score is not None:
         set_headers.append((DECISION_ROUTE_SCORE, f"{decision.score:.4f}"))
     if decision.affinity is not None:
         set_headers.append((DECISION_AFFINITY, decision.affinity))
-    upstream_set, remove = upstream_headers(target, headers, endpoint.api)
+    upstream_set, remove = upstream_headers(target, headers, body_api)
     set_headers.extend(upstream_set)
 
     translation: TranslationContext | None = None

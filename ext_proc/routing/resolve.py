@@ -28,6 +28,7 @@ __all__ = [
     "RoutingDecision",
     "RoutingTable",
     "build_routing_table",
+    "chain_providers",
     "configured_entry",
     "failover_chains",
     "resolve_named",
@@ -100,6 +101,13 @@ def build_routing_table(config: Config) -> RoutingTable:
         alias_fallbacks=dict(config.alias_fallbacks),
         routes=routes,
     )
+
+
+def chain_providers(table: RoutingTable, decision: RoutingDecision) -> tuple[ProviderConfig, ...]:
+    """The decision's provider, then each fallback's, in the order Envoy tries them."""
+    if not decision.fallbacks:
+        return (decision.provider,)
+    return (decision.provider, *(resolve_named(table, m).provider for m in decision.fallbacks))
 
 
 def resolve_named(table: RoutingTable, requested: str) -> RoutingDecision:

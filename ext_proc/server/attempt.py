@@ -32,6 +32,7 @@ from ext_proc.headers import (
     FALLBACK_CHAIN,
 )
 from ext_proc.routing.body import parse_json, with_model
+from ext_proc.routing.catalog import chain_api
 from ext_proc.routing.plan import upstream_headers
 from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_named
 from ext_proc.server import messages
@@ -93,11 +94,12 @@ class AttemptProcessor:
         )
         # Every header an earlier attempt set is still on the request: the path
         # and credentials are set again, and the earlier key dropped.
-        # The client's own path (Envoy's copy) says which API the body is in: a
-        # Responses body to a provider that serves Responses keeps that path.
+        # The client's API (from Envoy's copy of its path) and the chain say which
+        # API the body is in: the routing filter shaped it for every attempt.
         endpoint = endpoint_for(headers.get(CLIENT_PATH_HEADER, ""))
         client = endpoint.api if endpoint is not None else WireAPI.OPENAI
-        set_headers, remove = upstream_headers(decision, headers, client)
+        providers = [resolve_named(self._table, model).provider for model in chain]
+        set_headers, remove = upstream_headers(decision, headers, chain_api(providers, client))
         log.info("failover attempt %d: %s", attempt, decision.model)
         return messages.attempt_headers_response(set_headers, remove, retry=True)
 

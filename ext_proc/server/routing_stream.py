@@ -26,6 +26,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from ext_proc.apis import Endpoint, WireAPI, client_api
+from ext_proc.config.types import ProviderConfig
 from ext_proc.errors import GatewayError
 from ext_proc.headers import INTERNAL_PREFIX
 from ext_proc.router.service import ConfiguredRouter
@@ -33,7 +34,7 @@ from ext_proc.routing.body import parse_request
 from ext_proc.routing.decide import decide, look
 from ext_proc.routing.endpoints import classify, listing_api, models_listing
 from ext_proc.routing.plan import continued_response, plan_request
-from ext_proc.routing.resolve import RoutingTable
+from ext_proc.routing.resolve import RoutingTable, chain_providers
 from ext_proc.server import messages
 from ext_proc.server.conversations import Conversations
 from ext_proc.server.processor import internal_error
@@ -137,10 +138,13 @@ class RoutingProcessor:
             )
         decision = decide(table, seen, choice)
         history: list[dict[str, Any]] = []
-        previous = continued_response(decision, endpoint, parsed.data)
-        if previous is not None:
-            history = await self._conversations.history(previous)
-        plan = plan_request(decision, parsed, endpoint, headers, history)
+        chain: tuple[ProviderConfig, ...] = ()
+        if endpoint.api is WireAPI.RESPONSES:
+            chain = chain_providers(table, decision.target)
+            previous = continued_response(endpoint, parsed.data, chain)
+            if previous is not None:
+                history = await self._conversations.history(previous)
+        plan = plan_request(decision, parsed, endpoint, headers, history, chain)
         translation = plan.translation
         if translation is not None and translation.conversation is not None:
             response_id = stored_response_id(translation)
