@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+)
 
 from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.errors import GatewayError
@@ -226,3 +230,39 @@ def test_without_state_storage_a_continuation_is_a_400() -> None:
         asyncio.run(Conversations(None).history("resp_a"))
     assert error.value.status == 400
     assert error.value.code == "state_storage_not_configured"
+
+
+def test_a_bedrock_fallback_gets_its_model_in_the_path_and_the_body_unchanged() -> None:
+    first, second = "us.amazon.nova-pro-v1:0", "anthropic.claude-sonnet-4-5"
+    url = "https://bedrock-runtime.us-east-1.amazonaws.com"
+    table = build_routing_table(
+        config(
+            provider(
+                f"amazon_bedrock/{first}", base_url=url, fallbacks=(f"amazon_bedrock/{second}",)
+            ),
+            provider(f"amazon_bedrock/{second}", base_url=url),
+        )
+    )
+
+    async def attempt() -> tuple[dict[str, str], bool]:
+        processor = AttemptProcessor(table)
+        headers = (
+            (":path", "/model/us.amazon.nova-pro-v1%3A0/converse-stream"),
+            (CLIENT_PATH_HEADER, "/v1/chat/completions"),
+            (FALLBACK_CHAIN, f"amazon_bedrock/{first} amazon_bedrock/{second}"),
+            (ATTEMPT_HEADER, "2"),
+        )
+        values = [HeaderValue(key=k, raw_value=v.encode()) for k, v in headers]
+        message = ProcessingRequest(request_headers=HttpHeaders(headers=HeaderMap(headers=values)))
+        response = await processor.handle(message)
+        mutation = response.request_headers.response.header_mutation
+        body = ProcessingRequest(
+            request_body=HttpBody(body=b'{"messages": []}', end_of_stream=True)
+        )
+        rewritten = await processor.handle(body)
+        changed = rewritten.request_body.response.HasField("body_mutation")
+        return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}, changed
+
+    headers, changed = asyncio.run(attempt())
+    assert headers[":path"] == "/model/anthropic.claude-sonnet-4-5/converse-stream"
+    assert not changed

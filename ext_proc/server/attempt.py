@@ -37,6 +37,7 @@ from ext_proc.routing.plan import upstream_headers
 from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_named
 from ext_proc.server import messages
 from ext_proc.telemetry.observe import AttemptTelemetry
+from ext_proc.translate.bedrock import converse_path
 
 __all__ = ["ATTEMPT_HEADER", "AttemptProcessor"]
 
@@ -53,13 +54,14 @@ class AttemptProcessor:
     began) leaves the attempt as the routing filter shaped it.
     """
 
-    __slots__ = ("_decision", "_index", "_table", "_trace_context")
+    __slots__ = ("_body_has_model", "_decision", "_index", "_table", "_trace_context")
 
     def __init__(
         self, table: RoutingTable, *, trace_context: Mapping[str, str] | None = None
     ) -> None:
         self._table = table
         self._decision: RoutingDecision | None = None
+        self._body_has_model = True
         self._index = 0
         self._trace_context = trace_context
 
@@ -99,12 +101,22 @@ class AttemptProcessor:
         endpoint = endpoint_for(headers.get(CLIENT_PATH_HEADER, ""))
         client = endpoint.api if endpoint is not None else WireAPI.OPENAI
         providers = [resolve_named(self._table, model).provider for model in chain]
-        set_headers, remove = upstream_headers(decision, headers, chain_api(providers, client))
+        body_api = chain_api(providers, client)
+        set_headers, remove = upstream_headers(decision, headers, body_api)
+        if body_api is WireAPI.BEDROCK:
+            # Converse names the model in the path, not the body: the earlier
+            # attempt's path says whether it streams.
+            stream = headers.get(":path", "").endswith("/converse-stream")
+            path = decision.upstream.path_prefix + converse_path(
+                decision.provider.model_id, stream=stream
+            )
+            set_headers = [(n, v) for n, v in set_headers if n != ":path"] + [(":path", path)]
+            self._body_has_model = False
         log.info("failover attempt %d: %s", attempt, decision.model)
         return messages.attempt_headers_response(set_headers, remove, retry=True)
 
     def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
-        if self._decision is None:
+        if self._decision is None or not self._body_has_model:
             return _unchanged("request_body")
         # The same splice as the first attempt's: the body the routing filter
         # shaped reaches each fallback with only its model changed.
