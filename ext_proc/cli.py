@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
 from ext_proc.errors import GatewayError
@@ -325,9 +326,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for pref in config.routing_preferences:
             print(f"  {pref.name} -> {', '.join(pref.models)}: {pref.description}")
         print(f"preference router: {_router_summary(config)}")
+    print(f"responses state: {_state_summary(config)}")
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _state_summary(config: Config) -> str:
+    state = config.state_storage
+    if state is None:
+        return "off (no state_storage): previous_response_id works only with native providers"
+    if state.kind == "memory":
+        return "memory (per ext_proc process)"
+    # Only where it is: the connection string may hold a password.
+    where = urlsplit(state.connection_string or "")
+    return f"postgres at {where.hostname or 'a local socket'}:{where.port or 5432}{where.path}"
 
 
 def _router_summary(config: Config) -> str:
