@@ -203,6 +203,7 @@ def test_conversations_cross_from_request_to_response() -> None:
         assert await store.get(pending_key("resp_a")) == turn
         await conversations.finish("resp_a", [{"type": "message", "role": "assistant"}])
         kept = await conversations.history("resp_a")
+        assert len(store) == 1  # the pending turn is gone
         with pytest.raises(GatewayError) as missing:
             await conversations.history("resp_never")
         return kept, missing.value

@@ -54,6 +54,15 @@ def test_put_then_get_returns_a_copy() -> None:
     assert run(store.get("resp_1")) == items("café ☕")
 
 
+def test_delete_forgets_an_entry_and_its_bytes() -> None:
+    store = MemoryStore()
+    run(store.put("resp_1", items("a"), 60))
+    run(store.delete("resp_1"))
+    run(store.delete("resp_unknown"))
+    assert (len(store), store.size_bytes) == (0, 0)
+    assert not_found(store, "resp_1").status == 404
+
+
 def test_unknown_id_is_a_404_in_the_responses_error_shape() -> None:
     error = not_found(MemoryStore(), "resp_missing")
     assert error.status == 404

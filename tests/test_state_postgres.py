@@ -73,6 +73,10 @@ def test_put_replaces_and_unknown_is_404(dsn: str) -> None:
             await store.put("resp_2", items("old"), 3600)
             await store.put("resp_2", items("new"), 3600)
             assert await store.get("resp_2") == items("new")
+            await store.delete("resp_2")
+            await store.delete("resp_never")  # unknown: nothing to do
+            with pytest.raises(GatewayError):
+                await store.get("resp_2")
             with pytest.raises(GatewayError) as caught:
                 await store.get("resp_nope")
             return caught.value

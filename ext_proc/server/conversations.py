@@ -67,6 +67,9 @@ class Conversations:
         try:
             items = await self.store.get(pending_key(response_id))
             await self.store.put(response_id, [*items, *map(dict, output)], self.ttl_s)
+            # Gone at once, not in an hour: pending turns must not crowd a
+            # bounded memory store's stored conversations out.
+            await self.store.delete(pending_key(response_id))
         except GatewayError as error:
             log.warning("response %s not stored: %s", response_id, error.message)
         except StateStorageError as error:

@@ -61,6 +61,10 @@ class ConversationStore(Protocol):
         """Keep ``items`` under ``response_id`` for ``ttl_s`` seconds."""
         ...
 
+    async def delete(self, response_id: str) -> None:
+        """Forget ``response_id`` (nothing happens when it is unknown)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -89,6 +89,9 @@ class MemoryStore:
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
             self._remove(next(iter(self._entries)))
 
+    async def delete(self, response_id: str) -> None:
+        self._remove(response_id)
+
     async def close(self) -> None:
         self._entries.clear()
         self._bytes = 0

@@ -57,7 +57,7 @@ def _unavailable(error: Exception) -> GatewayError:
 class PostgresStore:
     """Open with ``await PostgresStore.connect(dsn)``; ``close`` when done."""
 
-    __slots__ = ("_get", "_pool", "_purge", "_put", "_puts")
+    __slots__ = ("_delete", "_get", "_pool", "_purge", "_put", "_puts")
 
     def __init__(self, pool: AsyncConnectionPool, table: str) -> None:
         self._pool = pool
@@ -72,6 +72,7 @@ class PostgresStore:
             "expires_at = EXCLUDED.expires_at"
         ).format(name)
         self._purge = sql.SQL("DELETE FROM {} WHERE expires_at <= now()").format(name)
+        self._delete = sql.SQL("DELETE FROM {} WHERE id = %s").format(name)
         self._puts = 0
 
     @classmethod
@@ -145,6 +146,13 @@ class PostgresStore:
                 await conn.execute(self._put, (response_id, Json(list(items)), float(ttl_s)))
                 if purge:
                     await conn.execute(self._purge)
+        except (PoolTimeout, psycopg.Error) as error:
+            raise _unavailable(error) from None
+
+    async def delete(self, response_id: str) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(self._delete, (response_id,))
         except (PoolTimeout, psycopg.Error) as error:
             raise _unavailable(error) from None
 
