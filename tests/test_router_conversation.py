@@ -197,3 +197,28 @@ def test_middle_trim_leaves_short_text_alone() -> None:
     assert middle_trim("a b c", words, 3) == "a b c"
     trimmed = middle_trim("a b c d e f", words, 4)
     assert words(trimmed) <= 4 and trimmed.startswith("a") and trimmed.endswith("f")
+
+
+def test_responses_input_string_and_items() -> None:
+    assert select({"input": "Plan my trip"}, WireAPI.RESPONSES) == (
+        Turn(role="user", content="Plan my trip"),
+    )
+    body = {
+        "instructions": "never read",
+        "input": [
+            {"role": "developer", "content": "not a turn"},
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+            {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Sunny."}],
+            },
+            {"role": "user", "content": [{"type": "input_image", "image_url": "https://x"}]},
+        ],
+    }
+    assert select(body, WireAPI.RESPONSES) == (
+        Turn(role="user", content="Weather?"),
+        Turn(role="assistant", content="Sunny."),
+    )
