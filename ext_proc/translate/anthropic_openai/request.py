@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.apis import COMMON_DIALECT, Dialect
-from ext_proc.errors import GatewayError
 from ext_proc.translate.common import (
     as_dict,
     as_list,
     data_url,
+    each_anthropic_message,
     text_and_tool_calls,
     unsupported,
 )
@@ -78,26 +78,13 @@ def _system(system: object) -> list[dict[str, Any]]:
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        raise GatewayError(
-            400, "'messages' must be a list.", code="invalid_request", param="messages"
-        )
     out: list[dict[str, Any]] = []
-    for i, message in enumerate(raw):
-        message = as_dict(message)
-        role = message.get("role")
+    for i, role, message in each_anthropic_message(raw):
         content = message.get("content")
         if role == "user":
             out.extend(_user_messages(content, i))
-        elif role == "assistant":
-            out.append(_assistant_message(content))
         else:
-            raise GatewayError(
-                400,
-                f"messages[{i}].role must be 'user' or 'assistant', not {role!r}.",
-                code="invalid_request",
-                param="messages",
-            )
+            out.append(_assistant_message(content))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ext_proc.errors import GatewayError
-from ext_proc.translate.common import as_dict
+from ext_proc.translate.common import as_dict, chat_usage
 from ext_proc.translate.eventstream import EventStreamDecoder, EventStreamError, Message
 
 __all__ = [
@@ -111,13 +111,7 @@ def openai_usage(usage: object) -> dict[str, Any]:
     usage = as_dict(usage)
     cached = _count(usage, "cacheReadInputTokens")
     prompt = _count(usage, "inputTokens") + _count(usage, "cacheWriteInputTokens") + cached
-    completion = _count(usage, "outputTokens")
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    return chat_usage(prompt, _count(usage, "outputTokens"), cached)
 
 
 def anthropic_usage(usage: object) -> dict[str, Any]:

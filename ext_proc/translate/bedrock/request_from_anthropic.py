@@ -18,7 +18,6 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.errors import GatewayError
 from ext_proc.translate.bedrock.converse import ConverseRequest
 from ext_proc.translate.bedrock.request_parts import (
     NO_TOOL_CHOICE,
@@ -31,7 +30,7 @@ from ext_proc.translate.bedrock.request_parts import (
     tool_result_part,
     tool_spec,
 )
-from ext_proc.translate.common import as_dict, as_list, unsupported
+from ext_proc.translate.common import as_dict, as_list, each_anthropic_message, unsupported
 
 __all__ = ["translate_request"]
 
@@ -105,21 +104,8 @@ def _cache_point(block: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        raise GatewayError(
-            400, "'messages' must be a list.", code="invalid_request", param="messages"
-        )
     turns: list[dict[str, Any]] = []
-    for i, message in enumerate(raw):
-        message = as_dict(message)
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise GatewayError(
-                400,
-                f"messages[{i}].role must be 'user' or 'assistant', not {role!r}.",
-                code="invalid_request",
-                param="messages",
-            )
+    for i, role, message in each_anthropic_message(raw):
         append_turn(turns, role, _blocks(message.get("content"), f"messages[{i}].content"))
     return turns
 
