@@ -18,12 +18,10 @@ from ext_proc.translate.bedrock.converse import (
     finish_reason,
     openai_usage,
 )
-from ext_proc.translate.common import as_dict, dumps
-from ext_proc.translate.sse import encode_event
+from ext_proc.translate.chunks import DONE, chunk_event, chunk_head, error_event, usage_event
+from ext_proc.translate.common import as_dict
 
 __all__ = ["DONE", "StreamTranslator"]
-
-DONE = b"data: [DONE]\n\n"
 
 
 class StreamTranslator:
@@ -48,10 +46,7 @@ class StreamTranslator:
         self._created = created
         self._include_usage = include_usage
         # Everything before the delta is the same in every chunk: built once.
-        self._head = (
-            f'{{"id":{dumps(response_id)},"object":"chat.completion.chunk",'
-            f'"created":{created},"model":{dumps(model)},"choices":[{{"index":0,"delta":'
-        )
+        self._head = chunk_head(response_id, created, model)
         self._tool_calls: dict[int, int] = {}
         """Converse ``contentBlockIndex`` -> OpenAI ``tool_calls[].index``."""
         self._stopped = False
@@ -84,8 +79,7 @@ class StreamTranslator:
         return bytes(out)
 
     def _emit(self, out: bytearray, delta: dict[str, Any], finish: str | None = None) -> None:
-        tail = ',"logprobs":null,"finish_reason":' + (dumps(finish) if finish else "null") + "}]}"
-        out += encode_event(self._head + dumps(delta) + tail)
+        out += chunk_event(self._head, delta, finish)
 
     def _event(self, event: StreamEvent, out: bytearray) -> None:
         body = event.body
@@ -122,21 +116,12 @@ class StreamTranslator:
             self._emit(out, {}, finish_reason(body.get("stopReason")))
         elif kind == "metadata":
             if self._include_usage:
-                # As OpenAI does: one last chunk with no choices, carrying the usage.
-                final = {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": openai_usage(body.get("usage")),
-                }
-                out += encode_event(dumps(final))
+                usage = openai_usage(body.get("usage"))
+                out += usage_event(self._id, self._created, self._model, usage)
             out += DONE
             self._done = True
         # contentBlockStop and unknown events carry nothing for OpenAI.
 
     def _error(self, out: bytearray, code: str, message: str, kind: str = "server_error") -> None:
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        out += encode_event(dumps(body))
+        out += error_event(message, code, kind)
         self._done = True

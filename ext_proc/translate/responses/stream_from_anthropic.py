@@ -9,14 +9,13 @@ stream that ends before ``message_stop``, fails it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ext_proc.translate.common import as_dict, dumps
 from ext_proc.translate.responses.events import EventWriter
 from ext_proc.translate.responses.output import anthropic_outcome, usage_from_anthropic
 from ext_proc.translate.responses.request import Item, ResponseContext
-from ext_proc.translate.sse import SSEDecoder, SSEEvent
+from ext_proc.translate.sse import SSEDecoder, SSEEvent, json_objects
 
 __all__ = ["StreamTranslator"]
 
@@ -49,14 +48,10 @@ class StreamTranslator:
 
     def _translate(self, events: list[SSEEvent]) -> bytes:
         out = bytearray()
-        for event in events:
+        for payload in json_objects(events):
             if self._writer.done:
                 break
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if isinstance(payload, dict):
+            if payload is not None:  # Anthropic never sends [DONE]; one that does ends nothing
                 self._event(payload, out)
         return bytes(out)
 

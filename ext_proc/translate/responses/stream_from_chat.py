@@ -8,14 +8,13 @@ a chunk after the one with ``finish_reason``: the Response completes at
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ext_proc.translate.common import as_dict, as_list
 from ext_proc.translate.responses.events import EventWriter
 from ext_proc.translate.responses.output import chat_outcome, usage_from_chat
 from ext_proc.translate.responses.request import Item, ResponseContext
-from ext_proc.translate.sse import SSEDecoder, SSEEvent
+from ext_proc.translate.sse import SSEDecoder, SSEEvent, chunk_error, json_objects
 
 __all__ = ["StreamTranslator"]
 
@@ -51,22 +50,13 @@ class StreamTranslator:
 
     def _translate(self, events: list[SSEEvent]) -> bytes:
         out = bytearray()
-        for event in events:
+        for payload in json_objects(events):
             if self._writer.done:
                 break
-            if event.data == "[DONE]":
+            if payload is None:
                 self._close(out)
-                continue
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if not isinstance(payload, dict):
-                continue
-            error = payload.get("error")
-            if error is not None:
-                message = as_dict(error).get("message") if isinstance(error, dict) else error
-                self._writer.fail(out, str(message or "The model provider reported an error."))
+            elif (message := chunk_error(payload)) is not None:
+                self._writer.fail(out, message or "The model provider reported an error.")
             else:
                 self._chunk(payload, out)
         return bytes(out)
