@@ -13,6 +13,7 @@ from ext_proc.errors import GatewayError, error_body
 
 __all__ = [
     "UpstreamError",
+    "anthropic_client_tools",
     "as_dict",
     "as_list",
     "chat_completion",
@@ -224,6 +225,20 @@ def function_tools(raw: object) -> Iterator[dict[str, Any]]:
                 "tools", f"tools[{i}] has type {tool.get('type')!r}; only function tools translate."
             )
         yield as_dict(tool.get("function"))
+
+
+def anthropic_client_tools(raw: object) -> Iterator[dict[str, Any]]:
+    """Each Anthropic client tool (``name`` + ``input_schema``, no type or ``custom``);
+    a server tool (web search, code execution) runs at Anthropic only, so it is refused."""
+    for i, tool in enumerate(as_list(raw)):
+        tool = as_dict(tool)
+        if tool.get("type") not in (None, "custom"):
+            raise unsupported(
+                "tools",
+                f"tools[{i}] is Anthropic's server tool {tool.get('type')!r}; "
+                "only client tools (name + input_schema) translate.",
+            )
+        yield tool
 
 
 def chat_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ext_proc.apis import COMMON_DIALECT, Dialect
 from ext_proc.translate.common import (
+    anthropic_client_tools,
     as_dict,
     as_list,
     data_url,
@@ -20,9 +21,6 @@ from ext_proc.translate.common import (
 )
 
 __all__ = ["translate_request"]
-
-_CLIENT_TOOL_TYPES = (None, "custom")
-"""Anthropic tools the client runs itself; every other type is a server tool."""
 
 
 def translate_request(body: Mapping[str, Any], dialect: Dialect = COMMON_DIALECT) -> dict[str, Any]:
@@ -177,14 +175,7 @@ def _assistant_message(content: object) -> dict[str, Any]:
 
 def _tools(raw: object) -> list[dict[str, Any]]:
     tools = []
-    for i, tool in enumerate(as_list(raw)):
-        tool = as_dict(tool)
-        if tool.get("type") not in _CLIENT_TOOL_TYPES:
-            raise unsupported(
-                "tools",
-                f"tools[{i}] is Anthropic's server tool {tool.get('type')!r}; "
-                "only client tools (name + input_schema) translate.",
-            )
+    for tool in anthropic_client_tools(raw):
         function: dict[str, Any] = {"name": tool.get("name")}
         if tool.get("description"):
             function["description"] = tool["description"]

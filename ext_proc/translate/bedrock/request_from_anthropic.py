@@ -30,11 +30,16 @@ from ext_proc.translate.bedrock.request_parts import (
     tool_result_part,
     tool_spec,
 )
-from ext_proc.translate.common import as_dict, as_list, each_anthropic_message, unsupported
+from ext_proc.translate.common import (
+    anthropic_client_tools,
+    as_dict,
+    as_list,
+    each_anthropic_message,
+    unsupported,
+)
 
 __all__ = ["translate_request"]
 
-_CLIENT_TOOL_TYPES = (None, "custom")
 _CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 
@@ -200,14 +205,7 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _tools(raw: object) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
-    for i, tool in enumerate(as_list(raw)):
-        tool = as_dict(tool)
-        if tool.get("type") not in _CLIENT_TOOL_TYPES:
-            raise unsupported(
-                "tools",
-                f"tools[{i}] is Anthropic's server tool {tool.get('type')!r}; "
-                "only client tools (name + input_schema) translate.",
-            )
+    for tool in anthropic_client_tools(raw):
         tools.append(
             tool_spec(
                 tool.get("name"),
