@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.translate.bedrock.converse import (
-    ConverseEvents,
+    ConverseStream,
     StreamEvent,
     StreamFailure,
     finish_reason,
@@ -24,13 +24,11 @@ from ext_proc.translate.common import as_dict
 __all__ = ["DONE", "StreamTranslator"]
 
 
-class StreamTranslator:
-    """Feed Bedrock's body chunks; get the client's SSE bytes back."""
+class StreamTranslator(ConverseStream):
+    """ConverseStream in, OpenAI ``chat.completion.chunk`` SSE out."""
 
     __slots__ = (
         "_created",
-        "_done",
-        "_events",
         "_head",
         "_id",
         "_include_usage",
@@ -40,7 +38,7 @@ class StreamTranslator:
     )
 
     def __init__(self, *, model: str, response_id: str, created: int, include_usage: bool) -> None:
-        self._events = ConverseEvents()
+        super().__init__()
         self._model = model
         self._id = response_id
         self._created = created
@@ -50,33 +48,18 @@ class StreamTranslator:
         self._tool_calls: dict[int, int] = {}
         """Converse ``contentBlockIndex`` -> OpenAI ``tool_calls[].index``."""
         self._stopped = False
-        self._done = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        return self._translate(self._events.feed(chunk))
+    def _end(self, out: bytearray) -> None:
+        if self._stopped:
+            # The usage never came; the answer itself is whole.
+            out += DONE
+        else:
+            self._error(out, "upstream_error", "Bedrock's stream ended before the answer did.")
+        self._done = True
 
-    def finish(self) -> bytes:
-        out = bytearray(self._translate(self._events.finish()))
-        if not self._done:
-            if self._stopped:
-                # The usage never came; the answer itself is whole.
-                out += DONE
-            else:
-                self._error(out, "upstream_error", "Bedrock's stream ended before the answer did.")
-            self._done = True
-        return bytes(out)
-
-    def _translate(self, events: list[StreamEvent | StreamFailure]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self._done:
-                break
-            if isinstance(event, StreamFailure):
-                error = event.as_gateway_error()
-                self._error(out, event.code, event.message, error.openai_type)
-            else:
-                self._event(event, out)
-        return bytes(out)
+    def _failure(self, failure: StreamFailure, out: bytearray) -> None:
+        error = failure.as_gateway_error()
+        self._error(out, failure.code, failure.message, error.openai_type)
 
     def _emit(self, out: bytearray, delta: dict[str, Any], finish: str | None = None) -> None:
         out += chunk_event(self._head, delta, finish)
