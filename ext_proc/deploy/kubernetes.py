@@ -363,40 +363,52 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
             {"name": "tmp", "mountPath": TMP_DIR},
         ],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(ARCHWAY_NAME, options, "ext-proc"),
-        # No `replicas`: the autoscaler owns the count, and re-applying this file
-        # must not reset it.
+    # No `replicas`: the autoscaler owns the count, and re-applying this file
+    # must not reset it.
+    return _deployment(
+        _metadata(ARCHWAY_NAME, options, "ext-proc"),
+        replicas=None,
+        annotations=_checksum("config", config_text) | _scrape_annotations(metrics_port),
+        uid=_ARCHWAY_UID,
+        container=container,
+        volumes=[
+            {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
+            # A few MiB per process; a killed process leaves its directory
+            # behind until the pod goes, hence the headroom.
+            {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
+        ],
+    )
+
+
+def _deployment(
+    metadata: dict[str, Any],
+    *,
+    replicas: int | None,
+    annotations: dict[str, str],
+    uid: int,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+) -> Manifest:
+    """A Deployment of one container that rolls without ever dropping below its
+    count, in a non-root pod that never talks to the Kubernetes API."""
+    app = metadata["labels"]["app.kubernetes.io/name"]
+    spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
+    spec["selector"] = {"matchLabels": _selector(app)}
+    spec["strategy"] = {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    spec["template"] = {
+        "metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
         "spec": {
-            "selector": {"matchLabels": _selector(ARCHWAY_NAME)},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": {
-                "metadata": {
-                    "labels": _metadata(ARCHWAY_NAME, None, "ext-proc")["labels"],
-                    "annotations": _checksum("config", config_text)
-                    | _scrape_annotations(metrics_port),
-                },
-                "spec": {
-                    # Archway never talks to the Kubernetes API.
-                    "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
-                    "securityContext": _non_root_pod(_ARCHWAY_UID),
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
-                        # A few MiB per process; a killed process leaves its directory
-                        # behind until the pod goes, hence the headroom.
-                        {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
-                    ],
-                },
-            },
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
+            "securityContext": _non_root_pod(uid),
+            "containers": [container],
+            "volumes": volumes,
         },
     }
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
 def _metrics_port(config: Config) -> int | None:
@@ -608,38 +620,17 @@ def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
             "metadata": _metadata(f"{ENVOY_NAME}-bootstrap", options, "proxy", ENVOY_NAME),
             "data": {BOOTSTRAP_FILE: bootstrap},
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": _metadata(ENVOY_NAME, options, "proxy", ENVOY_NAME),
-            "spec": {
-                "replicas": _ENVOY_REPLICAS,
-                "selector": {"matchLabels": _selector(ENVOY_NAME)},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-                },
-                "template": {
-                    "metadata": {
-                        "labels": _metadata(ENVOY_NAME, None, "proxy", ENVOY_NAME)["labels"],
-                        "annotations": _checksum("bootstrap", bootstrap),
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
-                        "securityContext": _non_root_pod(_ENVOY_UID),
-                        "containers": [container],
-                        "volumes": [
-                            {
-                                "name": "bootstrap",
-                                "configMap": {"name": f"{ENVOY_NAME}-bootstrap"},
-                            },
-                            {"name": "tmp", "emptyDir": {}},
-                        ],
-                    },
-                },
-            },
-        },
+        _deployment(
+            _metadata(ENVOY_NAME, options, "proxy", ENVOY_NAME),
+            replicas=_ENVOY_REPLICAS,
+            annotations=_checksum("bootstrap", bootstrap),
+            uid=_ENVOY_UID,
+            container=container,
+            volumes=[
+                {"name": "bootstrap", "configMap": {"name": f"{ENVOY_NAME}-bootstrap"}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        ),
         {
             "apiVersion": "v1",
             "kind": "Service",
