@@ -854,42 +854,39 @@ def _upstream_route(
 ) -> Manifest:
     # Gateway API hostnames carry no port.
     hostname = urlsplit(f"//{upstream.host_header}").hostname or upstream.host
-    return {
-        "apiVersion": _GATEWAY_API_VERSION,
-        "kind": "HTTPRoute",
-        "metadata": _metadata(f"{backend}-{section}", options, "route"),
-        "spec": {
-            "parentRefs": [_parent_ref(section)],
-            "rules": [
-                {
-                    # More header matches win over fewer, so once Archway has set the
-                    # header and cleared the route cache, this rule beats the
-                    # listener's catch-all route.
-                    "matches": [
-                        {
-                            "path": {"type": "PathPrefix", "value": "/"},
-                            "headers": [
-                                {"type": "Exact", "name": ROUTE_HEADER, "value": upstream.cluster}
-                            ],
-                        }
-                    ],
-                    "filters": [
-                        {"type": "URLRewrite", "urlRewrite": {"hostname": hostname}},
-                        _decision_headers_filter(),
-                    ],
-                    "backendRefs": [
-                        {
-                            "group": _ENVOY_GATEWAY_GROUP,
-                            "kind": "Backend",
-                            "name": backend,
-                            "port": upstream.port,
-                        }
-                    ],
-                    "timeouts": {"request": _gateway_duration(listener.timeout_s)},
-                }
-            ],
-        },
-    }
+    return _http_route(
+        f"{backend}-{section}",
+        section,
+        options,
+        [
+            {
+                # More header matches win over fewer, so once Archway has set the
+                # header and cleared the route cache, this rule beats the
+                # listener's catch-all route.
+                "matches": [
+                    {
+                        "path": {"type": "PathPrefix", "value": "/"},
+                        "headers": [
+                            {"type": "Exact", "name": ROUTE_HEADER, "value": upstream.cluster}
+                        ],
+                    }
+                ],
+                "filters": [
+                    {"type": "URLRewrite", "urlRewrite": {"hostname": hostname}},
+                    _decision_headers_filter(),
+                ],
+                "backendRefs": [
+                    {
+                        "group": _ENVOY_GATEWAY_GROUP,
+                        "kind": "Backend",
+                        "name": backend,
+                        "port": upstream.port,
+                    }
+                ],
+                "timeouts": {"request": _gateway_duration(listener.timeout_s)},
+            }
+        ],
+    )
 
 
 def _unrouted_route(section: str, options: KubernetesOptions) -> Manifest:
@@ -897,14 +894,23 @@ def _unrouted_route(section: str, options: KubernetesOptions) -> Manifest:
     # and a client's request carries no (trustworthy) x-archway-cluster yet. This
     # route has no backend: Archway either sets the header (and the request moves
     # to an upstream's route) or answers itself, so nothing is ever forwarded here.
+    return _http_route(
+        f"{GATEWAY_NAME}-{section}",
+        section,
+        options,
+        [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}],
+    )
+
+
+def _http_route(
+    name: str, section: str, options: KubernetesOptions, rules: list[dict[str, Any]]
+) -> Manifest:
+    """An HTTPRoute on one listener (``section``) of Archway's Gateway."""
     return {
         "apiVersion": _GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": _metadata(f"{GATEWAY_NAME}-{section}", options, "route"),
-        "spec": {
-            "parentRefs": [_parent_ref(section)],
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}],
-        },
+        "metadata": _metadata(name, options, "route"),
+        "spec": {"parentRefs": [_parent_ref(section)], "rules": rules},
     }
 
 
