@@ -41,7 +41,7 @@ from ext_proc.server.health import (
 from ext_proc.server.processor import RequestProcessor
 from ext_proc.server.reload import ConfigReloader
 from ext_proc.telemetry import tracing
-from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
+from ext_proc.transport import GrpcError, H2GrpcServer, StreamStatus
 
 __all__ = [
     "GRPC_SERVER_ENV",
