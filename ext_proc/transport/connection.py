@@ -11,8 +11,43 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from ext_proc.transport import frames as f
-from ext_proc.transport.frames import H2ConnectionError
+from ext_proc.transport.frames import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEAD,
+    HEAD_SIZE,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    H2ConnectionError,
+    frame,
+    goaway,
+    rst_stream,
+    unpad,
+    window_update,
+)
 from ext_proc.transport.grpc import (
     RESPONSE_HEADERS,
     GrpcError,
@@ -81,7 +116,8 @@ class _Stream:
         "id",
         "inbox",
         "outbox",
-        "recv",
+        "recv_available",
+        "recv_pending",
         "remote_closed",
         "rx",
         "send_delta",
@@ -106,7 +142,10 @@ class _Stream:
         self.send_delta = 0
         """The stream's send window less the peer's SETTINGS_INITIAL_WINDOW_SIZE:
         a change of that setting then moves every stream's window at no cost."""
-        self.recv = ReceiveWindow(window)
+        # The stream's receive window, as ``ReceiveWindow`` keeps the
+        # connection's: two ints here, as every stream has one.
+        self.recv_available = window
+        self.recv_pending = 0
         self.held = 0
         """Bytes received on the stream and not yet given back to the window."""
 
@@ -137,7 +176,7 @@ class Connection(asyncio.BufferedProtocol):
         self._max_send_delta = 0
         """At least every open stream's ``send_delta``: checked before a SETTINGS
         raise of the initial window could overflow one (6.9.2)."""
-        self._send_window = f.DEFAULT_WINDOW
+        self._send_window = DEFAULT_WINDOW
         self._recv = ReceiveWindow(shared.connection_window)
         self._budget = ControlBudget(self._limits, self._clock())
         self._resets = ResetGuard(self._limits)
@@ -162,11 +201,11 @@ class Connection(asyncio.BufferedProtocol):
         self._transport.set_write_buffer_limits(high=self._limits.write_high_water)
         self._shared.connections[self] = None
         self._out.append(self._shared.settings)
-        extra = self._recv.size - f.DEFAULT_WINDOW
+        extra = self._recv.size - DEFAULT_WINDOW
         if extra > 0:
-            self._out.append(f.window_update(0, extra))
+            self._out.append(window_update(0, extra))
         if self._shared.closing:
-            self._goaway(f.NO_ERROR)
+            self._goaway(NO_ERROR)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -193,7 +232,7 @@ class Connection(asyncio.BufferedProtocol):
             _closing_log.warning(
                 "closing ext_proc connection after an internal error: %r", exc, exc_info=True
             )
-            self._fail(f.INTERNAL_ERROR, "internal error")
+            self._fail(INTERNAL_ERROR, "internal error")
             return
         finally:
             self._reading = False
@@ -248,7 +287,7 @@ class Connection(asyncio.BufferedProtocol):
         """Closing it loses no request: no preface yet, or no open stream."""
         return not self._preface_seen or not self._streams
 
-    def close(self, reason: str, code: int = f.NO_ERROR) -> None:
+    def close(self, reason: str, code: int = NO_ERROR) -> None:
         log.debug("closing ext_proc connection: %s", reason)
         if self._preface_seen:
             self._goaway(code)
@@ -260,76 +299,79 @@ class Connection(asyncio.BufferedProtocol):
     def _read_frames(self) -> None:
         buf = self._buf
         if not self._preface_seen:
-            if len(buf) < len(f.PREFACE):
-                if not f.PREFACE.startswith(bytes(buf)):
-                    raise H2ConnectionError(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            if len(buf) < len(PREFACE):
+                if not PREFACE.startswith(bytes(buf)):
+                    raise H2ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 return
-            if not buf.startswith(f.PREFACE):
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-            del buf[: len(f.PREFACE)]
+            if not buf.startswith(PREFACE):
+                raise H2ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            del buf[: len(PREFACE)]
             self._preface_seen = True
         pos = 0
         end = len(buf)
         try:
-            while end - pos >= f.HEAD_SIZE:
-                word, flags, stream_id = f.HEAD.unpack_from(buf, pos)
+            while end - pos >= HEAD_SIZE:
+                word, flags, stream_id = HEAD.unpack_from(buf, pos)
                 length, kind = word >> 8, word & 0xFF
                 if length > OUR_MAX_FRAME:
-                    raise H2ConnectionError(f.FRAME_SIZE_ERROR, "frame larger than advertised")
-                if end - pos - f.HEAD_SIZE < length:
+                    raise H2ConnectionError(FRAME_SIZE_ERROR, "frame larger than advertised")
+                if end - pos - HEAD_SIZE < length:
                     break
-                payload = bytes(buf[pos + f.HEAD_SIZE : pos + f.HEAD_SIZE + length])
-                pos += f.HEAD_SIZE + length
+                payload = bytes(buf[pos + HEAD_SIZE : pos + HEAD_SIZE + length])
+                pos += HEAD_SIZE + length
                 self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
         finally:
             del buf[:pos]
 
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._header_block is not None and kind != f.CONTINUATION:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "expected CONTINUATION")
-        if kind == f.DATA:
+        if self._header_block is not None and kind != CONTINUATION:
+            raise H2ConnectionError(PROTOCOL_ERROR, "expected CONTINUATION")
+        if kind == DATA:
             self._on_data(flags, stream_id, payload)
-        elif kind == f.HEADERS:
+        elif kind == HEADERS:
             self._on_headers(flags, stream_id, payload)
-        elif kind == f.CONTINUATION:
+        elif kind == CONTINUATION:
             self._on_continuation(flags, stream_id, payload)
-        elif kind == f.RST_STREAM:
+        elif kind == RST_STREAM:
             self._on_rst_stream(stream_id, payload)
-        elif kind == f.SETTINGS:
+        elif kind == SETTINGS:
             self._control()
             self._on_settings(flags, stream_id, payload)
-        elif kind == f.PING:
+        elif kind == PING:
             self._control()
             if stream_id:
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "PING on a stream")
+                raise H2ConnectionError(PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
-                raise H2ConnectionError(f.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
-            if not flags & f.ACK:
-                self._out.append(f.frame(f.PING, f.ACK, 0, payload))
-        elif kind == f.WINDOW_UPDATE:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
+            if not flags & ACK:
+                self._out.append(frame(PING, ACK, 0, payload))
+        elif kind == WINDOW_UPDATE:
             self._control()
             self._on_window_update(stream_id, payload)
-        elif kind == f.PRIORITY:
+        elif kind == PRIORITY:
             self._control()
             if not stream_id:
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
+                raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
-                raise H2ConnectionError(f.FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
-        elif kind == f.GOAWAY:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
+        elif kind == GOAWAY:
             self._control()
             if stream_id:
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+                raise H2ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
             if len(payload) < 8:
-                raise H2ConnectionError(f.FRAME_SIZE_ERROR, "GOAWAY payload too short")
-            self._goaway(f.NO_ERROR)
-        elif kind == f.PUSH_PROMISE:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "a client may not push")
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "GOAWAY payload too short")
+            self._goaway(NO_ERROR)
+        elif kind == PUSH_PROMISE:
+            raise H2ConnectionError(PROTOCOL_ERROR, "a client may not push")
         else:
             self._control()  # unknown types are ignored (section 5.5), but not free
 
     def _control(self) -> None:
-        if not self._budget.spend(self._clock):
-            raise H2ConnectionError(f.ENHANCE_YOUR_CALM, "control frame flood")
+        budget = self._budget
+        if budget.tokens >= 1.0:
+            budget.tokens -= 1.0
+        elif not budget.spend(self._clock):
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "control frame flood")
 
     def _is_idle(self, stream_id: int) -> bool:
         """A stream the client never opened: frames on it other than HEADERS
@@ -339,10 +381,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & f.ACK:
+            raise H2ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
             if payload:
-                raise H2ConnectionError(f.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         grew = False
         peer = self._peer
@@ -354,41 +396,41 @@ class Connection(asyncio.BufferedProtocol):
                 peer.initial_window = value
             elif ident == MAX_FRAME_SIZE:
                 peer.max_frame = value
-        self._out.append(f.frame(f.SETTINGS, f.ACK, 0))
+        self._out.append(frame(SETTINGS, ACK, 0))
         if grew:
             self._pump_blocked()
 
     def _check_stream_windows(self, initial: int) -> None:
-        if initial + self._max_send_delta <= f.MAX_WINDOW:
+        if initial + self._max_send_delta <= MAX_WINDOW:
             return
         # The bound is stale or true: find out, and keep the exact figure.
         self._max_send_delta = max((s.send_delta for s in self._streams.values()), default=0)
-        if initial + self._max_send_delta > f.MAX_WINDOW:
-            raise H2ConnectionError(f.FLOW_CONTROL_ERROR, "SETTINGS overflow a stream window")
+        if initial + self._max_send_delta > MAX_WINDOW:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "SETTINGS overflow a stream window")
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise H2ConnectionError(f.FRAME_SIZE_ERROR, "malformed WINDOW_UPDATE")
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "malformed WINDOW_UPDATE")
         increment = int.from_bytes(payload) & 0x7FFFFFFF
         if stream_id == 0:
             if not increment:
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "WINDOW_UPDATE increment 0")
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE increment 0")
             self._send_window += increment
-            if self._send_window > f.MAX_WINDOW:
-                raise H2ConnectionError(f.FLOW_CONTROL_ERROR, "connection window overflow")
+            if self._send_window > MAX_WINDOW:
+                raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window overflow")
             self._pump_blocked()
             return
         stream = self._streams.get(stream_id)
         if stream is None:
             if self._is_idle(stream_id):
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return
         if not increment:
-            self._reset(stream, f.PROTOCOL_ERROR)
+            self._reset(stream, PROTOCOL_ERROR)
             return
         stream.send_delta += increment
-        if self._peer.initial_window + stream.send_delta > f.MAX_WINDOW:
-            self._reset(stream, f.FLOW_CONTROL_ERROR)
+        if self._peer.initial_window + stream.send_delta > MAX_WINDOW:
+            self._reset(stream, FLOW_CONTROL_ERROR)
             return
         self._max_send_delta = max(self._max_send_delta, stream.send_delta)
         if stream.outbox:
@@ -396,47 +438,48 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
         if not stream_id:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
-            raise H2ConnectionError(f.FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
         self._control()
         # How Envoy ends every ext_proc stream once its request is done.
         stream = self._streams.get(stream_id)
         if stream is None:
             if self._is_idle(stream_id):
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+                raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             return
         premature = not stream.headers_sent
         self._close_stream(stream)
         if premature and self._resets.on_premature_reset():
-            raise H2ConnectionError(f.ENHANCE_YOUR_CALM, "streams reset before any answer")
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "streams reset before any answer")
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
+            raise H2ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
         if len(payload) > self._limits.max_header_block:
-            raise H2ConnectionError(f.ENHANCE_YOUR_CALM, "header block too large")
-        fragment = f.unpad(flags, payload, priority=bool(flags & f.PRIORITY_FLAG))
-        self._header_block = bytearray(fragment)
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & (PADDED | PRIORITY_FLAG):
+            payload = unpad(flags, payload, priority=bool(flags & PRIORITY_FLAG))
+        self._header_block = bytearray(payload)
         self._header_stream = stream_id
-        self._header_end_stream = bool(flags & f.END_STREAM)
+        self._header_end_stream = bool(flags & END_STREAM)
         self._continuations = 0
-        if flags & f.END_HEADERS:
+        if flags & END_HEADERS:
             self._end_headers()
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         block = self._header_block
         if block is None or stream_id != self._header_stream:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "unexpected CONTINUATION")
-        if not payload and not flags & f.END_HEADERS:
+            raise H2ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        if not payload and not flags & END_HEADERS:
             self._control()
         self._continuations += 1
         if self._continuations > self._limits.max_continuations:
-            raise H2ConnectionError(f.ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
         block += payload
         if len(block) > self._limits.max_header_block:
-            raise H2ConnectionError(f.ENHANCE_YOUR_CALM, "header block too large")
-        if flags & f.END_HEADERS:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & END_HEADERS:
             self._end_headers()
 
     def _end_headers(self) -> None:
@@ -448,38 +491,40 @@ class Connection(asyncio.BufferedProtocol):
             # shared by the whole connection.
             headers = self._decoder.decode(block)
         except HeaderListTooLarge as exc:
-            raise H2ConnectionError(f.ENHANCE_YOUR_CALM, str(exc)) from None
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, str(exc)) from None
         except DecodeError as exc:
-            raise H2ConnectionError(f.COMPRESSION_ERROR, f"bad header block: {exc}") from None
+            raise H2ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client end its half
             if stream.remote_closed:
-                self._reset(stream, f.STREAM_CLOSED)
+                self._reset(stream, STREAM_CLOSED)
             elif not end_stream:
-                self._reset(stream, f.PROTOCOL_ERROR)
+                self._reset(stream, PROTOCOL_ERROR)
             else:
                 self._remote_close(stream)
             return
         if not stream_id & 1:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "even stream id from a client")
+            raise H2ConnectionError(PROTOCOL_ERROR, "even stream id from a client")
         if stream_id <= self._last_stream_id:
             self._control()  # a stream this connection already finished: ignored
             return
         self._last_stream_id = stream_id
         self._resets.on_open()
-        self._budget.grant(self._limits.control_per_stream)
+        if self._budget.tokens < self._limits.control_burst:
+            self._budget.grant(self._limits.control_per_stream)
         if self._goaway_sent or len(self._streams) >= self._limits.max_concurrent_streams:
             # Over the advertised limit, a stream is refused, not the connection
             # (RFC 9113, 5.1.2): the client may retry it once others finish.
-            self._out.append(f.rst_stream(stream_id, f.REFUSED_STREAM))
+            self._out.append(rst_stream(stream_id, REFUSED_STREAM))
             return
         path = next((v for k, v in headers if k == b":path"), None)
-        try:
-            path is not None and path.decode()
-        except UnicodeDecodeError:
-            path = None
+        if path is not None and not path.isascii():
+            try:
+                path.decode()
+            except UnicodeDecodeError:
+                path = None
         if path is None:  # a malformed request (8.1.1): a stream error
-            self._out.append(f.rst_stream(stream_id, f.PROTOCOL_ERROR))
+            self._out.append(rst_stream(stream_id, PROTOCOL_ERROR))
             return
         factory = self._shared.handlers.get(path)
         handler: StreamHandler = _Unimplemented()
@@ -503,31 +548,35 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise H2ConnectionError(f.PROTOCOL_ERROR, "DATA on stream 0")
+            raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
-        if not self._recv.receive(size):
-            raise H2ConnectionError(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        window = self._recv
+        if size > window.available:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        window.available -= size
         stream = self._streams.get(stream_id)
         if stream is None:
             if self._is_idle(stream_id):
-                raise H2ConnectionError(f.PROTOCOL_ERROR, "DATA on an idle stream")
+                raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
             self._release(None, size)  # reset or finished by us: its data is dropped
             if not size:
                 self._control()
             return
         if stream.remote_closed:
             self._release(None, size)
-            self._reset(stream, f.STREAM_CLOSED)
+            self._reset(stream, STREAM_CLOSED)
             return
-        if not stream.recv.receive(size):
+        if size > stream.recv_available:
             self._release(None, size)
-            self._reset(stream, f.FLOW_CONTROL_ERROR)
+            self._reset(stream, FLOW_CONTROL_ERROR)
             return
+        stream.recv_available -= size
         stream.held += size
-        content = f.unpad(flags, payload)
-        if len(content) != size:
+        content = payload
+        if flags & PADDED:
+            content = unpad(flags, payload)
             self._release(stream, size - len(content))
-        if not content and not flags & f.END_STREAM:
+        if not content and not flags & END_STREAM:
             self._control()  # empty DATA floods (CVE-2019-9518)
         if content:
             stream.rx += content
@@ -539,7 +588,7 @@ class Connection(asyncio.BufferedProtocol):
             if failure is not None:
                 self._finish(stream, *failure)
                 return
-        if flags & f.END_STREAM:
+        if flags & END_STREAM:
             self._remote_close(stream)
 
     # -- streams --
@@ -598,7 +647,7 @@ class Connection(asyncio.BufferedProtocol):
     def _send_message(self, stream: _Stream, message: bytes) -> None:
         if not stream.headers_sent:
             stream.headers_sent = True
-            self._out.append(f.frame(f.HEADERS, f.END_HEADERS, stream.id, RESPONSE_HEADERS))
+            self._out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
         stream.outbox += len(message).to_bytes(5) + message  # flag byte 0: not compressed
         self._pump(stream)
 
@@ -637,21 +686,19 @@ class Connection(asyncio.BufferedProtocol):
             del outbox[:room]
             stream.send_delta -= len(chunk)
             self._send_window -= len(chunk)
-            self._out.append(f.frame(f.DATA, 0, stream.id, chunk))
+            self._out.append(frame(DATA, 0, stream.id, chunk))
         self._blocked.pop(stream.id, None)
         if stream.trailers is not None:
-            self._out.append(
-                f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, stream.id, stream.trailers)
-            )
+            self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
             stream.trailers = None
             if not stream.remote_closed:
                 # Our half is closed; the client's RST_STREAM or END_STREAM
                 # (ignored from now on) follows.
-                self._out.append(f.rst_stream(stream.id, f.NO_ERROR))
+                self._out.append(rst_stream(stream.id, NO_ERROR))
             self._close_stream(stream)
 
     def _reset(self, stream: _Stream, code: int) -> None:
-        self._out.append(f.rst_stream(stream.id, code))
+        self._out.append(rst_stream(stream.id, code))
         self._close_stream(stream)
 
     def _close_stream(self, stream: _Stream) -> None:
@@ -667,16 +714,19 @@ class Connection(asyncio.BufferedProtocol):
             self.idle.set()
 
     def _release(self, stream: _Stream | None, size: int) -> None:
-        """Give ``size`` bytes back to the windows they were received in."""
+        """Give ``size`` bytes back to the windows they were received in,
+        announced once half a window is owed (see ``ReceiveWindow.release``)."""
         if stream is not None:
             stream.held -= size
-            if not stream.remote_closed:
-                increment = stream.recv.release(size)
-                if increment:
-                    self._out.append(f.window_update(stream.id, increment))
-        increment = self._recv.release(size)
-        if increment:
-            self._out.append(f.window_update(0, increment))
+            stream.recv_pending += size
+            if stream.recv_pending * 2 >= self._shared.stream_window and not stream.remote_closed:
+                increment, stream.recv_pending = stream.recv_pending, 0
+                stream.recv_available += increment
+                self._out.append(window_update(stream.id, increment))
+        window = self._recv
+        window.pending += size
+        if window.pending * 2 >= window.size:
+            self._out.append(window_update(0, window.release(0)))
 
     # -- output --
 
@@ -694,7 +744,7 @@ class Connection(asyncio.BufferedProtocol):
     def _goaway(self, code: int) -> None:
         if not self._goaway_sent:
             self._goaway_sent = True
-            self._out.append(f.goaway(self._last_stream_id, code))
+            self._out.append(goaway(self._last_stream_id, code))
 
     def _fail(self, code: int, reason: str) -> None:
         _closing_log.warning("closing ext_proc connection: %s", reason)
@@ -704,7 +754,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def shutdown(self) -> None:
         """Refuse new streams; the ones in flight finish."""
-        self._goaway(f.NO_ERROR)
+        self._goaway(NO_ERROR)
         self._flush()
 
     def abort(self) -> None:

@@ -20,6 +20,8 @@ __all__ = ["DecodeError", "HeaderDecoder", "HuffmanMemo", "literal"]
 
 _STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 _ENTRY_OVERHEAD = 32
+_STATIC_ENTRIES = len(_STATIC_TABLE)
+_STATIC_MAX = max(len(name) + len(value) for name, value in _STATIC_TABLE)
 DEFAULT_TABLE_SIZE = 4096
 """SETTINGS_HEADER_TABLE_SIZE, never raised by this server: the table a peer
 can fill is 4 KiB per connection."""
@@ -94,21 +96,21 @@ class HeaderDecoder:
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        # Each field counts its RFC 7541 size: an indexed field of one byte can
-        # name a 4 KiB table entry, so the block's own size bounds nothing.
-        budget = self._max_list
+        dynamic_refs = 0
         i, end = 0, len(block)
         try:
             while i < end:
                 b = block[i]
                 if b & 0x80:  # indexed field
                     index, i = self._int(block, i, 7)
-                    field = self._entry(index)
+                    out.append(self._entry(index))
+                    dynamic_refs += index > _STATIC_ENTRIES
                 elif b & 0x40:  # literal, added to the table
                     index, i = self._int(block, i, 6)
                     name, i = (self._entry(index)[0], i) if index else self._string(block, i)
+                    dynamic_refs += index > _STATIC_ENTRIES
                     value, i = self._string(block, i)
-                    field = (name, value)
+                    out.append((name, value))
                     self._add(name, value)
                 elif b & 0x20:  # table size update
                     if out:
@@ -122,14 +124,20 @@ class HeaderDecoder:
                 else:  # literal, not indexed or never indexed
                     index, i = self._int(block, i, 4)
                     name, i = (self._entry(index)[0], i) if index else self._string(block, i)
+                    dynamic_refs += index > _STATIC_ENTRIES
                     value, i = self._string(block, i)
-                    field = (name, value)
-                budget -= len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
-                if budget < 0:
-                    raise HeaderListTooLarge(f"header list over {self._max_list} bytes")
-                out.append(field)
+                    out.append((name, value))
         except IndexError:
             raise DecodeError("truncated header block") from None
+        # The list's RFC 7541 size: an indexed field of one byte can name a
+        # 4 KiB table entry, so the block's own size bounds nothing. Counted
+        # only when a cheap bound (literals expand at most 8/5 by Huffman,
+        # static entries are short) says it might be over.
+        bound = 2 * end + (_ENTRY_OVERHEAD + _STATIC_MAX) * len(out)
+        if bound + dynamic_refs * DEFAULT_TABLE_SIZE > self._max_list:
+            size = sum(len(name) + len(value) for name, value in out)
+            if size + _ENTRY_OVERHEAD * len(out) > self._max_list:
+                raise HeaderListTooLarge(f"header list over {self._max_list} bytes")
         return out
 
     @staticmethod

@@ -52,7 +52,8 @@ class ReceiveWindow:
 
     def release(self, n: int) -> int:
         """Give ``n`` bytes back; the increment to announce now, or 0 while it
-        is under half the window (one WINDOW_UPDATE per half, not per message)."""
+        is under half the window (one WINDOW_UPDATE per half, not per message).
+        ``release(0)`` announces what is owed once that is at least half."""
         self.pending += n
         if self.pending * 2 < self.size:
             return 0
