@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -85,6 +85,8 @@ class Shared:
     connections: dict[Connection, None] = field(default_factory=dict)
     """Open connections, oldest first (the order eviction looks in)."""
     closing: bool = False
+    make_room: Callable[[], bool] = lambda: False
+    """Closes an idle connection to let a new one in; False when none is idle."""
 
     def __post_init__(self) -> None:
         self.huffman = HuffmanMemo(
@@ -165,6 +167,10 @@ class Connection(asyncio.BufferedProtocol):
         a WINDOW_UPDATE or SETTINGS needs to look at."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._out: list[bytes] = []
+        self._out_bytes = 0
+        """Response bytes added to ``_out`` while reading: past the write
+        buffer's high-water mark they are written at once, so that a pause
+        stops the read in the middle instead of after a whole read's answers."""
         self._flush_pending = False
         self._decoder = HeaderDecoder(shared.huffman, self._limits.max_header_list)
         self._header_block: bytearray | None = None
@@ -198,8 +204,16 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports do not subclass asyncio's.
         self._transport = cast(asyncio.Transport, transport)
+        shared = self._shared
+        if len(shared.connections) >= self._limits.max_connections and not shared.make_room():
+            _closing_log.warning(
+                "ext_proc server at its limit of %d connections: refusing one",
+                self._limits.max_connections,
+            )
+            self._transport.abort()
+            return
         self._transport.set_write_buffer_limits(high=self._limits.write_high_water)
-        self._shared.connections[self] = None
+        shared.connections[self] = None
         self._out.append(self._shared.settings)
         extra = self._recv.size - DEFAULT_WINDOW
         if extra > 0:
@@ -249,6 +263,8 @@ class Connection(asyncio.BufferedProtocol):
         self._progress += 1
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
+            if self._buf:
+                self.buffer_updated(0)  # the frames the pause left unread
 
     # -- timeouts and eviction (driven by the server) --
 
@@ -258,7 +274,7 @@ class Connection(asyncio.BufferedProtocol):
             if now - self._opened_at > self._limits.handshake_timeout_s:
                 return "no connection preface in time"
             return None
-        if self._write_paused or (self._recv.held and not self._tasks):
+        if self._write_paused or ((self._recv.held or self._buf) and not self._tasks):
             # Held bytes and no handler at work: the peer owes the rest of a
             # message, or has not read its answers.
             mark = self._stall_mark
@@ -292,7 +308,13 @@ class Connection(asyncio.BufferedProtocol):
         if self._preface_seen:
             self._goaway(code)
         self._flush()
-        self.abort()
+        if self._write_paused and self._transport is not None:
+            # The peer does not read: waiting for the output to drain would
+            # hold it forever.
+            self._shared.connections.pop(self, None)
+            self._transport.abort()
+        else:
+            self.abort()
 
     # -- frames in --
 
@@ -310,7 +332,7 @@ class Connection(asyncio.BufferedProtocol):
         pos = 0
         end = len(buf)
         try:
-            while end - pos >= HEAD_SIZE:
+            while end - pos >= HEAD_SIZE and not self._write_paused:
                 word, flags, stream_id = HEAD.unpack_from(buf, pos)
                 length, kind = word >> 8, word & 0xFF
                 if length > OUR_MAX_FRAME:
@@ -650,6 +672,10 @@ class Connection(asyncio.BufferedProtocol):
             self._out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
         stream.outbox += len(message).to_bytes(5) + message  # flag byte 0: not compressed
         self._pump(stream)
+        if self._reading:
+            self._out_bytes += len(message)
+            if self._out_bytes >= self._limits.write_high_water:
+                self._flush()
 
     def _finish(self, stream: _Stream, status: int, message: str = "") -> None:
         """End the stream with trailers once its data has gone out."""
@@ -737,6 +763,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._out_bytes = 0
         if self._out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(self._out))
         self._out.clear()

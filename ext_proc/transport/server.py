@@ -131,6 +131,7 @@ class H2GrpcServer:
             max_message_bytes,
             limits,
         )
+        self._shared.make_room = self._make_room
         self._listeners: list[_Listener] = []
         self._handshakes: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -199,14 +200,9 @@ class H2GrpcServer:
 
     def _accepted(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
         shared = self._shared
-        if shared.closing or (
-            len(shared.connections) + len(self._handshakes) >= shared.limits.max_connections
-            and not self._make_room()
-        ):
-            _accept_log.warning(
-                "ext_proc server at its limit of %d connections: refusing one",
-                shared.limits.max_connections,
-            )
+        # The connection cap is applied as each connection is made; TLS
+        # handshakes in progress, not yet connections, are capped here.
+        if shared.closing or (tls and len(self._handshakes) >= shared.limits.max_connections):
             sock.close()
             return
         sock.setblocking(False)
