@@ -72,6 +72,7 @@ from ext_proc.transport.windows import ReceiveWindow, connection_window, stream_
 __all__ = ["Connection", "Shared"]
 
 log = logging.getLogger("archway.h2grpc")
+_ENDED_REMEMBERED = 64
 _closing_log = LogBudget(log)
 
 
@@ -163,6 +164,8 @@ class Connection(asyncio.BufferedProtocol):
         self._preface_seen = False
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, _Stream] = {}
+        self._ended: dict[int, None] = {}
+        """Streams closed after the peer's END_STREAM, newest last."""
         """Streams with response bytes waiting on a send window: the only ones
         a WINDOW_UPDATE or SETTINGS needs to look at."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -376,6 +379,7 @@ class Connection(asyncio.BufferedProtocol):
                 raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
+            self._check_dependency(stream_id, payload)
         elif kind == GOAWAY:
             self._control()
             if stream_id:
@@ -387,6 +391,13 @@ class Connection(asyncio.BufferedProtocol):
             raise H2ConnectionError(PROTOCOL_ERROR, "a client may not push")
         else:
             self._control()  # unknown types are ignored (section 5.5), but not free
+
+    @staticmethod
+    def _check_dependency(stream_id: int, priority: bytes) -> None:
+        # A stream error in RFC 9113 (5.3.1 of RFC 7540); a connection error
+        # here, as in h2: priorities are ignored, and no client sends this.
+        if int.from_bytes(priority[:4]) & 0x7FFFFFFF == stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "a stream depends on itself")
 
     def _control(self) -> None:
         budget = self._budget
@@ -480,6 +491,8 @@ class Connection(asyncio.BufferedProtocol):
             raise H2ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
         if len(payload) > self._limits.max_header_block:
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & PRIORITY_FLAG:
+            self._check_dependency(stream_id, payload[1:] if flags & PADDED else payload)
         if flags & (PADDED | PRIORITY_FLAG):
             payload = unpad(flags, payload, priority=bool(flags & PRIORITY_FLAG))
         self._header_block = bytearray(payload)
@@ -528,6 +541,8 @@ class Connection(asyncio.BufferedProtocol):
         if not stream_id & 1:
             raise H2ConnectionError(PROTOCOL_ERROR, "even stream id from a client")
         if stream_id <= self._last_stream_id:
+            if stream_id in self._ended:
+                raise H2ConnectionError(STREAM_CLOSED, "HEADERS after END_STREAM")
             self._control()  # a stream this connection already finished: ignored
             return
         self._last_stream_id = stream_id
@@ -580,6 +595,8 @@ class Connection(asyncio.BufferedProtocol):
         if stream is None:
             if self._is_idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
+            if stream_id in self._ended:
+                raise H2ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
             self._release(None, size)  # reset or finished by us: its data is dropped
             if not size:
                 self._control()
@@ -730,6 +747,12 @@ class Connection(asyncio.BufferedProtocol):
     def _close_stream(self, stream: _Stream) -> None:
         if self._streams.pop(stream.id, None) is None:
             return
+        if stream.remote_closed:
+            # More DATA or HEADERS on it is a connection error (5.1, "closed"):
+            # remembered for the most recent streams only.
+            self._ended[stream.id] = None
+            if len(self._ended) > _ENDED_REMEMBERED:
+                del self._ended[next(iter(self._ended))]
         self._blocked.pop(stream.id, None)
         if stream.busy and stream.task is not None:
             stream.task.cancel()  # the peer is gone: stop working for it
@@ -775,7 +798,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _fail(self, code: int, reason: str) -> None:
         _closing_log.warning("closing ext_proc connection: %s", reason)
-        self._goaway(code)
+        # A second GOAWAY is allowed (6.8): the error follows a graceful one.
+        self._goaway_sent = True
+        self._out.append(goaway(self._last_stream_id, code))
         self._flush()
         self.abort()
 
