@@ -177,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # A worker's second, private port (see ext_proc.server.workers); set by its parent.
     serve.add_argument("--own-port", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--uds", help="also serve on a Unix domain socket at this path (one worker)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -577,6 +578,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
     drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
+    if workers > 1 and args.uds:
+        print("archway: --uds serves from one process: add --workers 1", file=sys.stderr)
+        return 2
     if workers > 1:
         for warning in config.warnings:
             logging.getLogger("archway").warning("%s", warning)
@@ -605,6 +609,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 drain_s=drain_s,
                 reuse_port=args.reuse_port,
                 own_port=args.own_port,
+                uds=args.uds,
             )
         )
     finally:
