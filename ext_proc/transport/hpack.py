@@ -20,8 +20,6 @@ __all__ = ["DecodeError", "HeaderDecoder", "HuffmanMemo", "literal"]
 
 _STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 _ENTRY_OVERHEAD = 32
-_STATIC_ENTRIES = len(_STATIC_TABLE)
-_STATIC_MAX = max(len(name) + len(value) for name, value in _STATIC_TABLE)
 DEFAULT_TABLE_SIZE = 4096
 """SETTINGS_HEADER_TABLE_SIZE, never raised by this server: the table a peer
 can fill is 4 KiB per connection."""
@@ -96,7 +94,6 @@ class HeaderDecoder:
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        dynamic_refs = 0
         i, end = 0, len(block)
         try:
             while i < end:
@@ -104,11 +101,9 @@ class HeaderDecoder:
                 if b & 0x80:  # indexed field
                     index, i = self._int(block, i, 7)
                     out.append(self._entry(index))
-                    dynamic_refs += index > _STATIC_ENTRIES
                 elif b & 0x40:  # literal, added to the table
                     index, i = self._int(block, i, 6)
                     name, i = (self._entry(index)[0], i) if index else self._string(block, i)
-                    dynamic_refs += index > _STATIC_ENTRIES
                     value, i = self._string(block, i)
                     out.append((name, value))
                     self._add(name, value)
@@ -124,7 +119,6 @@ class HeaderDecoder:
                 else:  # literal, not indexed or never indexed
                     index, i = self._int(block, i, 4)
                     name, i = (self._entry(index)[0], i) if index else self._string(block, i)
-                    dynamic_refs += index > _STATIC_ENTRIES
                     value, i = self._string(block, i)
                     out.append((name, value))
         except IndexError:
@@ -132,9 +126,8 @@ class HeaderDecoder:
         # The list's RFC 7541 size: an indexed field of one byte can name a
         # 4 KiB table entry, so the block's own size bounds nothing. Counted
         # only when a cheap bound (literals expand at most 8/5 by Huffman,
-        # static entries are short) says it might be over.
-        bound = 2 * end + (_ENTRY_OVERHEAD + _STATIC_MAX) * len(out)
-        if bound + dynamic_refs * DEFAULT_TABLE_SIZE > self._max_list:
+        # any entry is at most the table's size) says it might be over.
+        if 2 * end + (_ENTRY_OVERHEAD + DEFAULT_TABLE_SIZE) * len(out) > self._max_list:
             size = sum(len(name) + len(value) for name, value in out)
             if size + _ENTRY_OVERHEAD * len(out) > self._max_list:
                 raise HeaderListTooLarge(f"header list over {self._max_list} bytes")
