@@ -124,9 +124,9 @@ def test_a_client_cannot_forge_the_score(gw: Gateway) -> None:
     assert only_request(gw, "openai").headers.get("x-archway-route-score") != "9"
 
 
-def test_the_readme_config_loads(tiny_encoder: TinyEncoder, tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "embedding" in b]
+def test_the_documented_config_loads(tiny_encoder: TinyEncoder, tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs/preference-routing.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", page, re.S) if "embedding" in b]
     providers = """
 model_providers:
   - model: openai/gpt-5.2

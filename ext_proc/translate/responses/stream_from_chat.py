@@ -1,0 +1,106 @@
+"""A ``chat.completion.chunk`` SSE stream as a Responses SSE stream.
+
+The chat request asked for ``stream_options.include_usage``, so usage comes in
+a chunk after the one with ``finish_reason``: the Response completes at
+``[DONE]`` (or at the end of the stream). A stream that ends with no
+``finish_reason`` was cut off, and the Response fails rather than pretend.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ext_proc.translate.common import as_dict, as_list
+from ext_proc.translate.responses.events import EventWriter
+from ext_proc.translate.responses.output import chat_outcome, usage_from_chat
+from ext_proc.translate.responses.request import Item, ResponseContext
+from ext_proc.translate.sse import SSEDecoder, SSEEvent
+
+__all__ = ["StreamTranslator"]
+
+_CUT_OFF = "The model provider's stream ended before the answer did."
+
+
+class StreamTranslator:
+    """Feed upstream body chunks in order; get back the client's SSE bytes."""
+
+    __slots__ = ("_decoder", "_finish_reason", "_usage", "_writer")
+
+    def __init__(self, ctx: ResponseContext) -> None:
+        self._decoder = SSEDecoder()
+        self._writer = EventWriter(ctx)
+        self._finish_reason: str | None = None
+        self._usage: dict[str, Any] = {}
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._translate(self._decoder.feed(chunk))
+
+    def finish(self) -> bytes:
+        out = bytearray(self._translate(self._decoder.flush()))
+        if not self._writer.done:
+            if self._finish_reason is not None:
+                self._close(out)
+            else:
+                self._writer.fail(out, _CUT_OFF)
+        return bytes(out)
+
+    def output_items(self) -> list[Item]:
+        """The Response's output items, for conversation state, once the stream is done."""
+        return self._writer.output_items()
+
+    def _translate(self, events: list[SSEEvent]) -> bytes:
+        out = bytearray()
+        for event in events:
+            if self._writer.done:
+                break
+            if event.data == "[DONE]":
+                self._close(out)
+                continue
+            try:
+                payload = json.loads(event.data)
+            except ValueError:
+                continue
+            if not isinstance(payload, dict):
+                continue
+            error = payload.get("error")
+            if error is not None:
+                message = as_dict(error).get("message") if isinstance(error, dict) else error
+                self._writer.fail(out, str(message or "The model provider reported an error."))
+            else:
+                self._chunk(payload, out)
+        return bytes(out)
+
+    def _chunk(self, chunk: dict[str, Any], out: bytearray) -> None:
+        writer = self._writer
+        writer.start(out, chunk.get("model"))
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        # A Response has one answer; n > 1 is never requested, so choice 0 is it.
+        for choice in as_list(chunk.get("choices"))[:1]:
+            choice = as_dict(choice)
+            delta = as_dict(choice.get("delta"))
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                writer.text(out, text)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                writer.text(out, refusal, "refusal")
+            for position, call in enumerate(as_list(delta.get("tool_calls"))):
+                call = as_dict(call)
+                key = call.get("index", position)
+                function = as_dict(call.get("function"))
+                if not writer.has_call(key):
+                    call_id = call.get("id") or f"call_{key}"
+                    writer.call_start(out, key, str(call_id), str(function.get("name") or ""))
+                arguments = function.get("arguments")
+                if isinstance(arguments, str):
+                    writer.call_arguments(out, key, arguments)
+            finish_reason = choice.get("finish_reason")
+            if isinstance(finish_reason, str) and finish_reason:
+                self._finish_reason = finish_reason
+
+    def _close(self, out: bytearray) -> None:
+        outcome = chat_outcome(self._finish_reason)
+        self._writer.finish(out, outcome, usage_from_chat(self._usage))
