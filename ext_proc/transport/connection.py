@@ -617,7 +617,17 @@ class Connection(asyncio.BufferedProtocol):
             self._release(stream, size - len(content))
         if not content and not flags & END_STREAM:
             self._control()  # empty DATA floods (CVE-2019-9518)
-        if content:
+        if (
+            not stream.rx
+            and len(content) >= 5
+            and not content[0]
+            and int.from_bytes(content[1:5]) == len(content) - 5 <= self._shared.max_message_bytes
+        ):
+            # One frame, one whole message: how Envoy sends each phase.
+            self._on_message(stream, content[5:])
+            if self._streams.get(stream_id) is not stream:
+                return
+        elif content:
             stream.rx += content
             messages, failure = split_messages(stream.rx, self._shared.max_message_bytes)
             for message in messages:
