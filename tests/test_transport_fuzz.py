@@ -2,10 +2,8 @@
 ``hyperframe``, and python-hyper's ``h2`` as a differential oracle: for the
 same bytes, both must agree on whether the client broke the protocol.
 
-The suite runs a short fuzz; for a long one (the lead's 10-minute run):
-
-    HYPOTHESIS_PROFILE=transport-long PYTHONPATH=. python -m pytest -q \\
-        tests/test_transport_fuzz.py -p no:randomly
+The suite runs a short fuzz; for a long one, see docs/transport.md
+(``TRANSPORT_FUZZ_EXAMPLES=4000`` is about ten minutes on two cores).
 
 Each example is fed to an in-process ``Connection`` over a fake transport,
 without sockets: what a peer sends is all that varies, so a failure replays.
