@@ -85,7 +85,7 @@ def child(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
         proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "ext_proc.cli", "serve", str(config), "--port", "0"),
-                *("--workers", "1", "--drain-seconds", "0"),
+                *("--workers", "1", "--drain-seconds", "0", "--metrics-port", "0"),
             ],
             stdout=subprocess.PIPE,
             stderr=errors,

@@ -93,7 +93,7 @@ def test_archway_serve_listens_on_a_unix_socket(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "ext_proc.cli", "serve", str(config), "--port", "0"),
-            *("--workers", "1", "--drain-seconds", "0", "--uds", str(sock)),
+            *("--workers", "1", "--drain-seconds", "0", "--metrics-port", "0", "--uds", str(sock)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
