@@ -125,6 +125,8 @@ def test_every_catalog_entry_without_default_url_requires_one() -> None:
         "ollama",
         "azure_openai",
         "custom",
+        # Regional: https://bedrock-runtime.<region>.amazonaws.com.
+        "amazon_bedrock",
     }
     with pytest.raises(ValueError):
         upstream_for(provider("ollama/llama3"))
