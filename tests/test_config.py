@@ -23,6 +23,7 @@ from ext_proc.config import (
     load_config_text,
     parse_duration,
 )
+from ext_proc.state import StateStorageConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -469,18 +470,17 @@ def test_unknown_provider_with_interface_still_needs_base_url(tmp_path: Path) ->
 
 
 def test_provider_interface_must_be_in_the_catalog(tmp_path: Path) -> None:
-    # `xiaomi` is in Plano's schema but not in Archway's catalog.
     found = problem(
         tmp_path,
         """\
         llm_providers:
-          - model: mimo/mimo-v2
+          - model: co/command
             base_url: https://api.example.com/v1
-            provider_interface: xiaomi
+            provider_interface: cohere
         """,
     )
     assert found.startswith(where(tmp_path, 4, "llm_providers[0].provider_interface"))
-    assert "provider_interface 'xiaomi' is not supported by Archway; use one of: openai" in found
+    assert "provider_interface 'cohere' is not supported by Archway; use one of: openai" in found
 
 
 def test_base_url_must_be_http(tmp_path: Path) -> None:
@@ -915,7 +915,6 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         endpoints:
           app: {endpoint: "localhost:8000"}
         system_prompt: be nice
-        state_storage: {type: memory}
         agents: []
         filters: []
         prompt_targets: []
@@ -932,7 +931,6 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         "prompt_guards",
         "endpoints",
         "system_prompt",
-        "state_storage",
         "agents",
         "filters",
         "prompt_targets",
@@ -948,10 +946,44 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
 
 
 def test_plano_section_with_unset_variable_is_not_an_error(tmp_path: Path) -> None:
-    config = load(
-        tmp_path, MINIMAL + "state_storage:\n  type: postgres\n  connection_string: $PG\n"
-    )
+    config = load(tmp_path, MINIMAL + "tracing:\n  exporters:\n    - {api_key: $PH}\n")
     assert len(config.warnings) == 1
+
+
+def test_state_storage_is_loaded(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL).state_storage is None
+    memory = load(tmp_path, MINIMAL + "state_storage: {type: memory}\n")
+    assert memory.state_storage == StateStorageConfig("memory")
+    assert memory.warnings == ()
+    dsn = "postgresql://archway:pw-TOPSECRET@db:5432/state"
+    postgres = load(
+        tmp_path,
+        MINIMAL + "state_storage:\n  type: postgres\n  connection_string: $PG\n",
+        environ={**ENV, "PG": dsn},
+    )
+    assert postgres.state_storage == StateStorageConfig("postgres", dsn)
+    assert postgres.warnings == ()
+    assert "TOPSECRET" not in repr(postgres)
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "message"),
+    [
+        ("state_storage: {type: redis}", 4, "type 'redis' is not one of memory, postgres"),
+        ("state_storage: {type: postgres}", 4, "type postgres needs a connection_string"),
+        ("state_storage: {connection_string: x}", 4, "missing required key 'type'"),
+        ("state_storage: {type: memory, ttl: 1}", 4, "unknown key 'ttl'"),
+        (
+            "state_storage: {type: postgres, connection_string: $PG}",
+            4,
+            "environment variable PG is not set",
+        ),
+    ],
+)
+def test_bad_state_storage(tmp_path: Path, section: str, line: int, message: str) -> None:
+    found = problem(tmp_path, MINIMAL + section + "\n")
+    assert found.startswith(f"{tmp_path / 'config.yaml'}:{line}: state_storage")
+    assert message in found
 
 
 def test_overrides(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BASE_URL_EXAMPLES = {
     "ollama": "http://localhost:11434",
     "azure_openai": "https://YOUR-RESOURCE.openai.azure.com",
+    "amazon_bedrock": "https://bedrock-runtime.us-west-2.amazonaws.com",
+    "plano": "http://localhost:8000 (the server hosting the model)",
+    "qwen": "https://dashscope-intl.aliyuncs.com",
 }
 
 
@@ -177,6 +180,9 @@ def _provider(
         inline.append(InlinePreferences(fields["routing_preferences"], path, model))
     if model is None:
         return None
+    if provider == "chatgpt" and access_key is None and "passthrough_auth" not in fields:
+        # Plano's meaning: a ChatGPT subscription is the client's own OAuth token.
+        values["passthrough_auth"] = True
     if r.error_count > errors_before:
         # Keep the model known despite its other faults (an unset key, a bad
         # URL), so aliases that name it do not report a second, false error.

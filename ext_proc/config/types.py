@@ -9,9 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ext_proc.config.fields import Kind, setting
 from ext_proc.config.models import ModelIndex
+
+if TYPE_CHECKING:
+    # ext_proc.state reaches the catalog, which reads these types.
+    from ext_proc.state import StateStorageConfig
 
 __all__ = [
     "CT2_COMPUTE_TYPES",
@@ -281,6 +286,8 @@ class Config:
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    state_storage: StateStorageConfig | None = None
+    """Plano's ``state_storage``; ``None``: Responses conversation state is off."""
     version: str | None = None
     source: Path | None = None
     warnings: tuple[str, ...] = ()

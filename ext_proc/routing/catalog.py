@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ext_proc.config.types import ProviderConfig
 
@@ -33,6 +33,8 @@ class WireAPI(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    BEDROCK = "bedrock converse"
+    """Amazon Bedrock's Converse API: ``/model/{id}/converse`` and ``/converse-stream``."""
 
 
 class AuthStyle(StrEnum):
@@ -90,6 +92,32 @@ CATALOG: dict[str, ProviderSpec] = {
         ProviderSpec("azure_openai", WireAPI.OPENAI, AuthStyle.API_KEY, None, default_prefix=""),
         # Plano's `provider_interface: openai` on a custom base_url lands here too.
         _openai_compatible("custom", None),
+        # The rest of Plano's provider list, so its configs load unchanged. Each
+        # deployment of Bedrock is regional, so Plano (and Archway) require base_url:
+        # https://bedrock-runtime.<region>.amazonaws.com; its API keys go as Bearer.
+        ProviderSpec("amazon_bedrock", WireAPI.BEDROCK, AuthStyle.BEARER, None, default_prefix=""),
+        # Plano's own router and orchestrator models, served OpenAI-style (vLLM,
+        # Ollama) at the base_url the config gives.
+        _openai_compatible("plano", None),
+        _openai_compatible("qwen", None, "/compatible-mode/v1"),
+        _openai_compatible("xiaomi", "https://api.xiaomimimo.com/v1"),
+        _openai_compatible("zhipu", "https://open.bigmodel.cn/api/paas/v4", "/api/paas/v4"),
+        _openai_compatible("digitalocean", "https://inference.do-ai.run/v1"),
+        _openai_compatible("vercel", "https://ai-gateway.vercel.sh/v1"),
+        _openai_compatible("edenai", "https://api.edenai.run/v3", "/v3"),
+        # ChatGPT subscriptions through Codex's backend: the client's own OAuth
+        # token is forwarded (see config.providers), with the headers Codex sends.
+        ProviderSpec(
+            "chatgpt",
+            WireAPI.OPENAI,
+            AuthStyle.BEARER,
+            "https://chatgpt.com/backend-api/codex",
+            "/backend-api/codex",
+            static_headers=(
+                ("originator", "codex_cli_rs"),
+                ("user-agent", "codex_cli_rs/0.0.0 (Unknown 0; unknown) unknown"),
+            ),
+        ),
     )
 }
 
@@ -154,7 +182,9 @@ def upstream_for(provider: ProviderConfig) -> Upstream:
     return Upstream(cluster, host, port, tls, path, host_header)
 
 
-def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI) -> str:
+def request_path(
+    provider: ProviderConfig, upstream: Upstream, api: WireAPI, *, stream: bool = False
+) -> str:
     """The upstream path for a chat request spoken in ``api``: the provider's own
     API, since requests from clients of the other API are translated to it."""
     spec = spec_for(provider)
@@ -162,6 +192,13 @@ def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI) -> 
         return (
             f"/openai/deployments/{provider.model_id}/chat/completions"
             f"?api-version={AZURE_API_VERSION}"
+        )
+    if api is WireAPI.BEDROCK:
+        # The model id travels in the path; ':' and '/' (inference-profile ARNs)
+        # must be escaped there.
+        model_id = quote(provider.model_id, safe="")
+        return (
+            f"{upstream.path_prefix}/model/{model_id}/{'converse-stream' if stream else 'converse'}"
         )
     suffix = "/messages" if api is WireAPI.ANTHROPIC else "/chat/completions"
     return upstream.path_prefix + suffix

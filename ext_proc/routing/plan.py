@@ -272,6 +272,17 @@ def plan_request(
     spec = spec_for(provider)
     provider_api = spec.api if spec else WireAPI.OPENAI
     client_api = endpoint.api
+    if provider_api is WireAPI.BEDROCK:
+        # The Converse translators (ext_proc.translate.bedrock) are not yet on the
+        # request path; say so rather than send Bedrock a body it cannot read.
+        raise GatewayError(
+            501,
+            f"{decision.model} is an Amazon Bedrock model; this gateway does not yet "
+            "translate requests to Bedrock's Converse API. Ask for a model of another "
+            "provider.",
+            code="provider_api_not_served",
+            param="model",
+        )
 
     set_headers = list(decision_headers(decision))
     if decision.route is not None and route_score is not None:
