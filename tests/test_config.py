@@ -201,7 +201,11 @@ def test_plano_current_example() -> None:
     tracing_line = next(
         n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith("tracing:")
     )
+    assert config.routing_preferences[0].fallbacks == ()
     assert config.warnings == (
+        f"{path}:36: routing_preferences[0].models[1]: 'openai/gpt-5' speaks the openai API "
+        "but 'anthropic/claude-sonnet-4-5' speaks anthropic; a failover retry cannot change "
+        "API, so it is not in this route's failover chain",
         f"{path}:{tracing_line}: tracing: Plano section not implemented by Archway; ignored",
     )
 
@@ -759,16 +763,83 @@ def test_top_level_routing_preferences(tmp_path: Path) -> None:
         routing_preferences:
           - name: code
             description: writing code
-            models: [anthropic/claude-sonnet-4-5, gpt-5]
+            models: [gpt-5, openai/gpt-5.2]
             selection_policy: {prefer: cheapest}
         """),
     )
     assert config.routing_preferences == (
-        RoutingPreference("code", "writing code", ("anthropic/claude-sonnet-4-5", "openai/gpt-5")),
+        RoutingPreference(
+            "code",
+            "writing code",
+            ("openai/gpt-5", "openai/gpt-5.2"),
+            fallbacks=("openai/gpt-5.2",),
+        ),
     )
     assert config.warnings == (
         f"{where(tmp_path, 9, 'routing_preferences[0].selection_policy')}"
         "Plano setting not used by Archway; ignored",
+    )
+
+
+def test_route_models_of_another_api_are_warned_and_not_failed_over_to(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        PROVIDERS
+        + dedent("""        routing_preferences:
+          - name: code
+            description: writing code
+            models: [anthropic/claude-sonnet-4-5, gpt-5]
+        """),
+    )
+    (code,) = config.routing_preferences
+    assert code.models == ("anthropic/claude-sonnet-4-5", "openai/gpt-5")
+    assert code.fallbacks == ()
+    assert config.warnings == (
+        f"{where(tmp_path, 6, 'routing_preferences[0].models[1]')}'openai/gpt-5' speaks the "
+        "openai API but 'anthropic/claude-sonnet-4-5' speaks anthropic; a failover retry "
+        "cannot change API, so it is not in this route's failover chain",
+    )
+
+
+def test_route_fallbacks_beyond_four_are_warned(tmp_path: Path) -> None:
+    names = [f"openai/m{n}" for n in range(6)]
+    config = load(
+        tmp_path,
+        "llm_providers:\n"
+        + "".join(f"  - model: {n}\n" for n in names)
+        + f"routing_preferences:\n  - {{name: r, description: d, models: [{', '.join(names)}]}}\n",
+    )
+    assert config.routing_preferences[0].fallbacks == tuple(names[1:5])
+    assert len(config.warnings) == 1
+    assert "at most 4 fallbacks are tried; 'openai/m5' is left out" in config.warnings[0]
+
+
+def test_inline_preferences_of_one_name_merge_in_order_as_in_plano(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        model_providers:
+          - model: openai/gpt-5
+            routing_preferences:
+              - {name: code, description: writing code}
+          - model: openai/gpt-5.2
+            routing_preferences:
+              - {name: code, description: code again}
+              - {name: chat, description: small talk}
+        """,
+    )
+    assert config.routing_preferences == (
+        RoutingPreference(
+            "code",
+            "writing code",
+            ("openai/gpt-5", "openai/gpt-5.2"),
+            fallbacks=("openai/gpt-5.2",),
+        ),
+        RoutingPreference("chat", "small talk", ("openai/gpt-5.2",)),
+    )
+    assert config.warnings == (
+        f"{where(tmp_path, 7, 'model_providers[1].routing_preferences[0].name')}routing preference "
+        "'code' was described differently at line 4; the first description is kept, as in Plano",
     )
 
 
@@ -840,18 +911,43 @@ def test_duplicate_routing_preference_names(tmp_path: Path) -> None:
         """\
         llm_providers:
           - model: openai/gpt-5
-            routing_preferences:
-              - name: code
-                description: writing code
         routing_preferences:
+          - name: code
+            description: writing code
+            models: [openai/gpt-5]
           - name: code
             description: also code
             models: [openai/gpt-5]
         """,
     )
-    assert found.startswith(where(tmp_path, 7, "routing_preferences[0].name"))
+    assert found.startswith(where(tmp_path, 7, "routing_preferences[1].name"))
     assert "duplicate routing preference 'code' (also at line 4)" in found
     assert "give each routing preference its own name" in found
+
+
+def test_a_top_level_preference_replaces_an_inline_one_of_its_name(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        llm_providers:
+          - model: openai/gpt-5
+            routing_preferences:
+              - name: code
+                description: writing code
+          - model: openai/gpt-5.2
+        routing_preferences:
+          - name: code
+            description: also code
+            models: [openai/gpt-5.2]
+        """,
+    )
+    assert config.routing_preferences == (
+        RoutingPreference("code", "also code", ("openai/gpt-5.2",)),
+    )
+    assert config.warnings == (
+        f"{where(tmp_path, 4, 'llm_providers[0].routing_preferences[0].name')}routing preference "
+        "'code' is also defined top-level (line 8), which wins, as in Plano; this one is ignored",
+    )
 
 
 def test_inline_preference_misspelt_key(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ class Listener:
     port: int = setting(Kind.INTEGER, low=0, high=65535)
     timeout_s: float = setting(Kind.DURATION, key="timeout")
     message_format: str = setting(Kind.CHOICE, "openai", choices=MESSAGE_FORMATS, what="format")
+    max_retries: int | None = setting(Kind.INTEGER, None, low=0, high=10)
+    """Plano's: how often Envoy retries a request on a connect error, reset, 429 or
+    5xx; ``None``: only failover chains retry."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class ProviderConfig:
 @dataclass(frozen=True)
 class RoutingPreference:
     """A route the preference router can choose, and the models that serve it
-    (in order of preference; the first is used)."""
+    (in order of preference; the first is used, the rest back it up)."""
 
     name: str
     description: str
@@ -111,6 +114,9 @@ class RoutingPreference:
     examples: tuple[str, ...] = ()
     """Example user requests for this route (an Archway extension, ``examples:``);
     the embedding router compares conversations with them."""
+    fallbacks: tuple[str, ...] = ()
+    """The models after the first that Envoy tries, in order, when the first fails
+    with a connect error, 429 or 5xx: those of ``models`` that speak its API."""
 
 
 CT2_DEVICES = ("auto", "cpu", "cuda")
