@@ -203,7 +203,7 @@ def test_plano_current_example() -> None:
     )
     assert config.routing_preferences[0].fallbacks == ()
     assert config.warnings == (
-        f"{path}:36: routing_preferences[0].models[1]: 'openai/gpt-5' speaks the openai API "
+        f"{path}:40: routing_preferences[0].models[1]: 'openai/gpt-5' speaks the openai API "
         "but 'anthropic/claude-sonnet-4-5' speaks anthropic; a failover retry cannot change "
         "API, so it is not in this route's failover chain",
         f"{path}:{tracing_line}: tracing: Plano section not implemented by Archway; ignored",
@@ -282,12 +282,10 @@ def test_prompt_and_agent_listeners_are_skipped_with_warnings(tmp_path: Path) ->
         + MINIMAL,
     )
     assert config.listeners == (
-        Listener(name="llm", address="127.0.0.1", port=12001, timeout_s=45.0),
+        Listener(name="llm", address="127.0.0.1", port=12001, timeout_s=45.0, max_retries=3),
     )
     assert config.warnings == (
         f"{where(tmp_path, 2, 'listeners[0]')}agent listener not implemented by Archway; skipped",
-        f"{where(tmp_path, 14, 'listeners[1].max_retries')}"
-        "Plano setting not used by Archway; ignored",
         f"{where(tmp_path, 15, 'listeners[2]')}prompt listener not implemented by Archway; skipped",
     )
 
@@ -795,7 +793,7 @@ def test_route_models_of_another_api_are_warned_and_not_failed_over_to(tmp_path:
     assert code.models == ("anthropic/claude-sonnet-4-5", "openai/gpt-5")
     assert code.fallbacks == ()
     assert config.warnings == (
-        f"{where(tmp_path, 6, 'routing_preferences[0].models[1]')}'openai/gpt-5' speaks the "
+        f"{where(tmp_path, 8, 'routing_preferences[0].models[1]')}'openai/gpt-5' speaks the "
         "openai API but 'anthropic/claude-sonnet-4-5' speaks anthropic; a failover retry "
         "cannot change API, so it is not in this route's failover chain",
     )

@@ -32,6 +32,8 @@ class _Entry:
     path: str
     valid: bool
     """False when a model it names is unusable: kept only so duplicate names are found."""
+    model_lines: tuple[int | None, ...] = ()
+    """Where each of its models is named, for messages about one of them."""
 
 
 def read_preferences(
@@ -53,6 +55,7 @@ def read_preferences(
                 continue
             served = (inline.model,) if inline.model is not None else ()
             entry = _entry(found, served, item, path, inline.model is not None)
+            entry = dataclasses.replace(entry, model_lines=(line_of(item),))
             first = inline_entries.get(entry.preference.name)
             if first is None:
                 inline_entries[entry.preference.name] = entry
@@ -66,7 +69,12 @@ def read_preferences(
             continue
         served = _models(r, item, path, models)
         if found is not None:
-            top_entries.append(_entry(found, tuple(served or ()), item, path, bool(served)))
+            entry = _entry(found, tuple(served or ()), item, path, bool(served))
+            items = r.pairs(item, path)["models"][1] if served else None
+            if isinstance(items, yaml.SequenceNode):
+                lines = tuple(line_of(node) for node in items.value)
+                entry = dataclasses.replace(entry, model_lines=lines)
+            top_entries.append(entry)
     seen: dict[str, _Entry] = {}
     for entry in top_entries:
         name = entry.preference.name
@@ -123,7 +131,12 @@ def _merge(r: Reader, first: _Entry, more: _Entry) -> _Entry:
     )
     examples = first.preference.examples + more.preference.examples
     preference = dataclasses.replace(first.preference, models=served, examples=examples)
-    return dataclasses.replace(first, preference=preference, valid=first.valid and more.valid)
+    lines = first.model_lines + tuple(
+        more.line for m in more.preference.models if m not in first.preference.models
+    )
+    return dataclasses.replace(
+        first, preference=preference, valid=first.valid and more.valid, model_lines=lines
+    )
 
 
 def _chain(r: Reader, entry: _Entry, models: Models) -> RoutingPreference:
@@ -134,9 +147,10 @@ def _chain(r: Reader, entry: _Entry, models: Models) -> RoutingPreference:
     kept: list[str] = []
     for position, model in enumerate(rest, start=1):
         where = f"{entry.path.removesuffix('.name')}.models[{position}]"
+        line = entry.model_lines[position] if position < len(entry.model_lines) else entry.line
         if api_of(models, model) is not api_of(models, primary):
             r.warn(
-                entry.line,
+                line,
                 where,
                 f"{model!r} speaks the {api_of(models, model).value} API but {primary!r} "
                 f"speaks {api_of(models, primary).value}; a failover retry cannot change "
@@ -144,7 +158,7 @@ def _chain(r: Reader, entry: _Entry, models: Models) -> RoutingPreference:
             )
         elif len(kept) >= MAX_FALLBACKS:
             r.warn(
-                entry.line,
+                line,
                 where,
                 f"at most {MAX_FALLBACKS} fallbacks are tried; {model!r} is left out",
             )
