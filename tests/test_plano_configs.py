@@ -46,6 +46,7 @@ listeners:
   - type: model
     name: llm_in
     port: 12000
+    max_retries: 2
 model_providers:
   - model: openai/gpt-5-mini
     access_key: $OPENAI_API_KEY
@@ -76,6 +77,10 @@ model_aliases:
     target: us.amazon.nova-lite-v1:0
   chat:
     target: gpt-5-mini
+routing_preferences:
+  - name: chat
+    description: everyday questions
+    models: [openai/gpt-5-mini, xai/grok-4]
 tracing:
   random_sampling: 100
 """
@@ -267,4 +272,6 @@ def test_archway_check_accepts_the_alias_demo(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "amazon_bedrock/us.amazon.nova-lite-v1:0" in done.stdout
+    assert "llm_in: 0.0.0.0:12000, timeout 300s, max_retries 2" in done.stdout
+    assert "chat -> openai/gpt-5-mini (then xai/grok-4): everyday questions" in done.stdout
     assert "dummy-" not in done.stdout + done.stderr
