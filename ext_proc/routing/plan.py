@@ -255,13 +255,16 @@ def plan_request(
     route_score: float | None = None,
     parsed: ParsedBody | None = None,
     decision: RoutingDecision | None = None,
+    body_changed: bool = False,
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError``.
 
     ``route`` and ``route_score`` are the preference router's answer for an open
     model; the score is reported only alongside a route. ``parsed`` is the body
     already parsed by the caller, and ``decision`` one it already made (a
-    session's pinned decision); each is otherwise made here.
+    session's pinned decision); each is otherwise made here. ``body_changed``:
+    the caller took something out of ``parsed.data`` (a request's own routing
+    preferences), so the body is sent as ``data`` says.
     """
     if parsed is None:
         parsed = parse_request(headers, body)
@@ -307,6 +310,9 @@ def plan_request(
         if provider.passthrough_auth:
             _passthrough_credentials(headers, provider_api, set_headers, remove)
         new_body = _encode(translated)
+    elif body_changed:
+        data["model"] = decision.upstream_model
+        new_body = _encode(data)
     elif data.get("model") != decision.upstream_model:
         span, text = parsed.model_span, parsed.text
         if span is not None and text is not None:

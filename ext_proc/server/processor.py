@@ -16,6 +16,7 @@ gets JSON in its own API's shape.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -45,6 +46,11 @@ from ext_proc.routing import affinity
 from ext_proc.routing.catalog import WireAPI
 from ext_proc.routing.endpoints import Endpoint, classify, client_api, models_listing
 from ext_proc.routing.plan import parse_request, plan_request, requested_model
+from ext_proc.routing.request_preferences import (
+    pop_request_preferences,
+    resolve_request_route,
+    routes_for_router,
+)
 from ext_proc.routing.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
 from ext_proc.server import messages
 from ext_proc.server.messages import ResponseBodyMode
@@ -172,19 +178,35 @@ class RequestProcessor:
         pins: affinity.AffinityCache | None = None
         session = self._headers.get(CLIENT_AFFINITY_HEADER)
         key = affinity.session_key(session) if session is not None else None
-        if key is not None or self._router is not None:
-            # Parsed once here and handed on: a bad body raises the same 4xx
-            # plan_request would.
-            parsed = parse_request(self._headers, msg.body)
-            requested = requested_model(parsed.data)
-            open_model = requested is None or requested.strip().lower() in AUTO_MODELS
-        # Only open models are pinned: an explicit model or alias is the client's choice.
-        if key is not None and open_model:
+        # Parsed once here and handed on: a bad body raises the same 4xx
+        # plan_request would.
+        parsed = parse_request(self._headers, msg.body)
+        requested = requested_model(parsed.data)
+        open_model = requested is None or requested.strip().lower() in AUTO_MODELS
+        own_routes = pop_request_preferences(parsed.data, table)
+        if own_routes is not None:
+            # The body no longer says what the client sent: no splicing into it.
+            parsed = dataclasses.replace(parsed, text=None, model_span=None)
+        # Only open models are pinned: an explicit model or alias is the client's
+        # choice, and a request's own routes are its choice too.
+        if key is not None and open_model and own_routes is None:
             pins = affinity.process_pins(table.config.affinity)
             decision = pins.recall(key, table, requested)
         choice: RouteChoice | None = None
-        if decision is None and open_model and self._router is not None:
-            assert parsed is not None
+        if own_routes is not None and open_model:
+            if self._router is None:
+                raise GatewayError(
+                    400,
+                    "routing_preferences needs a preference router, and this gateway has "
+                    "none configured; send a model instead.",
+                    code="router_not_configured",
+                    param="routing_preferences",
+                )
+            choice = await self._telemetry.router_call(
+                self._router.decide(parsed.data, self._endpoint.api, routes_for_router(own_routes))
+            )
+            decision = resolve_request_route(table, requested, choice.route, own_routes)
+        elif decision is None and open_model and self._router is not None:
             choice = await self._telemetry.router_call(
                 self._router.decide(parsed.data, self._endpoint.api)
             )
@@ -197,6 +219,7 @@ class RequestProcessor:
             route_score=choice.score if choice is not None else None,
             parsed=parsed,
             decision=decision,
+            body_changed=own_routes is not None,
         )
         set_headers = plan.set_headers
         pinned_state: str | None = None
