@@ -13,7 +13,7 @@ from ext_proc.config import AffinitySettings, RoutingPreference, load_config_tex
 from ext_proc.routing import affinity
 from ext_proc.routing.affinity import AffinityCache, Pin, session_key
 from ext_proc.routing.resolve import Resolution, RoutingTable, build_routing_table
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
 from tests.factories import config, provider
 from tests.metrics_worker import chat_messages
 
@@ -114,7 +114,7 @@ def fresh_pins() -> Iterator[None]:
 
 def _route(table: RoutingTable, model: str | None, key: str | None) -> dict[str, str]:
     async def drive() -> ProcessingResponse:
-        processor = RequestProcessor(table)
+        processor = RoutingProcessor(table)
         messages = chat_messages(model)
         if key is not None:
             header = messages[0].request_headers.headers.headers.add()
@@ -185,7 +185,7 @@ def test_a_bad_body_with_a_key_is_still_a_clean_400() -> None:
     table = _table("openai/gpt-5")
 
     async def drive() -> ProcessingResponse:
-        processor = RequestProcessor(table)
+        processor = RoutingProcessor(table)
         messages = chat_messages(None)
         header = messages[0].request_headers.headers.headers.add()
         header.key, header.raw_value = "x-model-affinity", b"conv-1"

@@ -14,10 +14,12 @@ import yaml
 
 from ext_proc.config import load_config
 from ext_proc.errors import GatewayError
+from ext_proc.routing.body import parse_request
 from ext_proc.routing.catalog import CATALOG, WireAPI, spec_for
+from ext_proc.routing.decide import decide, look, resolve_model
 from ext_proc.routing.endpoints import Endpoint
 from ext_proc.routing.plan import plan_request
-from ext_proc.routing.resolve import build_routing_table, resolve_model
+from ext_proc.routing.resolve import build_routing_table
 
 SCHEMA = Path("/work/shared/reference/plano_config_schema.yaml")
 
@@ -188,9 +190,12 @@ def test_a_bedrock_request_is_refused_in_the_clients_shape_until_converse_is_wir
     tmp_path: Path,
 ) -> None:
     table = build_routing_table(load(tmp_path, ALIASES_DEMO))
+    headers = {"content-type": "application/json"}
     body = b'{"model": "coder", "messages": [{"role": "user", "content": "hi"}]}'
+    parsed = parse_request(headers, body)
+    decision = decide(table, look(table, parsed.data, headers))
     with pytest.raises(GatewayError) as info:
-        plan_request(table, Endpoint.CHAT_COMPLETIONS, {"content-type": "application/json"}, body)
+        plan_request(decision, parsed, Endpoint.CHAT_COMPLETIONS, headers)
     assert info.value.status == 501
     assert "Amazon Bedrock" in info.value.message
 

@@ -13,7 +13,8 @@ import pytest
 from ext_proc.config import Config, load_config_text
 from ext_proc.deploy.bootstrap import bootstrap_dict
 from ext_proc.router.service import ConfiguredRouter
-from ext_proc.routing.resolve import build_routing_table, resolve_model
+from ext_proc.routing.decide import resolve_model
+from ext_proc.routing.resolve import build_routing_table
 from tests.fake_providers import FakeProvider, Reply
 from tests.gateway import Gateway, start_gateway, stop_gateway
 from tests.scripted_router import ScriptedRouter, by_keyword, configured

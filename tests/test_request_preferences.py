@@ -10,10 +10,12 @@ import pytest
 from ext_proc.config import RoutingPreference
 from ext_proc.errors import GatewayError
 from ext_proc.router import Route
+from ext_proc.routing.body import ParsedBody, with_model
 from ext_proc.routing.request_preferences import (
-    pop_request_preferences,
+    read_request_preferences,
     resolve_request_route,
     routes_for_router,
+    without_request_preferences,
 )
 from ext_proc.routing.resolve import Resolution, build_routing_table
 from tests.factories import config, provider
@@ -33,13 +35,15 @@ GOOD = [
 
 
 def test_read_resolved_and_removed_from_the_body() -> None:
-    body: dict[str, Any] = {"messages": [], "routing_preferences": GOOD}
-    found = pop_request_preferences(body, TABLE)
+    body: dict[str, Any] = {"model": "auto", "messages": [], "routing_preferences": GOOD}
+    found = read_request_preferences(body, TABLE)
     assert found == (
         RoutingPreference("code", "writing code", ("anthropic/claude-sonnet-4-5",)),
         RoutingPreference("chat", "small talk", ("openai/gpt-5", "groq/llama-3")),
     )
-    assert body == {"messages": []}
+    stripped = without_request_preferences(ParsedBody(body, '{"model": "auto"}', (10, 16)))
+    assert stripped == ParsedBody({"model": "auto", "messages": []}, None, None, changed=True)
+    assert with_model(stripped, "auto") == b'{"model":"auto","messages":[]}'
     assert routes_for_router(found) == (
         Route("code", "writing code"),
         Route("chat", "small talk"),
@@ -48,8 +52,9 @@ def test_read_resolved_and_removed_from_the_body() -> None:
 
 def test_absent_is_none_and_the_body_is_untouched() -> None:
     body = {"messages": []}
-    assert pop_request_preferences(body, TABLE) is None
-    assert body == {"messages": []}
+    assert read_request_preferences(body, TABLE) is None
+    parsed = ParsedBody(body, None, None)
+    assert without_request_preferences(parsed) is parsed
 
 
 @pytest.mark.parametrize(
@@ -95,14 +100,14 @@ def test_absent_is_none_and_the_body_is_untouched() -> None:
 )
 def test_bad_shapes_and_unknown_models_are_a_400(value: object, param: str, words: str) -> None:
     with pytest.raises(GatewayError) as info:
-        pop_request_preferences({"routing_preferences": value}, TABLE)
+        read_request_preferences({"routing_preferences": value}, TABLE)
     assert info.value.status == 400
     assert info.value.param == param
     assert words in info.value.message
 
 
 def test_the_chosen_route_goes_to_its_first_model() -> None:
-    prefs = pop_request_preferences({"routing_preferences": GOOD}, TABLE)
+    prefs = read_request_preferences({"routing_preferences": GOOD}, TABLE)
     assert prefs is not None
     decision = resolve_request_route(TABLE, None, "chat", prefs)
     assert (decision.model, decision.resolution, decision.route) == (

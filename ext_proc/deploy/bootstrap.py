@@ -37,6 +37,7 @@ from ext_proc.headers import (
     DECISION_ROUTE_SCORE,
     ROUTE_HEADER,
     TRANSLATE_HEADER,
+    TRANSLATION_PHASE,
     UPSTREAM_PHASE,
     UPSTREAM_PHASE_KEY,
 )
@@ -416,7 +417,7 @@ def _client_path_filter() -> dict[str, Any]:
     }
 
 
-def _ext_proc_grpc_service(gateway: GatewaySettings, *, upstream: bool) -> dict[str, Any]:
+def _ext_proc_grpc_service(gateway: GatewaySettings, *, phase: str | None) -> dict[str, Any]:
     service: dict[str, Any] = {
         "envoy_grpc": {
             "cluster_name": EXT_PROC_CLUSTER,
@@ -425,10 +426,10 @@ def _ext_proc_grpc_service(gateway: GatewaySettings, *, upstream: bool) -> dict[
             "max_receive_message_length": buffer_limit_bytes(gateway),
         },
     }
-    if upstream:
-        # One server, two roles: this stream metadata tells the server that the
-        # stream is a retry attempt in a failover cluster, not a new request.
-        service["initial_metadata"] = [{"key": UPSTREAM_PHASE_KEY, "value": UPSTREAM_PHASE}]
+    if phase is not None:
+        # One server, three roles: this stream metadata tells the server that the
+        # stream is a retry attempt or a response to translate, not a new request.
+        service["initial_metadata"] = [{"key": UPSTREAM_PHASE_KEY, "value": phase}]
     return service
 
 
@@ -438,7 +439,7 @@ def _ext_proc_filter(gateway: GatewaySettings, *, upstream: bool = False) -> dic
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            **_ext_proc_service(gateway, upstream=upstream),
+            **_ext_proc_service(gateway, UPSTREAM_PHASE if upstream else None),
             # Routing needs the headers and the whole body (the model is in the body).
             # Responses are the translation filter's business. Upstream, the server
             # skips the body of a first attempt and asks for the response headers
@@ -475,7 +476,7 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
     return {
         "name": TRANSLATION_FILTER,
         "typed_config": {
-            **_ext_proc_service(gateway),
+            **_ext_proc_service(gateway, TRANSLATION_PHASE),
             "stat_prefix": TRANSLATION_STAT_PREFIX,
             "processing_mode": dict(_TRANSLATION_OFF),
             "allow_mode_override": True,
@@ -483,10 +484,10 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
     }
 
 
-def _ext_proc_service(gateway: GatewaySettings, *, upstream: bool = False) -> dict[str, Any]:
+def _ext_proc_service(gateway: GatewaySettings, phase: str | None) -> dict[str, Any]:
     return {
         "@type": _T_EXT_PROC,
-        "grpc_service": _ext_proc_grpc_service(gateway, upstream=upstream),
+        "grpc_service": _ext_proc_grpc_service(gateway, phase=phase),
         "failure_mode_allow": gateway.failure_mode_allow,
         "message_timeout": _duration(gateway.message_timeout_s),
     }

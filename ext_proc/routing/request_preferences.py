@@ -2,9 +2,9 @@
 
 Plano's Arch-Router client could send a top-level ``routing_preferences:
 [{name, description, models}]`` in the request body; for that request they
-replace the configured routes. They are read and checked here (a 400 in the
-client's shape on a bad shape or a model the gateway does not serve), and taken
-out of the body: no provider knows the field.
+replace the configured routes. ``routing.decide`` reads and checks them here (a
+400 in the client's shape on a bad shape or a model the gateway does not serve),
+and ``routing.plan`` takes them out of the body: no provider knows the field.
 
 Pure functions over the parsed body and the routing table.
 """
@@ -12,26 +12,28 @@ Pure functions over the parsed body and the routing table.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.config import RoutingPreference
 from ext_proc.errors import GatewayError
 from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, Route
+from ext_proc.routing.body import ParsedBody
 from ext_proc.routing.resolve import (
-    AUTO_MODELS,
     Resolution,
     RoutingDecision,
     RoutingTable,
-    resolve_model,
+    resolve_named,
+    resolve_open,
 )
 
 __all__ = [
     "FIELD",
     "MAX_ROUTES",
-    "pop_request_preferences",
+    "read_request_preferences",
     "resolve_request_route",
     "routes_for_router",
+    "without_request_preferences",
 ]
 
 FIELD = "routing_preferences"
@@ -43,15 +45,15 @@ _MAX_DESCRIPTION = 2000
 _RESERVED = frozenset({ROUTE_OTHER, ROUTE_ERROR, ROUTE_TIMEOUT})
 
 
-def pop_request_preferences(
-    data: MutableMapping[str, Any], table: RoutingTable
+def read_request_preferences(
+    body: Mapping[str, Any], table: RoutingTable
 ) -> tuple[RoutingPreference, ...] | None:
     """The request's own routes, each with its models resolved to
-    ``provider/model``, and the field removed from ``data``; ``None`` when the
-    request has none. Raises ``GatewayError`` (400) saying what is wrong."""
-    if FIELD not in data:
+    ``provider/model``; ``None`` when the request has none. Raises
+    ``GatewayError`` (400) saying what is wrong."""
+    if FIELD not in body:
         return None
-    raw = data.pop(FIELD)
+    raw = body[FIELD]
     if not isinstance(raw, list) or not raw:
         raise _bad(FIELD, "must be a non-empty list of {name, description, models} objects")
     if len(raw) > MAX_ROUTES:
@@ -82,6 +84,15 @@ def pop_request_preferences(
     return tuple(out)
 
 
+def without_request_preferences(parsed: ParsedBody) -> ParsedBody:
+    """``parsed`` with the field taken out, marked for re-encoding; as it was
+    when it has none."""
+    if FIELD not in parsed.data:
+        return parsed
+    data = {key: value for key, value in parsed.data.items() if key != FIELD}
+    return ParsedBody(data, None, None, changed=True)
+
+
 def routes_for_router(preferences: tuple[RoutingPreference, ...]) -> tuple[Route, ...]:
     """The request's routes as the preference router reads them."""
     return tuple(Route(p.name, p.description) for p in preferences)
@@ -103,9 +114,9 @@ def resolve_request_route(
     """
     chosen = next((p for p in preferences if p.name == route), None)
     if chosen is None:
-        # No configured route has this name in play: the default, with the reason.
-        return resolve_model(table, requested, route=route if route in _RESERVED else None)
-    decision = resolve_model(table, chosen.models[0])
+        # The configured routes are not in play: the default, with the reason.
+        return resolve_open(table, requested, route if route in _RESERVED else None)
+    decision = resolve_named(table, chosen.models[0])
     return dataclasses.replace(
         decision, resolution=Resolution.ROUTER, requested=requested, route=route
     )
@@ -121,10 +132,10 @@ def _text(item: Mapping[str, Any], key: str, where: str, limit: int) -> str:
 
 
 def _model(table: RoutingTable, model: object, where: str) -> str:
-    if not isinstance(model, str) or model.strip().lower() in AUTO_MODELS:
+    if not isinstance(model, str) or model.strip().lower() in ("", "auto"):
         raise _bad(where, "must name a configured model or alias")
     try:
-        decision = resolve_model(table, model)
+        decision = resolve_named(table, model)
     except GatewayError as exc:
         raise GatewayError(400, f"{where}: {exc.message}", code=exc.code, param=where) from None
     return decision.model

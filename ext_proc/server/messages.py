@@ -20,16 +20,22 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpHeaders,
     ImmediateResponse,
     ProcessingResponse,
+    TrailersResponse,
 )
 from envoy.type.v3.http_status_pb2 import HttpStatus
+
+from ext_proc.errors import GatewayError, error_body
+from ext_proc.routing.catalog import WireAPI
 
 __all__ = [
     "ResponseBodyMode",
     "attempt_headers_response",
     "body_response",
+    "error_response",
     "header_map",
     "headers_response",
     "immediate_response",
+    "pass_through",
     "response_body_response",
     "response_headers_response",
 ]
@@ -241,3 +247,31 @@ def response_body_response(
     if set_headers:
         common.header_mutation.CopyFrom(_mutation(set_headers, ()))
     return ProcessingResponse(response_body=BodyResponse(response=common))
+
+
+def error_response(api: WireAPI, error: GatewayError) -> ProcessingResponse:
+    """Answer the client now with ``error``, in the shape of the API it speaks."""
+    return immediate_response(
+        error.status, error_body(api, error), error.headers, details=error.code
+    )
+
+
+_UNCHANGED = {
+    "request_headers": lambda: ProcessingResponse(request_headers=HeadersResponse()),
+    "request_body": lambda: ProcessingResponse(request_body=BodyResponse()),
+    "request_trailers": lambda: ProcessingResponse(request_trailers=TrailersResponse()),
+    "response_headers": lambda: ProcessingResponse(response_headers=HeadersResponse()),
+    "response_body": lambda: ProcessingResponse(response_body=BodyResponse()),
+    "response_trailers": lambda: ProcessingResponse(response_trailers=TrailersResponse()),
+}
+
+
+def pass_through(phase: str | None) -> ProcessingResponse:
+    """Continue after a message of ``phase`` without changing anything.
+
+    Raises ``GatewayError`` for a message that holds no phase at all.
+    """
+    build = _UNCHANGED.get(phase or "")
+    if build is None:
+        raise GatewayError(400, "Empty processing request.", code="bad_request")
+    return build()

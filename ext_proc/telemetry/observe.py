@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ext_proc.errors import GatewayError
 from ext_proc.router import RouteChoice
-from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, configured_entry
 from ext_proc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
@@ -158,10 +158,8 @@ class AttemptTelemetry:
 
 def _configured_model(table: RoutingTable, name: str) -> str:
     """The configured entry serving ``name`` (``openai/*`` for a wildcard's model)."""
-    try:
-        return resolve_model(table, name).provider.model
-    except GatewayError:
-        return ""
+    provider = configured_entry(table.models, name)
+    return provider.model if provider is not None else ""
 
 
 def config_reloaded(result: str) -> None:

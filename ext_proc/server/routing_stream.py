@@ -1,0 +1,149 @@
+"""The routing stream: one LLM request's headers, then its buffered body.
+
+The headers say which endpoint the request is for (``GET /v1/models`` is
+answered at once); the body is parsed once, ``routing.decide`` decides where
+it goes (awaiting the preference router only when the request leaves the
+model open and no session pin answers), and ``routing.plan`` says how to
+rewrite it. ``handle`` suspends only on that router call.
+
+Under Envoy Gateway one ext_proc filter does both jobs, so this stream also
+sees its response; those phases go to a ``TranslationProcessor`` of its own, as
+they would on the translation filter's stream (and as on a stream from an
+Envoy config written before the translation filter's streams were tagged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+
+from ext_proc.errors import GatewayError
+from ext_proc.headers import INTERNAL_PREFIX
+from ext_proc.router.service import ConfiguredRouter
+from ext_proc.routing.body import parse_request
+from ext_proc.routing.catalog import WireAPI
+from ext_proc.routing.decide import decide, look
+from ext_proc.routing.endpoints import Endpoint, classify, client_api, models_listing
+from ext_proc.routing.plan import plan_request
+from ext_proc.routing.resolve import RoutingTable
+from ext_proc.server import messages
+from ext_proc.server.processor import internal_error
+from ext_proc.server.translation_stream import TranslationProcessor
+from ext_proc.telemetry.observe import RequestTelemetry
+
+__all__ = ["RoutingProcessor"]
+
+log = logging.getLogger("archway.processor")
+
+_RESPONSE_PHASES = frozenset({"response_headers", "response_body"})
+
+
+class RoutingProcessor:
+    """The routing filter's stream for one request."""
+
+    __slots__ = (
+        "_api",
+        "_endpoint",
+        "_headers",
+        "_response",
+        "_router",
+        "_table",
+        "_telemetry",
+        "_trace_context",
+    )
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        router: ConfiguredRouter | None = None,
+        *,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> None:
+        # The table is captured per request, so a config reload never changes
+        # the rules under a request already in flight.
+        self._table = table
+        self._router = router
+        self._api = WireAPI.OPENAI
+        self._endpoint: Endpoint | None = None
+        self._headers: dict[str, str] = {}
+        self._response: TranslationProcessor | None = None
+        self._telemetry = RequestTelemetry()
+        self._trace_context = trace_context
+        """The gRPC stream's W3C trace context (Envoy's span), when tracing is on."""
+
+    async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+        phase = request.WhichOneof("request")
+        try:
+            if phase == "request_headers":
+                return self._on_request_headers(request.request_headers)
+            if phase == "request_body":
+                return await self._on_request_body(request.request_body)
+            if phase in _RESPONSE_PHASES:
+                response = self._response
+                if response is None:
+                    response = self._response = TranslationProcessor()
+                return await response.handle(request)
+            return messages.pass_through(phase)
+        except GatewayError as exc:
+            return self._error(exc)
+        except Exception:
+            return self._error(internal_error(phase))
+
+    def _on_request_headers(self, msg: HttpHeaders) -> ProcessingResponse:
+        headers = messages.header_map(msg)
+        path = headers.get(":path", "/")
+        self._telemetry.started(headers, self._trace_context, path)
+        self._api = client_api(path)
+        endpoint = classify(headers.get(":method", "GET"), path)
+        if endpoint is Endpoint.MODELS:
+            api = WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
+            self._telemetry.answered()
+            return messages.immediate_response(200, models_listing(self._table, api))
+        if msg.end_of_stream:
+            raise GatewayError(
+                400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"
+            )
+        self._endpoint = endpoint
+        self._headers = headers
+        # Internal routing headers come only from Archway: a client must never
+        # pick a cluster or fake a decision by sending them.
+        forged = [name for name in headers if name.startswith(INTERNAL_PREFIX)]
+        return messages.headers_response(remove_headers=forged)
+
+    async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
+        table, headers = self._table, self._headers
+        parsed = parse_request(headers, msg.body, endpoint.api)
+        seen = look(table, parsed.data, headers)
+        choice = None
+        if seen.asks_router and self._router is not None:
+            choice = await self._telemetry.router_call(
+                self._router.decide(parsed.data, endpoint.api, seen.router_routes)
+            )
+        decision = decide(table, seen, choice)
+        plan = plan_request(decision, parsed, endpoint, headers)
+        self._telemetry.routed(table, plan, decision.affinity)
+        if log.isEnabledFor(logging.DEBUG):
+            d = plan.decision
+            log.debug(
+                "routed requested=%r -> %s via %s%s (cluster %s)",
+                d.requested,
+                d.model,
+                d.resolution.value,
+                f" ({d.route})" if d.route else "",
+                d.cluster,
+            )
+        return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
+
+    def _error(self, exc: GatewayError) -> ProcessingResponse:
+        self._telemetry.failed(exc, before_routing=True)
+        return messages.error_response(self._api, exc)
