@@ -121,3 +121,22 @@ def test_the_chosen_route_goes_to_its_first_model() -> None:
         Resolution.DEFAULT,
         "other",
     )
+
+
+def test_decide_takes_the_requests_routes_and_needs_a_router_for_them() -> None:
+    from ext_proc.router import RouteChoice
+    from ext_proc.routing.decide import decide, look
+
+    body = {"model": "auto", "messages": [], "routing_preferences": GOOD}
+    headers = {"x-model-affinity": "s1"}
+    seen = look(TABLE, body, headers)
+    assert seen.asks_router and seen.session is None  # a request's own routes are not pinned
+    assert [r.name for r in seen.router_routes or ()] == ["code", "chat"]
+    decision = decide(TABLE, seen, RouteChoice("code"))
+    assert decision.target.model == "anthropic/claude-sonnet-4-5"
+    with pytest.raises(GatewayError) as info:
+        decide(TABLE, seen, None)
+    assert info.value.code == "router_not_configured"
+    # An explicit model needs no router; the routes are still checked.
+    named = look(TABLE, {**body, "model": "fast"}, {})
+    assert decide(TABLE, named, None).target.model == "openai/gpt-5"
