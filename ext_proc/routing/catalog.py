@@ -183,16 +183,24 @@ def upstream_for(provider: ProviderConfig) -> Upstream:
 
 
 def request_path(
-    provider: ProviderConfig, upstream: Upstream, api: WireAPI, *, stream: bool = False
+    provider: ProviderConfig,
+    upstream: Upstream,
+    api: WireAPI,
+    *,
+    stream: bool = False,
+    suffix: str | None = None,
 ) -> str:
     """The upstream path for a chat request spoken in ``api``: the provider's own
-    API, since requests from clients of the other API are translated to it."""
+    API, since requests from clients of the other API are translated to it.
+    ``suffix``: another endpoint of that API (``/embeddings``), in place of chat."""
     spec = spec_for(provider)
     if spec is not None and spec.name == "azure_openai" and not upstream.path_prefix:
         return (
-            f"/openai/deployments/{provider.model_id}/chat/completions"
+            f"/openai/deployments/{provider.model_id}{suffix or '/chat/completions'}"
             f"?api-version={AZURE_API_VERSION}"
         )
+    if suffix is not None:
+        return upstream.path_prefix + suffix
     if api is WireAPI.BEDROCK:
         # The model id travels in the path; ':' and '/' (inference-profile ARNs)
         # must be escaped there.
@@ -200,8 +208,8 @@ def request_path(
         return (
             f"{upstream.path_prefix}/model/{model_id}/{'converse-stream' if stream else 'converse'}"
         )
-    suffix = "/messages" if api is WireAPI.ANTHROPIC else "/chat/completions"
-    return upstream.path_prefix + suffix
+    chat = "/messages" if api is WireAPI.ANTHROPIC else "/chat/completions"
+    return upstream.path_prefix + chat
 
 
 def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:

@@ -23,20 +23,45 @@ class Endpoint(StrEnum):
     """Anthropic ``POST /v1/messages``."""
     MODELS = "models"
     """``GET /v1/models``, answered from the config."""
+    COUNT_TOKENS = "count_tokens"
+    """Anthropic ``POST /v1/messages/count_tokens``: passed through natively."""
+    EMBEDDINGS = "embeddings"
+    """OpenAI ``POST /v1/embeddings``: passed through natively."""
 
     @property
     def api(self) -> WireAPI:
-        return WireAPI.ANTHROPIC if self is Endpoint.MESSAGES else WireAPI.OPENAI
+        if self is Endpoint.MESSAGES or self is Endpoint.COUNT_TOKENS:
+            return WireAPI.ANTHROPIC
+        return WireAPI.OPENAI
+
+    @property
+    def native_path(self) -> str | None:
+        """For an endpoint only its own API's providers serve (never translated):
+        the path under a provider's base URL. ``None`` for the chat endpoints."""
+        return _NATIVE_PATHS.get(self)
+
+    @property
+    def is_chat(self) -> bool:
+        """A conversation: the preference router may read it."""
+        return self is Endpoint.CHAT_COMPLETIONS or self is Endpoint.MESSAGES
 
     @property
     def needs_body(self) -> bool:
         return self is not Endpoint.MODELS
 
 
+_NATIVE_PATHS = {
+    Endpoint.COUNT_TOKENS: "/messages/count_tokens",
+    Endpoint.EMBEDDINGS: "/embeddings",
+}
+
 _ROUTES: dict[str, tuple[Endpoint, str]] = {
     "/v1/chat/completions": (Endpoint.CHAT_COMPLETIONS, "POST"),
     "/chat/completions": (Endpoint.CHAT_COMPLETIONS, "POST"),
     "/v1/messages": (Endpoint.MESSAGES, "POST"),
+    "/v1/messages/count_tokens": (Endpoint.COUNT_TOKENS, "POST"),
+    "/v1/embeddings": (Endpoint.EMBEDDINGS, "POST"),
+    "/embeddings": (Endpoint.EMBEDDINGS, "POST"),
     "/v1/models": (Endpoint.MODELS, "GET"),
     "/models": (Endpoint.MODELS, "GET"),
 }

@@ -10,9 +10,11 @@ into a ProcessingResponse; ``archway explain`` prints it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ext_proc.config import ProviderConfig
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
     DECISION_AFFINITY,
@@ -107,10 +109,15 @@ def upstream_headers(
 
 
 def plan_request(
-    decision: Decision, parsed: ParsedBody, endpoint: Endpoint, headers: Mapping[str, str]
+    decision: Decision,
+    parsed: ParsedBody,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    configured: Sequence[ProviderConfig] = (),
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError`` (a body
-    the provider's API cannot express)."""
+    the provider's API cannot express). ``configured``: the config's models, to
+    name those that can serve an endpoint the chosen one cannot."""
     target = decision.target
     provider = target.provider
     spec = spec_for(provider)
@@ -128,6 +135,8 @@ def plan_request(
         )
     # No provider knows a request's own routing preferences.
     parsed = without_request_preferences(parsed)
+    if endpoint.native_path is not None:
+        return _plan_native(decision, parsed, endpoint, endpoint.native_path, headers, configured)
 
     set_headers = list(decision_headers(target))
     if decision.score is not None:
@@ -187,3 +196,48 @@ def _passthrough_credentials(
     if scheme.lower() == "bearer" and key and "x-api-key" not in headers:
         set_headers.append(("x-api-key", key))
         remove.append("authorization")
+
+
+def _plan_native(
+    decision: Decision,
+    parsed: ParsedBody,
+    endpoint: Endpoint,
+    native_path: str,
+    headers: Mapping[str, str],
+    configured: Sequence[ProviderConfig],
+) -> RequestPlan:
+    """An endpoint served only by providers of its own API (token counting,
+    embeddings): passed through with the path, credentials and model rewritten,
+    or refused with the models that could serve it."""
+    target = decision.target
+    spec = spec_for(target.provider)
+    provider_api = spec.api if spec else WireAPI.OPENAI
+    if provider_api is not endpoint.api:
+        able = [
+            p.model
+            for p in configured
+            if (served := spec_for(p)) is not None and served.api is endpoint.api
+        ]
+        raise GatewayError(
+            400,
+            f"{target.model} cannot serve POST /v1{native_path}: it speaks the "
+            f"{provider_api.value} API, and this endpoint is {endpoint.api.value}'s. "
+            + (f"Models that can: {', '.join(able)}." if able else "No configured model can."),
+            code="endpoint_not_supported",
+            param="model",
+        )
+    # Failover clusters rewrite each retry as a chat request: these go to the
+    # model's own cluster, once.
+    target = dataclasses.replace(target, fallbacks=(), cluster=target.upstream.cluster)
+    set_headers = list(decision_headers(target))
+    if decision.affinity is not None:
+        set_headers.append((DECISION_AFFINITY, decision.affinity))
+    upstream_set, remove = upstream_headers(target, headers)
+    path = request_path(target.provider, target.upstream, provider_api, suffix=native_path)
+    set_headers.extend((name, path if name == ":path" else value) for name, value in upstream_set)
+    new_body = with_model(parsed, target.upstream_model)
+    if new_body is not None:
+        set_headers.append(("content-length", str(len(new_body))))
+    set_names = {name for name, _ in set_headers}
+    remove = [h for h in remove if h not in set_names]
+    return RequestPlan(target, tuple(set_headers), tuple(remove), new_body, None)
