@@ -12,12 +12,12 @@ from textwrap import dedent
 import pytest
 import yaml
 
+from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.config import load_config
 from ext_proc.errors import GatewayError
 from ext_proc.routing.body import parse_request
-from ext_proc.routing.catalog import CATALOG, WireAPI, spec_for
+from ext_proc.routing.catalog import CATALOG, spec_for
 from ext_proc.routing.decide import decide, look, resolve_model
-from ext_proc.routing.endpoints import Endpoint
 from ext_proc.routing.plan import plan_request
 from ext_proc.routing.resolve import build_routing_table
 
@@ -186,7 +186,7 @@ def test_alias_demo_with_bedrock_loads_and_resolves(tmp_path: Path) -> None:
     assert [w.split(": ")[1] for w in config.warnings] == ["tracing"]
 
 
-def test_a_bedrock_request_is_refused_in_the_clients_shape_until_converse_is_wired(
+def test_a_bedrock_request_is_refused_until_converse_is_wired(
     tmp_path: Path,
 ) -> None:
     table = build_routing_table(load(tmp_path, ALIASES_DEMO))
@@ -196,8 +196,9 @@ def test_a_bedrock_request_is_refused_in_the_clients_shape_until_converse_is_wir
     decision = decide(table, look(table, parsed.data, headers))
     with pytest.raises(GatewayError) as info:
         plan_request(decision, parsed, Endpoint.CHAT_COMPLETIONS, headers)
-    assert info.value.status == 501
-    assert "Amazon Bedrock" in info.value.message
+    assert info.value.status == 400
+    assert info.value.code == "unsupported_api_pair"
+    assert "bedrock converse API" in info.value.message
 
 
 def test_local_router_demo_loads_its_plano_model_as_an_openai_server(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.config import ProviderConfig
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
@@ -27,13 +28,19 @@ from ext_proc.headers import (
     ROUTE_HEADER,
     TRANSLATE_HEADER,
 )
-from ext_proc.routing.body import ParsedBody, encode, with_model
-from ext_proc.routing.catalog import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
+from ext_proc.routing.body import ParsedBody, with_model
+from ext_proc.routing.catalog import (
+    auth_headers,
+    provider_api,
+    provider_dialect,
+    request_path,
+    spec_for,
+)
 from ext_proc.routing.decide import Decision
-from ext_proc.routing.endpoints import Endpoint
 from ext_proc.routing.request_preferences import without_request_preferences
 from ext_proc.routing.resolve import RoutingDecision
-from ext_proc.translate import TranslationContext, translate_request
+from ext_proc.translate import TranslationContext, translator_for
+from ext_proc.translate.common import encode_json
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -56,16 +63,6 @@ class RequestPlan:
     """The new body, or ``None`` when the client's body goes upstream unchanged."""
     translation: TranslationContext | None = None
     """Set when the body was translated to the provider's API."""
-
-
-_FOREIGN_HEADER_PREFIXES: dict[WireAPI, str] = {
-    WireAPI.OPENAI: "anthropic-",
-    WireAPI.ANTHROPIC: "openai-",
-}
-"""Client SDK headers that mean nothing to a provider of the other API."""
-
-_MAX_COMPLETION_TOKENS_PROVIDERS = frozenset({"openai", "azure_openai"})
-"""Providers whose reasoning models refuse ``max_tokens`` and want ``max_completion_tokens``."""
 
 
 def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
@@ -92,8 +89,7 @@ def upstream_headers(
     attempt's) credentials to drop."""
     provider = decision.provider
     spec = spec_for(provider)
-    api = spec.api if spec else WireAPI.OPENAI
-    set_headers = [(":path", request_path(provider, decision.upstream, api))]
+    set_headers = [(":path", request_path(provider, decision.upstream))]
     remove: list[str] = []
     if not provider.passthrough_auth:
         remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
@@ -118,25 +114,13 @@ def plan_request(
     """Everything to change about one LLM request, or a ``GatewayError`` (a body
     the provider's API cannot express). ``configured``: the config's models, to
     name those that can serve an endpoint the chosen one cannot."""
-    target = decision.target
-    provider = target.provider
-    spec = spec_for(provider)
-    provider_api = spec.api if spec else WireAPI.OPENAI
-    if provider_api is WireAPI.BEDROCK:
-        # The Converse translators (ext_proc.translate.bedrock) are not yet on the
-        # request path; say so rather than send Bedrock a body it cannot read.
-        raise GatewayError(
-            501,
-            f"{target.model} is an Amazon Bedrock model; this gateway does not yet "
-            "translate requests to Bedrock's Converse API. Ask for a model of another "
-            "provider.",
-            code="provider_api_not_served",
-            param="model",
-        )
     # No provider knows a request's own routing preferences.
     parsed = without_request_preferences(parsed)
     if endpoint.native_path is not None:
         return _plan_native(decision, parsed, endpoint, endpoint.native_path, headers, configured)
+    target = decision.target
+    provider = target.provider
+    translator = translator_for(endpoint.api, provider_api(provider))
 
     set_headers = list(decision_headers(target))
     if decision.score is not None:
@@ -148,21 +132,21 @@ def plan_request(
 
     translation: TranslationContext | None = None
     new_body: bytes | None
-    if endpoint.api is not provider_api:
+    if translator is not None:
         data = {**parsed.data, "model": target.upstream_model}
-        translated, translation = translate_request(
-            endpoint.api, provider_api, data, max_tokens_field=_max_tokens_field(spec)
-        )
+        translated, translation = translator.request(data, provider_dialect(provider))
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
-        foreign = _FOREIGN_HEADER_PREFIXES[provider_api]
-        remove.extend(h for h in headers if h.startswith(foreign))
+        # The client SDK's own headers mean nothing to a provider of another API.
+        foreign = translation.client.sdk_header_prefix
+        if foreign != translation.provider.sdk_header_prefix:
+            remove.extend(h for h in headers if h.startswith(foreign))
         # The response body must reach Archway readable: a compressed one could
         # not be translated.
         if "accept-encoding" in headers:
             remove.append("accept-encoding")
         if provider.passthrough_auth:
-            _passthrough_credentials(headers, provider_api, set_headers, remove)
-        new_body = encode(translated)
+            _passthrough_credentials(headers, translation.provider, set_headers, remove)
+        new_body = encode_json(translated)
     else:
         new_body = with_model(parsed, target.upstream_model)
     if new_body is not None:
@@ -170,12 +154,6 @@ def plan_request(
     set_names = {name for name, _ in set_headers}
     remove = [h for h in remove if h not in set_names]
     return RequestPlan(target, tuple(set_headers), tuple(remove), new_body, translation)
-
-
-def _max_tokens_field(spec: ProviderSpec | None) -> str:
-    if spec is not None and spec.name in _MAX_COMPLETION_TOKENS_PROVIDERS:
-        return "max_completion_tokens"
-    return "max_tokens"
 
 
 def _passthrough_credentials(
@@ -210,18 +188,13 @@ def _plan_native(
     embeddings): passed through with the path, credentials and model rewritten,
     or refused with the models that could serve it."""
     target = decision.target
-    spec = spec_for(target.provider)
-    provider_api = spec.api if spec else WireAPI.OPENAI
-    if provider_api is not endpoint.api:
-        able = [
-            p.model
-            for p in configured
-            if (served := spec_for(p)) is not None and served.api is endpoint.api
-        ]
+    api = provider_api(target.provider)
+    if api is not endpoint.api:
+        able = [p.model for p in configured if provider_api(p) is endpoint.api]
         raise GatewayError(
             400,
-            f"{target.model} cannot serve POST /v1{native_path}: it speaks the "
-            f"{provider_api.value} API, and this endpoint is {endpoint.api.value}'s. "
+            f"{target.model} cannot serve {endpoint.method} {endpoint.paths[0]}: it speaks "
+            f"the {api.value} API, and this endpoint is {endpoint.api.value}'s. "
             + (f"Models that can: {', '.join(able)}." if able else "No configured model can."),
             code="endpoint_not_supported",
             param="model",
@@ -233,7 +206,7 @@ def _plan_native(
     if decision.affinity is not None:
         set_headers.append((DECISION_AFFINITY, decision.affinity))
     upstream_set, remove = upstream_headers(target, headers)
-    path = request_path(target.provider, target.upstream, provider_api, suffix=native_path)
+    path = request_path(target.provider, target.upstream, suffix=native_path)
     set_headers.extend((name, path if name == ":path" else value) for name, value in upstream_set)
     new_body = with_model(parsed, target.upstream_model)
     if new_body is not None:
