@@ -323,6 +323,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
             chain = f" (then {', '.join(pref.fallbacks)})" if pref.fallbacks else ""
             print(f"  {pref.name} -> {pref.models[0]}{chain}: {pref.description}")
         print(f"preference router: {_router_summary(config)}")
+    if config.state_storage is not None:
+        # The connection string holds a password: only the kind is shown.
+        print(f"state storage: {config.state_storage.kind}")
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

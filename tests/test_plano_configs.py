@@ -39,6 +39,7 @@ DUMMY_ENV = {
         "EDENAI_API_KEY",
         "DASHSCOPE_API_KEY",
         "MOONSHOT_API_KEY",
+        "DB_PASSWORD",
     )
 }
 
@@ -106,6 +107,17 @@ model_providers:
     routing_preferences:
       - name: writing code
         description: writing new functions or classes
+"""
+
+STATE_DEMO = """\
+version: v0.3.0
+model_providers:
+  - model: openai/gpt-4o-mini
+    access_key: $OPENAI_API_KEY
+    default: true
+state_storage:
+  type: postgres
+  connection_string: "postgresql://app:$DB_PASSWORD@db.example:5432/plano"
 """
 
 CHATGPT_DEMO = """\
@@ -281,3 +293,22 @@ def test_archway_check_accepts_the_alias_demo(tmp_path: Path) -> None:
     assert "llm_in: 0.0.0.0:12000, timeout 300s, max_retries 2" in done.stdout
     assert "chat -> openai/gpt-5-mini (then xai/grok-4): everyday questions" in done.stdout
     assert "dummy-" not in done.stdout + done.stderr
+
+
+def test_archway_check_names_the_state_storage_and_hides_its_password(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(STATE_DEMO, encoding="utf-8")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "ext_proc.cli", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), **DUMMY_ENV},
+        cwd=root,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "state storage: postgres" in done.stdout
+    assert "dummy-db_password" not in done.stdout + done.stderr
+    assert load(tmp_path, STATE_DEMO).state_storage is not None
