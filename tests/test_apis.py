@@ -88,7 +88,7 @@ def test_every_api_has_its_facts() -> None:
         assert api.upstream_path.startswith("/")
         assert api.error_shape in ErrorShape
         assert api.sdk_header_prefix.endswith("-")
-    # Bedrock's Converse is a provider API only: no client speaks it to Archway.
+    # Bedrock's Converse API is a provider's only: no client endpoint speaks it.
     assert {e.api for e in Endpoint} == set(WireAPI) - {WireAPI.BEDROCK}
 
 

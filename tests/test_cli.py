@@ -78,14 +78,14 @@ def test_check_shows_where_responses_state_is_kept_without_the_password(
     base = "version: v0.4.0\nlisteners: []\nmodel_providers:\n  - model: openai/gpt-5\n"
     path.write_text(base + "    access_key: k\n")
     assert main(["check", str(path)]) == 0
-    assert "responses state: off" in capsys.readouterr().out
+    assert "state storage: off" in capsys.readouterr().out
     path.write_text(
         base + "    access_key: k\nstate_storage:\n  type: postgres\n"
         "  connection_string: postgresql://archway:s3cret@db.internal:6432/state\n"
     )
     assert main(["check", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert "responses state: postgres at db.internal:6432/state" in out
+    assert "state storage: postgres at db.internal:6432/state" in out
     assert "s3cret" not in out + err
 
 

@@ -17,8 +17,12 @@ from ext_proc.config.problems import ConfigError
 from ext_proc.config.providers import read_aliases, read_providers
 from ext_proc.config.reader import FLOAT_TAG, INT_TAG, Reader, describe, listing
 from ext_proc.config.router_settings import read_router
-from ext_proc.config.settings import read_affinity, read_gateway, read_overrides
-from ext_proc.config.state_section import read_state_storage
+from ext_proc.config.settings import (
+    read_affinity,
+    read_gateway,
+    read_overrides,
+    read_state_storage,
+)
 from ext_proc.config.types import Config
 
 __all__ = ["load_config", "load_config_text"]

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ext_proc.apis import COMMON_DIALECT, Dialect, WireAPI
 from ext_proc.config.types import ProviderConfig
@@ -136,11 +136,35 @@ CATALOG: dict[str, ProviderSpec] = {
             # Azure's Responses API lives only under its v1 path, for every deployment.
             also_serves=((WireAPI.RESPONSES, "/openai/v1/responses"),),
         ),
-        # Plano's amazon_bedrock: a regional runtime endpoint for base_url
-        # (https://bedrock-runtime.<region>.amazonaws.com), a Bedrock API key as Bearer.
-        ProviderSpec("amazon_bedrock", WireAPI.BEDROCK, AuthStyle.BEARER, None, default_prefix=""),
         # Plano's `provider_interface: openai` on a custom base_url lands here too.
         _openai_compatible("custom", None),
+        # The rest of Plano's provider list, so its configs load unchanged. Each
+        # deployment of Bedrock is regional, so Plano (and Archway) require base_url:
+        # https://bedrock-runtime.<region>.amazonaws.com; its API keys go as Bearer.
+        ProviderSpec("amazon_bedrock", WireAPI.BEDROCK, AuthStyle.BEARER, None, default_prefix=""),
+        # Plano's own router and orchestrator models, served OpenAI-style (vLLM,
+        # Ollama) at the base_url the config gives.
+        _openai_compatible("plano", None),
+        _openai_compatible("qwen", None, "/compatible-mode/v1"),
+        _openai_compatible("xiaomi", "https://api.xiaomimimo.com/v1"),
+        _openai_compatible("zhipu", "https://open.bigmodel.cn/api/paas/v4", "/api/paas/v4"),
+        _openai_compatible("digitalocean", "https://inference.do-ai.run/v1"),
+        _openai_compatible("vercel", "https://ai-gateway.vercel.sh/v1"),
+        _openai_compatible("edenai", "https://api.edenai.run/v3", "/v3"),
+        # ChatGPT subscriptions through Codex's backend: the client's own OAuth
+        # token is forwarded (see config.providers), with the headers Codex sends.
+        ProviderSpec(
+            "chatgpt",
+            WireAPI.OPENAI,
+            AuthStyle.BEARER,
+            "https://chatgpt.com/backend-api/codex",
+            "/backend-api/codex",
+            also_serves=_RESPONSES,
+            static_headers=(
+                ("originator", "codex_cli_rs"),
+                ("user-agent", "codex_cli_rs/0.0.0 (Unknown 0; unknown) unknown"),
+            ),
+        ),
     )
 }
 
@@ -238,16 +262,35 @@ def provider_dialect(provider: ProviderConfig) -> Dialect:
     return spec.dialect if spec is not None else COMMON_DIALECT
 
 
-def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI | None = None) -> str:
-    """The upstream path for a request in ``api`` (default: the provider's own
-    API, which requests from clients of another API are translated to)."""
+def request_path(
+    provider: ProviderConfig,
+    upstream: Upstream,
+    api: WireAPI | None = None,
+    *,
+    stream: bool = False,
+    suffix: str | None = None,
+) -> str:
+    """The upstream path for a chat request in ``api`` (default: the provider's
+    own API, which requests from clients of another API are translated to).
+    ``suffix``: another endpoint of the provider's API (``/embeddings``) in
+    place of chat's."""
     spec = spec_for(provider)
     main = provider_api(provider)
     api = main if api is None else api
     if spec is not None and not upstream.path_prefix:
         bare = spec.bare_path if api is main else dict(spec.also_serves).get(api)
         if bare is not None:
-            return bare.format(model_id=provider.model_id)
+            path = bare.format(model_id=provider.model_id)
+            if suffix is not None and api is main:
+                path = path.replace(main.upstream_path, suffix, 1)
+            return path
+    if suffix is not None:
+        return upstream.path_prefix + suffix
+    if api is WireAPI.BEDROCK:
+        # The model id is one path segment: ':' and the '/' of inference-profile
+        # ARNs are escaped.
+        path = api.upstream_path.format(model_id=quote(provider.model_id, safe=""))
+        return upstream.path_prefix + path + ("-stream" if stream else "")
     return upstream.path_prefix + api.upstream_path
 
 

@@ -132,9 +132,9 @@ class RoutingProcessor:
         parsed = parse_request(headers, msg.body, endpoint.api)
         seen = look(table, parsed.data, headers)
         choice = None
-        if seen.asks_router and self._router is not None:
+        if seen.asks_router and self._router is not None and endpoint.is_chat:
             choice = await self._telemetry.router_call(
-                self._router.decide(parsed.data, endpoint.api)
+                self._router.decide(parsed.data, endpoint.api, seen.router_routes)
             )
         decision = decide(table, seen, choice)
         history: list[dict[str, Any]] = []
@@ -144,7 +144,15 @@ class RoutingProcessor:
             previous = continued_response(endpoint, parsed.data, chain)
             if previous is not None:
                 history = await self._conversations.history(previous)
-        plan = plan_request(decision, parsed, endpoint, headers, history, chain)
+        plan = plan_request(
+            decision,
+            parsed,
+            endpoint,
+            headers,
+            table.config.providers,
+            history=history,
+            chain=chain,
+        )
         translation = plan.translation
         if translation is not None and translation.conversation is not None:
             response_id = stored_response_id(translation)
