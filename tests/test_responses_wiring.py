@@ -54,7 +54,7 @@ def plan(
 ) -> RequestPlan:
     decision = Decision(resolve_model(TABLE, model))
     parsed = parse_json(json.dumps({"model": model, **body}).encode())
-    return plan_request(decision, parsed, Endpoint.RESPONSES, {}, history or [])
+    return plan_request(decision, parsed, Endpoint.RESPONSES, {}, history=history or [])
 
 
 def path_of(request_plan: RequestPlan) -> str:
@@ -161,7 +161,9 @@ def test_bedrock_gets_its_model_and_action_in_the_path(stream: bool) -> None:
     # The base URL's own path, were it set, stays in front.
     bedrock = resolve_model(TABLE, "amazon_bedrock/us.amazon.nova-pro-v1:0").provider
     assert upstream_for(bedrock).path_prefix == ""
-    assert request_path(bedrock, upstream_for(bedrock), WireAPI.BEDROCK) == "/converse"
+    assert request_path(bedrock, upstream_for(bedrock), WireAPI.BEDROCK, stream=stream) == (
+        f"/model/us.amazon.nova-pro-v1%3A0/{action}"
+    )
 
 
 @pytest.mark.parametrize(
