@@ -473,6 +473,70 @@ def test_the_extension_policy_sends_headers_and_buffered_bodies_to_archway(
     assert only(gateway, "ClientTrafficPolicy")["spec"]["connection"]["bufferLimit"] == limit
 
 
+_PROVIDERS = """
+listeners:
+  egress_traffic: {address: 0.0.0.0, port: 12000, timeout: 60s}
+llm_providers:
+  - model: openai/gpt-5
+    access_key: $OPENAI_API_KEY
+    default: true
+"""
+_PREFERENCE_ROUTING = """
+  - model: openai/gpt-5-mini
+    access_key: $OPENAI_API_KEY
+    routing_preferences:
+      - {{name: quick, description: short questions}}
+router:
+  model_path: {model_path}
+  timeout: 8s
+"""
+
+
+@pytest.mark.parametrize(
+    ("message_timeout", "router", "expected"),
+    [
+        # The router may take 8 s before the default model answers: Envoy waits 9 s.
+        ("2s", True, "9s"),
+        # A longer setting stands.
+        ("12s", True, "12s"),
+        # No preference routing: nothing waits on a router.
+        ("2500ms", False, "2s500ms"),
+    ],
+)
+def test_the_extension_policy_waits_longer_than_the_router(
+    tmp_path: Path, message_timeout: str, router: bool, expected: str
+) -> None:
+    text = _PROVIDERS.lstrip("\n")
+    if router:
+        text += _PREFERENCE_ROUTING.format(model_path=tmp_path).lstrip("\n")
+    text += f"archway:\n  message_timeout: {message_timeout}\n"
+    files = render(text)
+    (ext_proc,) = only(files["envoy-gateway/gateway.yaml"], "EnvoyExtensionPolicy")["spec"][
+        "extProc"
+    ]
+    assert ext_proc["messageTimeout"] == expected
+    # The plain setup's Envoy waits exactly as long.
+    config_map = only(files["plain/envoy.yaml"], "ConfigMap")
+    bootstrap = yaml.safe_load(config_map["data"]["envoy.yaml"])
+    (routing,) = [
+        f["typed_config"]
+        for listener in bootstrap["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for hcm in chain["filters"]
+        for f in hcm["typed_config"].get("http_filters", [])
+        if f["name"] == "envoy.filters.http.ext_proc"
+    ]
+    assert _seconds(routing["message_timeout"]) == _seconds(expected)
+
+
+def _seconds(duration: str) -> float:
+    """Envoy's ``9.000s`` or the Gateway API's ``2s500ms``, in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"([0-9.]+)(ms|h|m|s)", duration)
+    assert "".join(f"{n}{u}" for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
 def test_every_upstream_cluster_has_a_route_on_archways_header(
     example: dict[str, list[Manifest]],
 ) -> None:

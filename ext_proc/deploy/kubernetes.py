@@ -42,6 +42,7 @@ from ext_proc.deploy.bootstrap import (
     buffer_limit_bytes,
     distinct_upstreams,
     is_ip_address,
+    message_timeout_s,
 )
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
 from ext_proc.routing.catalog import Upstream
@@ -725,7 +726,8 @@ def gateway_manifests(config: Config, options: KubernetesOptions) -> list[Manife
             # A rewritten body travels to Archway and back in one gRPC message.
             "connection": {"bufferLimit": str(buffer_limit_bytes(gateway))},
         },
-        "messageTimeout": _gateway_duration(gateway.message_timeout_s),
+        # As setup (a)'s routing filter: long enough for the router's own timeout.
+        "messageTimeout": _gateway_duration(message_timeout_s(config)),
         "failOpen": gateway.failure_mode_allow,
         # Headers and the whole body (the model is in the body), and the response
         # headers: Envoy Gateway has one ext_proc filter and no per-route
