@@ -20,6 +20,8 @@ from ext_proc.server.workers import HealthWatch, WorkerError, WorkerPool, defaul
 from tests.processes import alive, children, read_until
 
 SERVE = [sys.executable, "-m", "ext_proc.cli", "serve"]
+# No metrics endpoint: the default port (9003) would collide with another run's.
+NO_METRICS = ("--metrics-port", "off")
 CONFIG = "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
 
 
@@ -65,7 +67,7 @@ def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) ->
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG)
     proc = subprocess.Popen(
-        [*SERVE, str(path), "--port", "0", "--workers", "3"],
+        [*SERVE, str(path), "--port", "0", "--workers", "3", *NO_METRICS],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -107,7 +109,7 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG)
     proc = subprocess.Popen(
-        [*SERVE, str(path), "--port", "0", "--workers", "2"],
+        [*SERVE, str(path), "--port", "0", "--workers", "2", *NO_METRICS],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
