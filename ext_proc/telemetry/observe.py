@@ -9,7 +9,7 @@ trace context.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ext_proc.errors import GatewayError
@@ -29,10 +29,12 @@ __all__ = ["AttemptTelemetry", "ProcessObservability", "RequestTelemetry", "conf
 class RequestTelemetry:
     """One routing stream's report: the request counted once, at its outcome."""
 
-    __slots__ = ("span",)
+    __slots__ = ("_clock", "span")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.span: Span | None = None
+        # Injected so that a test can time the router call without sleeping.
+        self._clock = clock
 
     def started(
         self,
@@ -96,14 +98,14 @@ class RequestTelemetry:
         span = None
         if self.span is not None:
             span = tracing.start_child_span(self.span, tracing.ROUTER_SPAN)
-        started = time.perf_counter()
+        started = self._clock()
         try:
             choice = await choose
         except BaseException:
             if span is not None:
                 span.end()
             raise
-        metrics.recorder().router_answered(choice.route, time.perf_counter() - started)
+        metrics.recorder().router_answered(choice.route, self._clock() - started)
         if span is not None:
             span.set_attribute("archway.route", choice.route)
             if choice.score is not None:
