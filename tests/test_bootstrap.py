@@ -440,10 +440,12 @@ def test_envoy_process_binds_port_zero_and_stops(idle_envoy: EnvoyProcess) -> No
 def test_wait_ready_fails_fast_with_envoys_output(envoy_log: Path) -> None:
     with EnvoyProcess(output=envoy_log) as envoy:
         envoy.start("static_resources: {clusters: [{name: x, type: NOT_A_TYPE}]}\n")
-        started = time.monotonic()
-        with pytest.raises(EnvoyError, match="NOT_A_TYPE"):
-            envoy.wait_ready(timeout_s=20)
-        assert time.monotonic() - started < 15
+        # Envoy's exit ends the wait, not the timeout (whose message differs).
+        with pytest.raises(
+            EnvoyError, match=r"(?s)exited with status \d+ while starting.*NOT_A_TYPE"
+        ):
+            envoy.wait_ready(timeout_s=60)
+        assert envoy.returncode not in (None, 0)
 
 
 _ORPHANING_PARENT = """
