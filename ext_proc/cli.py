@@ -200,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # A worker's second, private port (see ext_proc.server.workers); set by its parent.
     serve.add_argument("--own-port", type=_port, help=argparse.SUPPRESS)
+    serve.add_argument("--uds", help="also serve on a Unix domain socket at this path (one worker)")
     _add_ready_timeout_argument(serve, "each ext_proc worker (with --workers above 1)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)

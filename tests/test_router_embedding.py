@@ -468,6 +468,20 @@ def test_embedding_router_needs_a_model_path() -> None:
         load_config_text(CONFIG.format(router="router: {backend: embedding}"))
 
 
+def test_factory_names_the_missing_extra(
+    tiny_encoder: TinyEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ext_proc.router.factory import RouterUnavailableError, build_router
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
+    section = f"router: {{backend: embedding, model_path: {tiny_encoder.ct2_dir}}}"
+    with pytest.raises(RouterUnavailableError) as caught:
+        build_router(load_config_text(CONFIG.format(router=section)))
+    assert str(caught.value) == (
+        "router backend embedding needs tokenizers: pip install 'archway[router]'"
+    )
+
+
 def test_factory_builds_the_embedding_router(tiny_encoder: TinyEncoder) -> None:
     from ext_proc.router.factory import build_router
 

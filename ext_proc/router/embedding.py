@@ -336,6 +336,7 @@ class SentenceEncoder:
         intra_threads: int = 0,
     ) -> SentenceEncoder:
         from ext_proc.router.convert import EncoderMeta
+        from ext_proc.router.ct2_engine import resolve_device
 
         missing = [n for n in ("model.bin", "tokenizer.json") if not (model_path / n).is_file()]
         if missing:
@@ -349,8 +350,7 @@ class SentenceEncoder:
 
         meta = EncoderMeta.read(model_path)
         max_length = meta.max_length if meta is not None else 256
-        if device == "auto":
-            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        device = resolve_device(device)
         encoder = ctranslate2.Encoder(
             str(model_path),
             device=device,
