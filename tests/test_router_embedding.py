@@ -515,3 +515,29 @@ def test_factory_builds_the_embedding_router(tiny_encoder: TinyEncoder) -> None:
     assert configured.backend.rule.classifier_weight == 0.0
     assert configured.backend.rule.context_margin == 0.5
     asyncio.run(configured.close())
+
+
+def test_a_requests_own_routes_are_embedded_once_and_decided_among() -> None:
+    encoder = FakeEncoder()
+    router = fake_router(encoder)
+    own = (Route("sums", "math", ("math math",)), Route("greeting", "hello"))
+
+    async def run() -> list[str]:
+        try:
+            turn = (Turn("user", "math homework"),)
+            first = await router.choose(turn, own)
+            again = await router.choose(turn, own)
+            configured = await router.choose(turn)
+            return [first.route, again.route, configured.route]
+        finally:
+            await router.close()
+
+    calls_before = len(encoder.calls)
+    first, again, configured = asyncio.run(run())
+    assert [first, again] == ["sums", "sums"]
+    # Without them, the configured routes are all there is.
+    assert configured in {"coding", "poetry", "other"}
+    encoded = [text for call in encoder.calls[calls_before:] for text in call]
+    # The routes' texts once, the turn once (then from the cache).
+    assert sum("math math" in t for t in encoded) == 1
+    assert list(router._request_indexes) == [own]
