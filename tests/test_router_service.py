@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from ext_proc.apis import WireAPI
-from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, RouteChoice, Turn
+from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, Route, RouteChoice, Turn
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 
 
@@ -42,7 +42,9 @@ class _Unanswering(ScriptedRouter):
 
     cancelled: bool = False
 
-    async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice:
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
         self.calls.append(conversation)
         try:
             await asyncio.Event().wait()
