@@ -21,6 +21,9 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
+from ext_proc.access.policy import AccessSettings
+from ext_proc.access.section import ACCESS_GATEWAY_KEYS, read_access
+
 __all__ = [
     "DEFAULT_LISTENER",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
@@ -295,6 +298,8 @@ class Config:
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    """Client keys, token limits (Plano's ``ratelimits``) and where counters live."""
     version: str | None = None
     source: Path | None = None
     warnings: tuple[str, ...] = ()
@@ -336,13 +341,13 @@ _TOP_KEYS = (
     "archway",
     "router",
     "routing",
+    "ratelimits",
 )
 _PLANO_ONLY_SECTIONS = (
     "agents",
     "filters",
     "endpoints",
     "prompt_targets",
-    "ratelimits",
     "tracing",
     "mode",
     "state_storage",
@@ -440,9 +445,10 @@ _GATEWAY_KEYS = (
     "metrics_address",
     "metrics_port",
     "tracing",
+    *ACCESS_GATEWAY_KEYS,
 )
 _TRACING_KEYS = ("collector", "sample_percent")
-_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries")
+_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries", "session_cache")
 _MAX_AFFINITY_ENTRIES = 1_000_000
 _BASE_URL_EXAMPLES = {
     "ollama": "http://localhost:11434",
@@ -1043,7 +1049,26 @@ class _Loader:
             )
         if listeners is not None and gateway is not None:
             self.check_ports(top, listeners, gateway)
-        if listeners is None or overrides is None or gateway is None or affinity is None:
+        archway, routing = value("archway"), value("routing")
+        access = read_access(
+            self,
+            value("ratelimits"),
+            (self.mapping(routing, "routing", None) or {}).get("session_cache")
+            if isinstance(routing, yaml.MappingNode)
+            else None,
+            (self.mapping(archway, "archway", None) or {})
+            if isinstance(archway, yaml.MappingNode)
+            else {},
+            [p.model for p in providers],
+            aliases,
+        )
+        if (
+            listeners is None
+            or overrides is None
+            or gateway is None
+            or affinity is None
+            or access is None
+        ):
             return None
         return Config(
             listeners=tuple(listener for listener, _ in listeners),
@@ -1057,6 +1082,7 @@ class _Loader:
             gateway=gateway,
             router=router,
             affinity=affinity,
+            access=access,
             version=version,
             source=self.source.resolve() if self.source is not None else None,
             warnings=tuple(self.warnings.lines()),
