@@ -174,11 +174,22 @@ async def admit(
     return estimate, tuple(taken)
 
 
-async def settle(state: SharedState, ticket: Ticket, usage: Usage | None) -> None:
-    """Replace the estimate by the provider's count (prompt and output)."""
-    if not ticket.counters or usage is None:
+async def settle(
+    state: SharedState, ticket: Ticket, usage: Usage | None, *, refund: bool = False
+) -> None:
+    """Replace the estimate by the provider's count (prompt and output); with
+    ``refund``, give the estimate back (the provider answered an error).
+
+    An answer without usage (an OpenAI stream that did not ask for it) keeps
+    its estimate: its output tokens are not counted."""
+    if not ticket.counters:
         return
-    delta = usage.input_tokens + usage.output_tokens - ticket.estimate
+    if refund:
+        delta = -ticket.estimate
+    elif usage is None:
+        return
+    else:
+        delta = usage.input_tokens + usage.output_tokens - ticket.estimate
     if delta == 0:
         return
     for key, window_s in ticket.counters:

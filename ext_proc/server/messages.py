@@ -24,17 +24,24 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
 __all__ = [
+    "METADATA_NAMESPACE",
     "ResponseBodyMode",
     "attempt_headers_response",
     "body_response",
+    "body_unchanged_response",
     "header_map",
     "headers_response",
     "immediate_response",
     "response_body_response",
     "response_headers_response",
+    "set_metadata",
 ]
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+METADATA_NAMESPACE = "archway"
+"""The dynamic metadata namespace Envoy accepts from Archway (the filters'
+``metadata_options``); the access log reads ``%DYNAMIC_METADATA(archway:...)%``."""
 
 # Every routed request sets the same few headers for its decision (cluster,
 # model, provider, path, credentials). Building a HeaderValueOption from Python
@@ -241,3 +248,17 @@ def response_body_response(
     if set_headers:
         common.header_mutation.CopyFrom(_mutation(set_headers, ()))
     return ProcessingResponse(response_body=BodyResponse(response=common))
+
+
+def body_unchanged_response() -> ProcessingResponse:
+    """Let a response body chunk (or the buffered body) through as it is."""
+    return ProcessingResponse(response_body=BodyResponse())
+
+
+def set_metadata(
+    response: ProcessingResponse, fields: Mapping[str, str | int | float]
+) -> ProcessingResponse:
+    """Add ``fields`` to the request's dynamic metadata (``METADATA_NAMESPACE``)."""
+    if fields:
+        response.dynamic_metadata.update({METADATA_NAMESPACE: dict(fields)})
+    return response

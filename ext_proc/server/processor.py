@@ -30,12 +30,17 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     TrailersResponse,
 )
 
+from ext_proc.access import gate
+from ext_proc.access.gate import USAGE_HEADER, Ticket
+from ext_proc.access.policy import Client
 from ext_proc.errors import GatewayError, error_body
 from ext_proc.headers import (
     AFFINITY_NEW,
     AFFINITY_PINNED,
     CLIENT_AFFINITY_HEADER,
     DECISION_AFFINITY,
+    DECISION_MODEL,
+    DECISION_PROVIDER,
     INTERNAL_PREFIX,
     TRANSLATE_HEADER,
 )
@@ -48,6 +53,9 @@ from ext_proc.routing.plan import parse_request, plan_request, requested_model
 from ext_proc.routing.resolve import AUTO_MODELS, RoutingDecision, RoutingTable
 from ext_proc.server import messages
 from ext_proc.server.messages import ResponseBodyMode
+from ext_proc.server.metering import ResponseMeter
+from ext_proc.state.process import SharedState, process_state
+from ext_proc.telemetry import observe
 from ext_proc.telemetry.observe import RequestTelemetry
 from ext_proc.translate import (
     StreamTranslator,
@@ -90,8 +98,10 @@ class _ResponseTranslation:
 class RequestProcessor:
     __slots__ = (
         "_api",
+        "_client",
         "_endpoint",
         "_headers",
+        "_meter",
         "_response",
         "_router",
         "_table",
@@ -114,6 +124,9 @@ class RequestProcessor:
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
         self._response: _ResponseTranslation | None = None
+        self._meter: ResponseMeter | None = None
+        self._client: Client | None = None
+        """The configured client whose key the request presented (``archway.clients``)."""
         self._telemetry = RequestTelemetry()
         self._trace_context = trace_context
         """The gRPC stream's W3C trace context (Envoy's span), when tracing is on."""
@@ -126,9 +139,9 @@ class RequestProcessor:
             if phase == "request_body":
                 return await self._on_request_body(request.request_body)
             if phase == "response_body":
-                return self._on_response_body(request.response_body)
+                return await self._on_response_body(request.response_body)
             if phase == "response_headers":
-                return self._on_response_headers(request.response_headers)
+                return await self._on_response_headers(request.response_headers)
             return _pass_through(phase)
         except GatewayError as exc:
             return self._error(exc, phase)
@@ -145,6 +158,11 @@ class RequestProcessor:
         path = headers.get(":path", "/")
         self._telemetry.started(headers, self._trace_context, path)
         self._api = client_api(path)
+        access = self._table.config.access
+        if access.keys_required:
+            # Before anything else, the model listing included: a gateway with
+            # clients configured tells nothing to a caller without a key.
+            self._client = gate.authenticate(access, headers)
         endpoint = classify(headers.get(":method", "GET"), path)
         if endpoint is Endpoint.MODELS:
             api = WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
@@ -169,9 +187,13 @@ class RequestProcessor:
         requested: str | None = None
         open_model = False
         decision: RoutingDecision | None = None
-        pins: affinity.AffinityCache | None = None
+        state: SharedState | None = None
+        access = table.config.access
         session = self._headers.get(CLIENT_AFFINITY_HEADER)
-        key = affinity.session_key(session) if session is not None else None
+        key = None
+        if session is not None:
+            tenant = self._headers.get(access.tenant_header) if access.tenant_header else None
+            key = affinity.session_key(session, tenant)
         if key is not None or self._router is not None:
             # Parsed once here and handed on: a bad body raises the same 4xx
             # plan_request would.
@@ -180,8 +202,8 @@ class RequestProcessor:
             open_model = requested is None or requested.strip().lower() in AUTO_MODELS
         # Only open models are pinned: an explicit model or alias is the client's choice.
         if key is not None and open_model:
-            pins = affinity.process_pins(table.config.affinity)
-            decision = pins.recall(key, table, requested)
+            state = self._state()
+            decision = await affinity.recall(state, key, table, requested)
         choice: RouteChoice | None = None
         if decision is None and open_model and self._router is not None:
             assert parsed is not None
@@ -198,15 +220,30 @@ class RequestProcessor:
             parsed=parsed,
             decision=decision,
         )
-        set_headers = plan.set_headers
         pinned_state: str | None = None
-        if pins is not None and key is not None:
+        if state is not None and key is not None:
+            pinned_state = AFFINITY_PINNED
             if decision is None:
-                pins.remember(key, plan.decision)
-                pinned_state = AFFINITY_NEW
-            else:
-                pinned_state = AFFINITY_PINNED
+                ttl_s = table.config.affinity.ttl_s
+                winner = await affinity.claim(state, key, plan.decision, ttl_s, table, requested)
+                if winner is None:
+                    pinned_state = AFFINITY_NEW
+                else:
+                    # Another worker or gateway pinned this session first: follow it.
+                    plan = plan_request(
+                        table,
+                        self._endpoint,
+                        self._headers,
+                        msg.body,
+                        parsed=parsed,
+                        decision=winner,
+                    )
+        set_headers = plan.set_headers
+        if pinned_state is not None:
             set_headers = (*set_headers, (DECISION_AFFINITY, pinned_state))
+        metadata: dict[str, str] = {}
+        if access.meters or self._client is not None:
+            set_headers = await self._account(plan.decision, msg.body, set_headers, metadata)
         self._telemetry.routed(table, plan, pinned_state)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
@@ -218,17 +255,80 @@ class RequestProcessor:
                 f" ({d.route})" if d.route else "",
                 d.cluster,
             )
-        return messages.body_response(set_headers, plan.remove_headers, plan.body)
+        response = messages.body_response(set_headers, plan.remove_headers, plan.body)
+        return messages.set_metadata(response, metadata)
 
-    def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
+    def _state(self) -> SharedState:
+        table = self._table
+        return process_state(
+            table.config.access.redis_url,
+            table.config.affinity.max_entries,
+            observe.shared_state_failed,
+        )
+
+    async def _account(
+        self,
+        decision: RoutingDecision,
+        body: bytes,
+        set_headers: tuple[tuple[str, str], ...],
+        metadata: dict[str, str],
+    ) -> tuple[tuple[str, str], ...]:
+        """The client's allow-list (403) and every token limit the request counts
+        against (429); then the ticket that has its answer's usage counted."""
+        access = self._table.config.access
+        client = self._client
+        if client is not None:
+            refused = gate.forbidden(client, decision.model, decision.alias)
+            if refused is not None:
+                raise refused
+            metadata["client"] = client.name
+            observe.client_answered(client.name, "routed")
+        estimate, counters = 0, ()
+        if access.counts_tokens:
+            estimate, counters = await gate.admit(
+                self._state(),
+                access,
+                client,
+                decision.model,
+                (decision.alias, decision.requested, decision.upstream_model),
+                self._headers,
+                body,
+            )
+        if not access.meters:
+            return set_headers
+        ticket = Ticket(
+            client.name if client is not None else None,
+            decision.provider.provider,
+            decision.model,
+            int(self._telemetry.started_at * 1000),
+            estimate,
+            tuple((c.key, c.window_s) for c in counters),
+        )
+        return (*set_headers, (USAGE_HEADER, ticket.header_value()))
+
+    async def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
         context = TranslationContext.from_header(headers.get(TRANSLATE_HEADER))
-        if context is None:
-            # Nothing to translate: the route was picked on a client's forged
-            # header before it was stripped. Leave the body alone.
+        ticket_value = headers.get(USAGE_HEADER)
+        if context is None and ticket_value is None:
+            # Nothing to translate or count: the route was picked on a client's
+            # forged header before it was stripped. Leave the body alone.
             return messages.response_headers_response()
-        self._api = context.client
-        remove = [TRANSLATE_HEADER]
+        ticket = Ticket.from_header(ticket_value)
+        # The response stream never saw the request's headers: these name the
+        # decision (echoed by the route) and carry Envoy's trace context.
+        self._headers = headers
+        remove = [TRANSLATE_HEADER] if context is not None else []
+        if ticket_value is not None:
+            remove.append(USAGE_HEADER)
+        if context is not None:
+            self._api = context.client
+        status = _status(headers)
+        if (msg.end_of_stream or status >= 300) and ticket is not None and ticket.counters:
+            # No answer to count: what the request was estimated at is given back.
+            await gate.settle(self._state(), ticket, None, refund=True)
+        if context is None:
+            return self._meter_native(headers, ticket, remove, msg.end_of_stream or status >= 300)
         if msg.end_of_stream:
             return messages.response_headers_response(remove_headers=remove)
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -239,9 +339,10 @@ class RequestProcessor:
                 "translate.",
                 code="upstream_encoding",
             )
-        status = _status(headers)
         created = int(time.time())
-        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        media_type = _media_type(headers)
+        if status < 300 and (media_type == _SSE_TYPE or _is_json(media_type)):
+            self._meter = _response_meter(headers, ticket, streamed=media_type == _SSE_TYPE)
         if status >= 300:
             # Errors are small JSON (or text) bodies: rewritten whole, in the
             # client's error shape, with the upstream's status kept.
@@ -259,14 +360,45 @@ class RequestProcessor:
             return messages.response_headers_response(
                 remove_headers=remove, body_mode=ResponseBodyMode.STREAMED
             )
-        if media_type == "application/json" or media_type.endswith("+json"):
+        if _is_json(media_type):
             self._response = _ResponseTranslation(context, status, created)
             return messages.response_headers_response(
                 remove_headers=remove, body_mode=ResponseBodyMode.BUFFERED
             )
         return messages.response_headers_response(remove_headers=remove)
 
-    def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
+    def _meter_native(
+        self, headers: dict[str, str], ticket: Ticket | None, remove: list[str], done: bool
+    ) -> ProcessingResponse:
+        """An answer in the client's own API whose usage is counted: the body
+        passes unchanged, streamed for SSE (each chunk reaches the client as it
+        comes) and buffered for JSON (usage is in the whole body)."""
+        media_type = _media_type(headers)
+        streamed = media_type == _SSE_TYPE
+        if done or not (streamed or _is_json(media_type)):
+            return messages.response_headers_response(remove_headers=remove)
+        self._meter = _response_meter(headers, ticket, streamed=streamed)
+        mode = ResponseBodyMode.STREAMED if streamed else ResponseBodyMode.BUFFERED
+        return messages.response_headers_response(remove_headers=remove, body_mode=mode)
+
+    async def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
+        meter = self._meter
+        if meter is None:
+            return self._translate_body(msg)
+        meter.feed(msg.body)
+        response = self._translate_body(msg) if self._response is not None else None
+        if response is None:
+            response = messages.body_unchanged_response()
+        if msg.end_of_stream:
+            self._meter = None
+            report = meter.finish()
+            observe.usage_reported(report, self._trace_context, self._headers)
+            if meter.ticket is not None:
+                await gate.settle(self._state(), meter.ticket, report.usage)
+            messages.set_metadata(response, report.log_fields())
+        return response
+
+    def _translate_body(self, msg: HttpBody) -> ProcessingResponse:
         translation = self._response
         if translation is None:
             return _pass_through("response_body")
@@ -289,9 +421,34 @@ class RequestProcessor:
 
     def _error(self, exc: GatewayError, phase: str | None) -> ProcessingResponse:
         self._telemetry.failed(exc, before_routing=phase in _REQUEST_PHASES)
+        if self._client is not None and phase in _REQUEST_PHASES:
+            observe.client_answered(self._client.name, exc.code)
         return messages.immediate_response(
             exc.status, error_body(self._api, exc), exc.headers, details=exc.code
         )
+
+
+def _media_type(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _response_meter(
+    headers: dict[str, str], ticket: Ticket | None, *, streamed: bool
+) -> ResponseMeter:
+    if ticket is not None:
+        return ResponseMeter(ticket, ticket.provider, ticket.model, streamed=streamed)
+    # A translated request without a ticket: the decision headers echoed onto
+    # the response name what answered.
+    return ResponseMeter(
+        None,
+        headers.get(DECISION_PROVIDER, ""),
+        headers.get(DECISION_MODEL, ""),
+        streamed=streamed,
+    )
 
 
 def _status(headers: dict[str, str]) -> int:
