@@ -148,3 +148,12 @@ def test_not_sse_gives_no_usage_and_no_error() -> None:
     meter = StreamMeter()
     meter.feed(b"\x00" * 100, now=0.0)
     assert meter.usage is None
+
+
+def test_the_last_event_finishes_a_stream() -> None:
+    for last in (b"data: [DONE]\n\n", b"event: message_stop\ndata: {}\n\n"):
+        meter = StreamMeter()
+        meter.feed(b'data: {"choices": []}\n\n', now=0.0)
+        assert not meter.finished
+        meter.feed(last, now=1.0)
+        assert meter.finished

@@ -53,6 +53,12 @@ class ResponseMeter:
         self._stream = StreamMeter() if streamed else None
         self._chunks: list[bytes] = []
 
+    @property
+    def finished(self) -> bool:
+        """A stream's last event went by: report now, the client may be gone
+        before the end of the body reaches Archway."""
+        return self._stream is not None and self._stream.finished
+
     def feed(self, chunk: bytes) -> None:
         if self._stream is not None:
             self._stream.feed(chunk, time.time())

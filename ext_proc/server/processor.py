@@ -389,7 +389,7 @@ class RequestProcessor:
         response = self._translate_body(msg) if self._response is not None else None
         if response is None:
             response = messages.body_unchanged_response()
-        if msg.end_of_stream:
+        if msg.end_of_stream or meter.finished:
             self._meter = None
             report = meter.finish()
             observe.usage_reported(report, self._trace_context, self._headers)

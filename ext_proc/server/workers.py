@@ -15,6 +15,11 @@ the shared port, the kernel hashes Envoy's few long-lived connections (one per
 Envoy thread) onto the workers, and two connections land on the same worker
 half the time, leaving the other idle.
 
+Session pins and token counters must be one across the workers: with more
+than one, the parent creates a SQLite file that every worker shares
+(``ext_proc.state.shared.FileState``, path in ``ARCHWAY_SHARED_STATE_FILE``)
+and removes it when the pool stops.
+
 The parent restarts a worker that dies, after a delay that doubles with each
 quick failure. Workers run in their own session (a terminal's Ctrl-C reaches
 only the parent, which then stops them in order) and get SIGTERM from the
@@ -28,12 +33,15 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from ext_proc.deploy.envoy_process import parent_death_prefix
+from ext_proc.state.shared import SHARED_STATE_FILE_ENV
 
 __all__ = ["READY_LINE", "WorkerError", "WorkerPool", "default_workers"]
 
@@ -141,6 +149,7 @@ class WorkerPool:
         self._supervisors: list[asyncio.Task[None]] = []
         self._drains: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._state_dir: Path | None = None
         self.restarts = 0
 
     @property
@@ -187,6 +196,11 @@ class WorkerPool:
     async def start(self) -> int:
         """Start every worker and wait until all accept streams; returns the port."""
         self._reserved = reserve_port(self.host, self._requested_port)
+        if self.count > 1 and not os.environ.get(SHARED_STATE_FILE_ENV):
+            # tmpfs where there is one: the file is small, hot and disposable.
+            shm = Path("/dev/shm")
+            parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+            self._state_dir = Path(tempfile.mkdtemp(prefix="archway-state-", dir=parent))
         if self._own_ports:
             self._own = [reserve_port(self.host, 0) for _ in range(self.count)]
         try:
@@ -202,6 +216,8 @@ class WorkerPool:
 
     async def _spawn(self, index: int) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self._state_dir is not None:
+            env[SHARED_STATE_FILE_ENV] = str(self._state_dir / "shared.sqlite")
         proc = await asyncio.create_subprocess_exec(
             *parent_death_prefix(),
             *self._command(index),
@@ -297,6 +313,8 @@ class WorkerPool:
             self._reserved.close()
         for sock in self._own:
             sock.close()
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

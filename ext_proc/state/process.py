@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import sqlite3
 from collections.abc import Callable
 
 from ext_proc.state.shared import SHARED_STATE_FILE_ENV, FailOpen, FileState, LocalState
 from ext_proc.state.shared import SharedState as SharedState
 
 __all__ = ["process_state", "reset_process_state"]
+
+log = logging.getLogger("archway.state")
 
 _current: tuple[tuple[str | None, str | None, int], SharedState] | None = None
 
@@ -41,7 +45,17 @@ def process_state(
 
         state = FailOpen(RedisState(redis_url), LocalState(max_pins), on_error=on_error)
     elif file is not None:
-        state = FailOpen(FileState(file, max_pins), LocalState(max_pins), on_error=on_error)
+        try:
+            shared: SharedState = FileState(file, max_pins)
+        except sqlite3.Error as exc:
+            log.error(
+                "cannot open the workers' shared state file %s (%s); pins and limits are "
+                "this worker's own",
+                file,
+                exc,
+            )
+            shared = LocalState(max_pins)
+        state = FailOpen(shared, LocalState(max_pins), on_error=on_error)
     else:
         state = LocalState(max_pins)
     if current is not None:

@@ -113,6 +113,7 @@ def usage_from_body(body: bytes) -> Usage | None:
 
 _ANTHROPIC_OUTPUT_EVENTS = frozenset({"content_block_delta", "content_block_start"})
 _RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_FINAL_EVENTS = _RESPONSES_DONE | {"message_stop"}
 
 
 class StreamMeter:
@@ -120,13 +121,17 @@ class StreamMeter:
     output arrived. Only events that can matter are parsed: before the first
     output every event, after it only those that mention ``usage``."""
 
-    __slots__ = ("_decoder", "first_output_at", "usage")
+    __slots__ = ("_decoder", "finished", "first_output_at", "usage")
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self.usage: Usage | None = None
         self.first_output_at: float | None = None
         """The ``now`` of the ``feed`` call that carried the first output token."""
+        self.finished = False
+        """The stream's last event went by (``[DONE]``, ``message_stop``,
+        ``response.completed``): clients close the connection on it, often
+        before the body's end reaches Archway, so usage is reported here."""
 
     def feed(self, chunk: bytes, now: float) -> None:
         """Read ``chunk``; a stream that is not SSE stops being read (no usage)."""
@@ -137,6 +142,8 @@ class StreamMeter:
             return
         for event in events:
             data = event.data
+            if data == "[DONE]" or event.event in _FINAL_EVENTS:
+                self.finished = True
             if self.first_output_at is None:
                 if self._is_output(event.event, data):
                     self.first_output_at = now
