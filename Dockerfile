@@ -11,8 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 # Only what the package needs, so edits to tests or docs do not rebuild the layer.
-# README* may be absent: the glob keeps COPY from failing then.
-COPY pyproject.toml README* ./
+# README.md is the package's long description: pyproject names it, the build reads it.
+COPY pyproject.toml README.md ./
 COPY ext_proc ./ext_proc
 RUN pip install . && rm -rf /src
 

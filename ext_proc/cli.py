@@ -225,10 +225,17 @@ def _metrics_port(value: str) -> int | str:
 def _start_observability(config: Config, args: argparse.Namespace) -> ProcessObservability:
     """Before any metric exists: one metrics directory for this process and the
     workers it may start; then the endpoint and tracing."""
-    from ext_proc.telemetry.metrics import use_multiprocess_dir
+    from ext_proc.telemetry.metrics import MULTIPROC_DIR_ENV, use_multiprocess_dir
     from ext_proc.telemetry.observe import ProcessObservability
 
-    use_multiprocess_dir()
+    try:
+        use_multiprocess_dir()
+    except OSError as exc:
+        # A read-only root with no writable /tmp (a Kubernetes pod without its volume).
+        raise SystemExit(
+            f"archway: cannot create the metrics directory ({exc.strerror or exc}); "
+            f"point TMPDIR or {MULTIPROC_DIR_ENV} at a writable directory"
+        ) from None
     port = config.gateway.metrics_port if args.metrics_port is None else args.metrics_port
     address = args.metrics_address or config.gateway.metrics_address
     try:

@@ -1,11 +1,16 @@
-"""Shared fixtures: the tiny Arch-Router-shaped model, built once per test run."""
+"""Shared fixtures, built once per test run: the tiny Arch-Router-shaped model,
+and Archway installed from its wheel."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.installed import Installation
 
 
 @dataclass(frozen=True)
@@ -55,3 +60,12 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> TinyEncoder:
     build_model(hf_dir)
     ct2_dir = convert_encoder(hf_dir, root / "ct2", quantization="float32")
     return TinyEncoder(hf_dir, ct2_dir)
+
+
+@pytest.fixture(scope="session")
+def installed_archway(tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    """The sdist, the wheel built from it, and a fresh venv with the wheel
+    installed (not editable); shared by test_install.py and test_container_paths.py."""
+    from tests.installed import build_and_install
+
+    return build_and_install(tmp_path_factory.mktemp("archway-install"))

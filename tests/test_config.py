@@ -1173,6 +1173,13 @@ def test_arch_router_needs_a_model_path_and_remote_an_endpoint(tmp_path: Path) -
     assert any("missing required key 'model'" in line for line in found)
 
 
+def test_remote_router_with_an_empty_required_key_is_an_error(tmp_path: Path) -> None:
+    # Once silently no router at all; now said, like a missing key.
+    section = "router:\n  endpoint: http://127.0.0.1:8000/v1\n  model:\n"
+    found = problems(tmp_path, MINIMAL + PREFERENCES + section)
+    assert len(found) == 1 and "router: missing required key 'model'" in found[0]
+
+
 def test_router_without_preferences_warns(tmp_path: Path) -> None:
     config = load(tmp_path, MINIMAL + f"router:\n  model_path: {tmp_path}\n")
     assert config.router is not None

@@ -10,6 +10,7 @@ renderers::
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -24,7 +25,12 @@ import yaml
 
 from ext_proc.cli import main
 from ext_proc.config import Config, ConfigError, load_config, load_config_text
-from ext_proc.deploy.bootstrap import EXT_PROC_CLUSTER, EXT_PROC_HEALTH_CHECK, buffer_limit_bytes
+from ext_proc.deploy.bootstrap import (
+    EXT_PROC_CLUSTER,
+    EXT_PROC_HEALTH_CHECK,
+    TRANSLATION_FILTER,
+    buffer_limit_bytes,
+)
 from ext_proc.deploy.echo import EchoUpstream
 from ext_proc.deploy.envoy_process import EnvoyProcess, validate_bootstrap
 from ext_proc.deploy.kubernetes import (
@@ -39,7 +45,7 @@ from ext_proc.deploy.kubernetes import (
     kubernetes_files,
     secret_command,
 )
-from ext_proc.headers import ROUTE_HEADER
+from ext_proc.headers import ROUTE_HEADER, TRANSLATE_HEADER
 from ext_proc.routing.catalog import upstream_for
 from ext_proc.server.health import EXT_PROC_SERVICE
 from tests.gateway import ServerThread
@@ -288,6 +294,50 @@ def test_archway_runs_probed_scaled_and_unprivileged(example: dict[str, list[Man
     assert service["spec"]["ports"][0]["port"] == 9002
 
 
+def test_metrics_are_scrapable_from_other_pods(example: dict[str, list[Manifest]]) -> None:
+    manifests = example["plain/archway.yaml"]
+    template = only(manifests, "Deployment")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--metrics-address") + 1] == "0.0.0.0"
+    port = int(args[args.index("--metrics-port") + 1])
+    assert port == load_config(EXAMPLE_CONFIG, environ=KEYS).gateway.metrics_port
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    service_ports = {p["name"]: p for p in only(manifests, "Service")["spec"]["ports"]}
+    assert service_ports["metrics"]["port"] == port
+    assert service_ports["metrics"]["targetPort"] == "metrics"
+
+
+def test_a_pod_without_metrics_exposes_none_and_a_free_port_is_refused() -> None:
+    text = EXAMPLE_CONFIG.read_text() + "\narchway:\n  metrics_port: {}\n"
+    pod = only(render(text.format("off"))["plain/archway.yaml"], "Deployment")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert "--metrics-port" not in container["args"]
+    assert [p["name"] for p in container["ports"]] == ["grpc"]
+    assert not any(a.startswith("prometheus.io/") for a in pod["metadata"]["annotations"])
+    with pytest.raises(ValueError, match="metrics_port is 0"):
+        render(text.format(0))
+
+
+def test_archway_writes_only_to_its_tmp_volume(example: dict[str, list[Manifest]]) -> None:
+    pod = only(example["plain/archway.yaml"], "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    # serve's Prometheus multi-process directory goes under /tmp (TMPDIR unset).
+    assert not mounts["/tmp"].get("readOnly", False)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert all(m.get("readOnly") for path, m in mounts.items() if path != "/tmp")
+    assert "env" not in container or not any(
+        e["name"] in ("TMPDIR", "PROMETHEUS_MULTIPROC_DIR") for e in container["env"]
+    )
+
+
 def test_envoy_reaches_archway_through_its_service_dns_name(
     example: dict[str, list[Manifest]],
 ) -> None:
@@ -409,9 +459,11 @@ def test_the_extension_policy_sends_headers_and_buffered_bodies_to_archway(
             "port": service["spec"]["ports"][0]["port"],
         }
     ]
-    # Request headers and the whole body; responses not sent unless Archway asks.
+    # Request headers and the whole body; response headers, so that Archway can
+    # switch a translated response's body on (see the test with a real Envoy below).
     assert ext_proc["processingMode"] == {
         "request": {"body": "Buffered"},
+        "response": {},
         "allowModeOverride": True,
     }
     assert ext_proc["failOpen"] is False
@@ -577,13 +629,36 @@ def _envoy_routes_from_http_routes(routes: list[Manifest]) -> list[dict[str, Any
     return sorted(translated, key=lambda r: -len(r["match"].get("headers", [])))
 
 
+def _ext_proc_filter_from_policy(policy: Manifest, http_filters: list[dict[str, Any]]) -> None:
+    """Envoy Gateway's one ext_proc filter in place of the bootstrap's two: the
+    routing filter with the EnvoyExtensionPolicy's processing mode, and no
+    translation filter (Envoy Gateway has no per-route one)."""
+    (ext_proc,) = policy["spec"]["extProc"]
+    mode = ext_proc["processingMode"]
+    body_modes = {"Buffered": "BUFFERED", "Streamed": "STREAMED", None: "NONE"}
+    processing_mode = {
+        "request_header_mode": "SEND" if "request" in mode else "SKIP",
+        "request_body_mode": body_modes[mode.get("request", {}).get("body")],
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": "SEND" if "response" in mode else "SKIP",
+        "response_body_mode": body_modes[mode.get("response", {}).get("body")],
+        "response_trailer_mode": "SKIP",
+    }
+    http_filters[:] = [f for f in http_filters if f["name"] != TRANSLATION_FILTER]
+    (routing,) = [f for f in http_filters if f["name"] == "envoy.filters.http.ext_proc"]
+    routing["typed_config"]["processing_mode"] = processing_mode
+    routing["typed_config"]["allow_mode_override"] = mode["allowModeOverride"]
+
+
 def test_the_header_routes_route_after_archway_decides(tmp_path: Path) -> None:
     from ext_proc.deploy.bootstrap import bootstrap_dict
 
     with EchoUpstream(name="openai") as openai, EchoUpstream(name="anthropic") as anthropic:
         text = TWO_UPSTREAMS.format(openai=openai.base_url, anthropic=anthropic.base_url)
         config = load_config_text(text, environ=TWO_KEYS)
-        routes = kubernetes_files(config, text, KubernetesOptions())["envoy-gateway/routes.yaml"]
+        files = kubernetes_files(config, text, KubernetesOptions())
+        routes = files["envoy-gateway/routes.yaml"]
+        policy = only(files["envoy-gateway/gateway.yaml"], "EnvoyExtensionPolicy")
         server = ServerThread(config)
         envoy = EnvoyProcess(output=tmp_path / "envoy.log")
         try:
@@ -592,6 +667,7 @@ def test_the_header_routes_route_after_archway_decides(tmp_path: Path) -> None:
             (listener,) = data["static_resources"]["listeners"]
             listener["address"]["socket_address"]["port_value"] = 0
             hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            _ext_proc_filter_from_policy(policy, hcm["http_filters"])
             hcm["route_config"] = {
                 "name": "gateway_api",
                 "virtual_hosts": [
@@ -608,7 +684,7 @@ def test_the_header_routes_route_after_archway_decides(tmp_path: Path) -> None:
             url = f"http://127.0.0.1:{client_port}"
 
             # A client's own x-archway-cluster is stripped before Archway sets the real one.
-            status, headers, _ = _post(
+            status, headers, body = _post(
                 url,
                 b'{"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}',
                 {ROUTE_HEADER: "openai"},
@@ -616,11 +692,29 @@ def test_the_header_routes_route_after_archway_decides(tmp_path: Path) -> None:
             assert status == 200
             assert headers["x-archway-model"] == "anthropic/claude-sonnet-4-5"
             assert "x-archway-route" not in headers
-            # Translated to Anthropic's own API (issue 4).
+            # Translated to Anthropic's own API (issue 4)...
             assert [r.path for r in anthropic.requests] == ["/v1/messages"]
             assert anthropic.requests[0].headers["x-api-key"] == "sk-ant-test"
             assert anthropic.requests[0].headers["host"] == "127.0.0.1"
             assert openai.requests == []
+            # ...and the answer translated back: the OpenAI client gets a chat completion.
+            completion = json.loads(body)
+            assert completion["object"] == "chat.completion", completion
+            (choice,) = completion["choices"]
+            assert choice["message"]["role"] == "assistant"
+            assert "echo from anthropic: POST /v1/messages" in choice["message"]["content"]
+            assert headers["content-type"].startswith("application/json")
+            assert int(headers["content-length"]) == len(body)
+            assert TRANSLATE_HEADER not in headers
+
+            status, headers, body = _post(
+                url, b'{"model": "gpt-5", "stream": true, "messages": []}'
+            )
+            # An untranslated stream passes as the provider sent it.
+            assert status == 200 and headers["x-archway-provider"] == "openai"
+            assert TRANSLATE_HEADER not in headers
+            assert body.startswith(b"data: ") and body.rstrip().endswith(b"data: [DONE]")
+            openai.clear()
 
             status, headers, _ = _post(url, b'{"model": "gpt-5"}')
             assert status == 200 and headers["x-archway-provider"] == "openai"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import ext_proc.config as config_module
-from ext_proc.config import load_config
+from ext_proc.config import ConfigError, load_config, load_config_text
 from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT
 from ext_proc.router.factory import build_router
 from ext_proc.router.remote import RemoteArchRouter
@@ -125,5 +124,12 @@ def test_no_router_without_a_router_section_or_routes(tmp_path: Path) -> None:
     assert build_router(load_config(path)) is None
 
 
-def test_config_reserves_the_routers_reason_names() -> None:
-    assert config_module._RESERVED_ROUTES == (ROUTE_OTHER, ROUTE_ERROR, ROUTE_TIMEOUT)
+@pytest.mark.parametrize("reason", [ROUTE_OTHER, ROUTE_ERROR, ROUTE_TIMEOUT])
+def test_config_reserves_the_routers_reason_names(reason: str) -> None:
+    text = (
+        "llm_providers:\n  - model: openai/gpt-5.2\n    access_key: k\n"
+        f"routing_preferences:\n  - name: {reason}\n    description: d\n"
+        "    models: [openai/gpt-5.2]\n"
+    )
+    with pytest.raises(ConfigError, match=f"'{reason}' is reserved"):
+        load_config_text(text)

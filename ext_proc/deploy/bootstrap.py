@@ -59,6 +59,7 @@ __all__ = [
     "HealthCheckTiming",
     "bootstrap_dict",
     "buffer_limit_bytes",
+    "distinct_upstreams",
     "is_ip_address",
     "render_bootstrap",
 ]
@@ -261,7 +262,7 @@ def bootstrap_dict(
     clusters = [_ext_proc_cluster(host, list(ext_proc_ports) or [port], gateway)]
     clusters += [
         _upstream_cluster(upstream, config.overrides, gateway)
-        for upstream in _distinct_upstreams(config)
+        for upstream in distinct_upstreams(config)
     ]
     clusters += [
         _failover_cluster(name, chain, config.overrides, gateway)
@@ -856,7 +857,7 @@ def _ext_proc_health_check(timing: HealthCheckTiming) -> dict[str, Any]:
     }
 
 
-def _distinct_upstreams(config: Config) -> list[Upstream]:
+def distinct_upstreams(config: Config) -> list[Upstream]:
     """One upstream per cluster name, in config order.
 
     Providers sharing a cluster must agree on the endpoint: Envoy has one Host

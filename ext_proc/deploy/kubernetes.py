@@ -11,7 +11,8 @@ Deployment, headless Service, HorizontalPodAutoscaler, PodDisruptionBudget):
   request to whichever pod it reached first, whatever the autoscaler adds.
 - **envoy-gateway** (``gateway_manifests`` and ``route_manifests``): Envoy
   Gateway runs Envoy. A Gateway carries the listeners, an EnvoyExtensionPolicy
-  sends every request through Archway, and one HTTPRoute per upstream matches
+  sends every request through Archway (and every response's headers, so that
+  Archway can translate a response back), and one HTTPRoute per upstream matches
   the ``x-archway-cluster`` header that Archway sets, forwarding to a Backend
   (with a BackendTLSPolicy for https upstreams).
 
@@ -39,10 +40,11 @@ from ext_proc.deploy.bootstrap import (
     EXT_PROC_HEALTH_CHECK,
     bootstrap_dict,
     buffer_limit_bytes,
+    distinct_upstreams,
     is_ip_address,
 )
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER
-from ext_proc.routing.catalog import Upstream, upstream_for
+from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
+from ext_proc.routing.catalog import Upstream
 from ext_proc.routing.plan import CREDENTIAL_HEADERS
 from ext_proc.server.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE
 
@@ -54,6 +56,7 @@ __all__ = [
     "ENVOY_NAME",
     "ENVOY_PROBE_PORT",
     "GATEWAY_NAME",
+    "METRICS_PORT_NAME",
     "SECRET_NAME",
     "KubernetesOptions",
     "Manifest",
@@ -84,6 +87,10 @@ SECRET_NAME = "archway-provider-keys"
 ENVOY_PROBE_PORT = 9902
 """Envoy's readiness endpoint for the kubelet (``GET /ready``). The admin API
 stays on the pod's loopback: anyone who reaches it can stop Envoy."""
+
+METRICS_PORT_NAME = "metrics"
+TMP_DIR = "/tmp"
+_TMP_SIZE_LIMIT = "64Mi"
 
 CONFIG_DIR = "/etc/archway"
 CONFIG_FILE = "config.yaml"
@@ -282,7 +289,7 @@ def archway_manifests(
     return [
         config_map,
         _archway_deployment(config, config_text, options),
-        _archway_service(port, options),
+        _archway_service(port, _metrics_port(config), options),
         _archway_autoscaler(options),
         {
             "apiVersion": "policy/v1",
@@ -299,21 +306,29 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
         {"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": name}}}
         for name in env_references(config_text)
     ]
+    metrics_port = _metrics_port(config)
+    args = [
+        "serve",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+        "--address",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--drain-seconds",
+        _seconds(DEFAULT_DRAIN_S),
+    ]
+    ports = [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    if metrics_port is not None:
+        # The config's metrics address is for a laptop (loopback); in a pod the
+        # scraper comes from another pod, through the pod's own IP.
+        args += ["--metrics-address", "0.0.0.0", "--metrics-port", str(metrics_port)]
+        ports.append({"name": METRICS_PORT_NAME, "containerPort": metrics_port, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": ARCHWAY_NAME,
         "image": options.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": [
-            "serve",
-            f"{CONFIG_DIR}/{CONFIG_FILE}",
-            "--address",
-            "0.0.0.0",
-            "--port",
-            str(port),
-            "--drain-seconds",
-            _seconds(DEFAULT_DRAIN_S),
-        ],
-        "ports": [{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        "args": args,
+        "ports": ports,
     }
     if env:
         container["env"] = env
@@ -341,7 +356,12 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
             "limits": {"cpu": "1", "memory": "1Gi"},
         },
         "securityContext": _restricted_container(),
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            # The root filesystem is read-only, and `serve` keeps its Prometheus
+            # multi-process files in a fresh directory under TMPDIR (/tmp).
+            {"name": "tmp", "mountPath": TMP_DIR},
+        ],
     }
     return {
         "apiVersion": "apps/v1",
@@ -358,7 +378,8 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
             "template": {
                 "metadata": {
                     "labels": _metadata(ARCHWAY_NAME, None, "ext-proc")["labels"],
-                    "annotations": _checksum("config", config_text),
+                    "annotations": _checksum("config", config_text)
+                    | _scrape_annotations(metrics_port),
                 },
                 "spec": {
                     # Archway never talks to the Kubernetes API.
@@ -367,7 +388,10 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
                     "securityContext": _non_root_pod(_ARCHWAY_UID),
                     "containers": [container],
                     "volumes": [
-                        {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}}
+                        {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
+                        # A few MiB per process; a killed process leaves its directory
+                        # behind until the pod goes, hence the headroom.
+                        {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
                     ],
                 },
             },
@@ -375,7 +399,48 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
     }
 
 
-def _archway_service(port: int, options: KubernetesOptions) -> Manifest:
+def _metrics_port(config: Config) -> int | None:
+    port = config.gateway.metrics_port
+    if port == 0:
+        raise ValueError(
+            "archway.metrics_port is 0; Kubernetes needs a fixed port to scrape "
+            "(or metrics_port: off)"
+        )
+    return port
+
+
+def _scrape_annotations(metrics_port: int | None) -> dict[str, str]:
+    """The ``prometheus.io/*`` convention that Prometheus' stock Kubernetes pod
+    discovery job (``kubernetes-pods``) follows."""
+    if metrics_port is None:
+        return {}
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def _archway_service(port: int, metrics_port: int | None, options: KubernetesOptions) -> Manifest:
+    ports: list[dict[str, Any]] = [
+        {
+            "name": "grpc",
+            "port": port,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        }
+    ]
+    if metrics_port is not None:
+        # Named, so that a ServiceMonitor (Prometheus Operator) can select it.
+        ports.append(
+            {
+                "name": METRICS_PORT_NAME,
+                "port": metrics_port,
+                "targetPort": METRICS_PORT_NAME,
+                "protocol": "TCP",
+            }
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -385,15 +450,7 @@ def _archway_service(port: int, options: KubernetesOptions) -> Manifest:
             # health-checks pods rather than one virtual IP (see the module doc).
             "clusterIP": "None",
             "selector": _selector(ARCHWAY_NAME),
-            "ports": [
-                {
-                    "name": "grpc",
-                    "port": port,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "kubernetes.io/h2c",
-                }
-            ],
+            "ports": ports,
         },
     }
 
@@ -639,14 +696,6 @@ def _listener_sections(config: Config) -> dict[str, str]:
     return _unique_labels([lst.name for lst in config.listeners], "listeners")
 
 
-def _distinct_upstreams(config: Config) -> list[Upstream]:
-    seen: dict[str, Upstream] = {}
-    for provider in config.providers:
-        upstream = upstream_for(provider)
-        seen.setdefault(upstream.cluster, upstream)
-    return list(seen.values())
-
-
 def _gateway_ref() -> dict[str, str]:
     return {"group": _GATEWAY_API, "kind": "Gateway", "name": GATEWAY_NAME}
 
@@ -678,9 +727,17 @@ def gateway_manifests(config: Config, options: KubernetesOptions) -> list[Manife
         },
         "messageTimeout": _gateway_duration(gateway.message_timeout_s),
         "failOpen": gateway.failure_mode_allow,
-        # Headers and the whole body (the model is in the body); responses pass
-        # untouched unless Archway switches them on for one request.
-        "processingMode": {"request": {"body": "Buffered"}, "allowModeOverride": True},
+        # Headers and the whole body (the model is in the body), and the response
+        # headers: Envoy Gateway has one ext_proc filter and no per-route
+        # override, so a translated request's response can only be switched on
+        # from this stream, and Envoy honours a body-mode override only in answer
+        # to a headers message. Untranslated responses cost one short round trip
+        # and pass untouched; translated ones get their body translated back.
+        "processingMode": {
+            "request": {"body": "Buffered"},
+            "response": {},
+            "allowModeOverride": True,
+        },
     }
     return [
         {
@@ -732,7 +789,7 @@ def route_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
     listener one route without the header, so that every request matches a route
     and passes through Archway first."""
     sections = _listener_sections(config)
-    upstreams = _distinct_upstreams(config)
+    upstreams = distinct_upstreams(config)
     cluster_labels = _unique_labels([u.cluster for u in upstreams], "clusters")
     manifests: list[Manifest] = []
     for upstream in upstreams:
@@ -784,11 +841,15 @@ def _backend_tls_policy(name: str, upstream: Upstream, options: KubernetesOption
 
 def _decision_headers_filter() -> dict[str, Any]:
     # Envoy Gateway passes Envoy's %REQ(...)% formatters through, so the client
-    # sees the decision that Archway set on the request, as in setup (a).
+    # sees the decision that Archway set on the request, as in setup (a). The
+    # translation header goes the same way, to the ext_proc filter only: the
+    # route adds it before the filters see the response, Archway reads the
+    # direction from it and removes it (an absent one stays absent).
+    echoed = (*CLIENT_DECISION_HEADERS, TRANSLATE_HEADER)
     return {
         "type": "ResponseHeaderModifier",
         "responseHeaderModifier": {
-            "set": [{"name": name, "value": f"%REQ({name})%"} for name in CLIENT_DECISION_HEADERS]
+            "set": [{"name": name, "value": f"%REQ({name})%"} for name in echoed]
         },
     }
 

@@ -1,22 +1,31 @@
 """From a config to a running preference router: the one place that knows every
-backend. A backend registers a builder under its ``router.backend`` name."""
+backend. A backend registers, under its ``router.backend`` name, its builder and
+its options class (``setting`` fields, which the config loader reads)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ext_proc.config import (
+from ext_proc.config.types import (
     ArchRouterOptions,
     Config,
     EmbeddingRouterOptions,
     RemoteRouterOptions,
+    RouterOptions,
     RouterSettings,
 )
 from ext_proc.router import PreferenceRouter, Route
 from ext_proc.router.service import ConfiguredRouter
 
-__all__ = ["BACKENDS", "Backend", "RouterUnavailableError", "build_router", "routes_of"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendKind",
+    "RouterUnavailableError",
+    "build_router",
+    "routes_of",
+]
 
 
 class RouterUnavailableError(Exception):
@@ -117,10 +126,34 @@ def _embedding(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
     return Backend(router, router.count_tokens)
 
 
-BACKENDS: dict[str, Callable[[RouterSettings, tuple[Route, ...]], Backend]] = {
-    "arch_router": _arch_router,
-    "remote": _remote,
-    "embedding": _embedding,
+@dataclass(frozen=True)
+class BackendKind:
+    """One ``router.backend``: how to build it and what its config holds."""
+
+    options: type[RouterOptions]
+    build: Callable[[RouterSettings, tuple[Route, ...]], Backend]
+    model_dir: str | None = None
+    """What ``router.model_path`` must hold, for messages; ``None``: it is optional
+    (a tokenizer that makes the token budget exact)."""
+    convert: str = "archway router convert"
+    """The command that makes that directory."""
+
+
+BACKENDS: dict[str, BackendKind] = {
+    # Arch-Router in-process on CTranslate2.
+    "arch_router": BackendKind(
+        ArchRouterOptions, _arch_router, model_dir="a converted Arch-Router directory"
+    ),
+    # Arch-Router served elsewhere behind an OpenAI-compatible endpoint.
+    "remote": BackendKind(RemoteRouterOptions, _remote),
+    # A sentence encoder on CTranslate2 that compares the conversation with the
+    # routes (milliseconds on a CPU).
+    "embedding": BackendKind(
+        EmbeddingRouterOptions,
+        _embedding,
+        model_dir="a converted sentence encoder (archway router convert --encoder)",
+        convert="archway router convert --encoder",
+    ),
 }
 
 
@@ -131,10 +164,10 @@ def build_router(config: Config) -> ConfiguredRouter | None:
     routes = routes_of(config)
     if settings is None or not routes:
         return None
-    builder = BACKENDS.get(settings.backend)
-    if builder is None:
+    kind = BACKENDS.get(settings.backend)
+    if kind is None:
         raise RouterUnavailableError(f"unknown router backend {settings.backend!r}")
-    backend = builder(settings, routes)
+    backend = kind.build(settings, routes)
     return ConfiguredRouter(
         backend=backend.router,
         route_names=frozenset(r.name for r in routes),

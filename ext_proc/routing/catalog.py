@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from ext_proc.config import ProviderConfig
+from ext_proc.config.types import ProviderConfig
 
 __all__ = [
     "CATALOG",

@@ -1,22 +1,20 @@
 """The config sections of access control: Plano's ``ratelimits``, and Archway's
 ``archway.clients`` and ``archway.redis``.
 
-Written against the config reader's interface (``mapping``, ``sequence``,
-``text``, ``integer``, ``error``, ``warn``...), so that it reads nodes, reports
-problems with their line and fix, and substitutes ``$VARIABLES`` as every other
-section does. Plano's ``ratelimits`` load unchanged; a rate limit for a model
-the config does not serve is a warning (Plano would ignore it too).
+Plano's ``ratelimits`` load unchanged; a rate limit for a model the config
+does not serve is a warning (Plano would ignore it too). The data is
+``ext_proc.access.policy``'s, which the gateway applies per request.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Any
 
 import yaml
 
 from ext_proc.access.policy import UNITS, AccessSettings, Client, RateLimit, TokenLimit, hash_key
+from ext_proc.config.reader import Reader
 
 __all__ = ["ACCESS_GATEWAY_KEYS", "read_access"]
 
@@ -33,7 +31,7 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def read_access(
-    r: Any,
+    r: Reader,
     ratelimits: yaml.Node | None,
     session_cache: yaml.Node | None,
     archway: dict[str, yaml.Node],
@@ -70,7 +68,9 @@ def read_access(
     )
 
 
-def _session_cache(r: Any, node: yaml.Node | None) -> tuple[str | bool | None, str | None] | None:
+def _session_cache(
+    r: Reader, node: yaml.Node | None
+) -> tuple[str | bool | None, str | None] | None:
     """Plano's ``routing.session_cache``: ``(redis URL, tenant header)``; ``None`` if broken."""
     fields = r.mapping(node, "routing.session_cache", ("type", "url", "tenant_header"))
     if fields is None:
@@ -98,7 +98,7 @@ def _serves(name: str, models: Collection[str], aliases: Collection[str]) -> boo
     return bool(sep) and f"{provider}/*" in models
 
 
-def _limit(r: Any, node: yaml.Node | None, path: str) -> TokenLimit | None:
+def _limit(r: Reader, node: yaml.Node | None, path: str) -> TokenLimit | None:
     fields = r.mapping(node, path, _LIMIT_KEYS)
     if fields is None:
         return None
@@ -117,7 +117,7 @@ def _limit(r: Any, node: yaml.Node | None, path: str) -> TokenLimit | None:
 
 
 def _ratelimits(
-    r: Any, node: yaml.Node | None, models: Collection[str], aliases: Collection[str]
+    r: Reader, node: yaml.Node | None, models: Collection[str], aliases: Collection[str]
 ) -> tuple[RateLimit, ...] | None:
     entries = r.sequence(node, "ratelimits")
     if entries is None:
@@ -171,7 +171,7 @@ def _ratelimits(
 
 
 def _clients(
-    r: Any, node: yaml.Node | None, models: Collection[str], aliases: Collection[str]
+    r: Reader, node: yaml.Node | None, models: Collection[str], aliases: Collection[str]
 ) -> tuple[Client, ...] | None:
     entries = r.sequence(node, "archway.clients")
     if entries is None:
@@ -238,7 +238,7 @@ def _clients(
 
 
 def _client_digest(
-    r: Any, entry: yaml.Node, fields: dict[str, yaml.Node], path: str
+    r: Reader, entry: yaml.Node, fields: dict[str, yaml.Node], path: str
 ) -> bytes | None:
     if ("key" in fields) == ("key_sha256" in fields):
         r.error(
@@ -271,7 +271,7 @@ def _client_digest(
             "keep keys out of the file: key: $TEAM_A_KEY, or key_sha256: <digest>",
         )
         return None
-    missing_ok = bool(getattr(r, "allow_missing_env", False))
+    missing_ok = r.allow_missing_env
     key = r.expand(raw, fields["key"], f"{path}.key", missing_ok=missing_ok)
     if not key:
         # A tool that sends no requests (render) may load a config whose keys are
@@ -280,7 +280,7 @@ def _client_digest(
     return hash_key(key)
 
 
-def _redis(r: Any, node: yaml.Node | None, path: str) -> str | bool | None:
+def _redis(r: Reader, node: yaml.Node | None, path: str) -> str | bool | None:
     """The URL, ``None`` when absent, ``False`` when broken."""
     if node is None:
         return None
