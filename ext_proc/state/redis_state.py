@@ -15,6 +15,7 @@ requests, and ``FailOpen`` lets them through while it is away.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,14 @@ total = redis.call('INCRBY', KEYS[1], amount)
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 return {1, total}
 """
+
+
+async def _in_task() -> None:
+    """redis-py's timeouts need a current task; the h2grpc transport runs a
+    stream's first step eagerly, outside one, until its first wait. A bare
+    yield is that wait: the rest runs in a task."""
+    if asyncio.current_task() is None:
+        await asyncio.sleep(0)
 
 
 class RedisState:
@@ -62,16 +71,19 @@ class RedisState:
         self._clock = clock
 
     async def claim_pin(self, key: str, value: str, ttl_s: float) -> str | None:
+        await _in_task()
         held = await self._client.set(
             KEY_PREFIX + "pin:" + key, value, nx=True, get=True, px=max(1, int(ttl_s * 1000))
         )
         return None if held is None else str(held)
 
     async def get_pin(self, key: str) -> str | None:
+        await _in_task()
         held = await self._client.get(KEY_PREFIX + "pin:" + key)
         return None if held is None else str(held)
 
     async def drop_pin(self, key: str) -> None:
+        await _in_task()
         await self._client.delete(KEY_PREFIX + "pin:" + key)
 
     def _counter(self, key: str, window_s: int) -> tuple[str, float, float]:
@@ -80,11 +92,13 @@ class RedisState:
         return f"{KEY_PREFIX}tokens:{key}:{index}", end, now
 
     async def admit(self, key: str, amount: int, limit: int, window_s: int) -> Admission:
+        await _in_task()
         name, end, now = self._counter(key, window_s)
         allowed, total = await self._admit(keys=[name], args=[amount, limit, int(end * 1000)])
         return Admission(bool(allowed), int(total), end - now)
 
     async def add(self, key: str, amount: int, window_s: int) -> None:
+        await _in_task()
         name, end, _ = self._counter(key, window_s)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.incrby(name, amount)
