@@ -6,7 +6,8 @@ Each operation is one round trip and atomic on the server:
   already there comes back in the same command (Redis 7.0 or later);
 - admitting a request is a Lua script (checked and added in one step, so two
   replicas cannot both take the last tokens of a window);
-- a correction once usage is known is ``INCRBY`` + ``PEXPIREAT`` in ``MULTI``.
+- a correction once usage is known is ``INCRBY`` + ``PEXPIREAT`` in one
+  script (atomic, and one round trip where ``MULTI``/``EXEC`` takes three).
 
 Counter keys carry their window index, and expire when the window ends.
 Connection and socket timeouts are short: a slow Redis must not hold up
@@ -48,6 +49,14 @@ async def _in_task() -> None:
         await asyncio.sleep(0)
 
 
+# KEYS[1] counter; ARGV: amount, expire-at (ms). One script, one round trip.
+_ADD = """
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 0
+"""
+
+
 class RedisState:
     kind = "redis"
 
@@ -68,6 +77,7 @@ class RedisState:
             decode_responses=True,
         )
         self._admit = self._client.register_script(_ADMIT)
+        self._add = self._client.register_script(_ADD)
         self._clock = clock
 
     async def claim_pin(self, key: str, value: str, ttl_s: float) -> str | None:
@@ -100,10 +110,7 @@ class RedisState:
     async def add(self, key: str, amount: int, window_s: int) -> None:
         await _in_task()
         name, end, _ = self._counter(key, window_s)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.incrby(name, amount)
-            pipe.pexpireat(name, int(end * 1000))
-            await pipe.execute()
+        await self._add(keys=[name], args=[amount, int(end * 1000)])
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -200,6 +200,9 @@ class GatewayMetrics:
             ["store", "operation"],
             registry=registry,
         )
+        self._tokens: dict[tuple[str, ...], Any] = {}
+        self._client_tokens: dict[tuple[str, ...], Any] = {}
+        self._client_requests: dict[tuple[str, ...], Any] = {}
         self._routed: dict[tuple[str, str], Any] = {}
         self._failed: dict[str, Any] = {}
         self._errors: dict[str, Any] = {}
@@ -262,9 +265,13 @@ class GatewayMetrics:
         for kind in TOKEN_TYPES:
             value = getattr(counts, f"{kind}_tokens")
             if value:
-                self.tokens.labels(provider, model, kind).inc(value)
+                key = (provider, model, kind)
+                child = self._tokens.get(key)
+                if child is None:
+                    child = self._tokens[key] = self.tokens.labels(*key)
+                child.inc(value)
                 if client is not None:
-                    self.client_tokens.labels(client, kind).inc(value)
+                    self._child(self._client_tokens, self.client_tokens, (client, kind)).inc(value)
 
     def stream_timing(
         self, provider: str, model: str, first_token_s: float, per_token_s: float | None
@@ -274,7 +281,14 @@ class GatewayMetrics:
             self.time_per_output_token.labels(provider, model).observe(per_token_s)
 
     def client_request(self, client: str, outcome: str) -> None:
-        self.client_requests.labels(client, outcome).inc()
+        self._child(self._client_requests, self.client_requests, (client, outcome)).inc()
+
+    @staticmethod
+    def _child(cache: dict[tuple[str, ...], Any], metric: Any, key: tuple[str, ...]) -> Any:
+        child = cache.get(key)
+        if child is None:
+            child = cache[key] = metric.labels(*key)
+        return child
 
     def shared_state_failed(self, store: str, operation: str) -> None:
         self.shared_state_errors.labels(store, operation).inc()
