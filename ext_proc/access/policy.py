@@ -101,10 +101,11 @@ class AccessSettings:
         return self.usage or self.counts_tokens
 
     def lookup(self, key: str) -> Client | None:
-        client = self._by_digest.get(hash_key(key))
+        digest = hash_key(key)
+        client = self._by_digest.get(digest)
         # The dict lookup compared digests already; compare_digest keeps the
         # final check constant-time for the one candidate.
-        if client is not None and hmac.compare_digest(client.key_sha256, hash_key(key)):
+        if client is not None and hmac.compare_digest(client.key_sha256, digest):
             return client
         return None
 

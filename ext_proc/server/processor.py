@@ -282,7 +282,6 @@ class RequestProcessor:
             if refused is not None:
                 raise refused
             metadata["client"] = client.name
-            observe.client_answered(client.name, "routed")
         estimate, counters = 0, ()
         if access.counts_tokens:
             estimate, counters = await gate.admit(
@@ -294,6 +293,8 @@ class RequestProcessor:
                 self._headers,
                 body,
             )
+        if client is not None:
+            observe.client_answered(client.name, "routed")
         if not access.meters:
             return set_headers
         ticket = Ticket(
