@@ -208,3 +208,13 @@ def test_counters_a_request_counts_against(tmp_path: Path) -> None:
     bob = counters_for(access, None, "openai/gpt-4o", ("fast",), {"x-user-id": "bob"})
     assert alice[0].key != bob[0].key and "alice" not in alice[0].key
     assert counters_for(access, None, "anthropic/claude-sonnet-4", (None,), {}) == ()
+
+
+def test_a_ticket_survives_its_header_and_garbage_is_none() -> None:
+    from ext_proc.access.gate import Ticket
+
+    ticket = Ticket("team-a", "openai", "openai/gpt-4o", 1_700_000_000_000, 42, (("k", 60),))
+    assert Ticket.from_header(ticket.header_value()) == ticket
+    assert Ticket(None, "p", "m", 0).header_value().isascii()
+    for bad in (None, "", "not base64!", "bm90IGpzb24=", "W10="):
+        assert Ticket.from_header(bad) is None

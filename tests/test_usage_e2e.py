@@ -172,7 +172,16 @@ def test_token_counts_match_the_providers_usage(setup: Setup) -> None:
     assert usage is not None
     seen.append((usage.prompt_tokens, usage.completion_tokens, 4))
 
-    lines = setup.log_lines(len(seen))[-len(seen) :]
+    # 7. native OpenAI stream without usage asked for: recorded as absent.
+    chunks = list(
+        gpt.chat.completions.create(model="openai/gpt-5.2", messages=MESSAGES, stream=True)
+    )
+    assert all(c.usage is None for c in chunks)
+
+    lines = setup.log_lines(len(seen) + 1)[-len(seen) - 1 :]
+    without = lines.pop()
+    assert without["input_tokens"] is None and without["output_tokens"] is None
+    assert without["time_to_first_token_ms"] > 0
     for entry, (prompt, output, cached_tokens) in zip(lines, seen, strict=True):
         assert entry["client"] == "team-a"
         assert (entry["input_tokens"], entry["output_tokens"], entry["cached_tokens"]) == (
