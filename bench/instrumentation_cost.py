@@ -2,7 +2,7 @@
 
     python -m bench.instrumentation_cost [--number 20000] [--repeat 7]
 
-Times ``RequestProcessor`` handling the two messages of one routed request
+Times ``RoutingProcessor`` handling the two messages of one routed request
 (request headers, then a small chat body), in-process and without gRPC, so only
 the processor's own work is measured. Each case runs in a fresh interpreter:
 
@@ -37,7 +37,7 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
     import timeit
 
     from ext_proc.routing.resolve import build_routing_table
-    from ext_proc.server.processor import RequestProcessor
+    from ext_proc.server.routing_stream import RoutingProcessor
     from ext_proc.telemetry import observe, tracing
     from tests.factories import config, provider
     from tests.metrics_worker import chat_messages
@@ -63,7 +63,7 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
     loop = asyncio.new_event_loop()
 
     async def one_request() -> None:
-        processor = RequestProcessor(table)
+        processor = RoutingProcessor(table)
         for message in messages:
             await processor.handle(message)
 
@@ -73,12 +73,16 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
     run()  # first use creates the recorder and its series
     whole = min(timeit.repeat(run, number=number, repeat=repeat)) / number * 1e6
 
-    from ext_proc.routing.endpoints import Endpoint
+    from ext_proc.apis import Endpoint
+    from ext_proc.routing.body import parse_request
+    from ext_proc.routing.decide import decide, look
     from ext_proc.routing.plan import plan_request
     from ext_proc.server.messages import header_map
 
     headers = header_map(messages[0].request_headers)
-    plan = plan_request(table, Endpoint.CHAT_COMPLETIONS, headers, messages[1].request_body.body)
+    parsed = parse_request(headers, messages[1].request_body.body)
+    decision = decide(table, look(table, parsed.data, headers))
+    plan = plan_request(decision, parsed, Endpoint.CHAT_COMPLETIONS, headers)
 
     def telemetry() -> None:
         reported = observe.RequestTelemetry()

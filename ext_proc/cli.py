@@ -25,10 +25,12 @@ from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
 from ext_proc.errors import GatewayError
 from ext_proc.router.factory import RouterUnavailableError, build_router, routes_of
 from ext_proc.router.tokenizer import ModelFilesError
+from ext_proc.routing.body import parse_body, parse_request
 from ext_proc.routing.catalog import Upstream, upstream_for
+from ext_proc.routing.decide import Look, decide, look, resolve_model
 from ext_proc.routing.endpoints import classify
-from ext_proc.routing.plan import CREDENTIAL_HEADERS, parse_body, plan_request, requested_model
-from ext_proc.routing.resolve import AUTO_MODELS, build_routing_table, resolve_model
+from ext_proc.routing.plan import CREDENTIAL_HEADERS, plan_request
+from ext_proc.routing.resolve import build_routing_table
 
 if TYPE_CHECKING:
     from ext_proc.telemetry.observe import ProcessObservability
@@ -410,9 +412,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if args.model is not None:
             payload["model"] = args.model
         body = json.dumps(payload).encode()
+    # The routing stream's own pure steps, minus the router call: explain never
+    # runs a model, and a request without a session key touches no pins.
+    headers = {"content-type": "application/json"}
     try:
         endpoint = classify("POST", args.path)
-        plan = plan_request(table, endpoint, {"content-type": "application/json"}, body)
+        parsed = parse_request(headers, body, endpoint.api)
+        seen = look(table, parsed.data, headers)
+        plan = plan_request(decide(table, seen), parsed, endpoint, headers)
     except GatewayError as exc:
         if args.json:
             print(json.dumps({"status": exc.status, "code": exc.code, "message": exc.message}))
@@ -420,7 +427,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             print(f"rejected: HTTP {exc.status} ({exc.code}): {exc.message}")
         return 2
     d = plan.decision
-    router_note = _router_note(config, body)
+    router_note = _router_note(config, seen)
     # Configured extra headers may carry account ids or keys: shown masked too.
     secret_names = frozenset(CREDENTIAL_HEADERS) | {k.lower() for k, _ in d.provider.headers}
     headers = [(k, _mask(k, v, secret_names)) for k, v in plan.set_headers]
@@ -463,13 +470,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _router_note(config: Config, body: bytes) -> str:
-    """Whether the preference router would be asked for this body, and why."""
-    try:
-        requested = requested_model(parse_body({"content-type": "application/json"}, body))
-    except GatewayError:
-        return "not asked: the request is rejected"
-    if requested is not None and requested.strip().lower() not in AUTO_MODELS:
+def _router_note(config: Config, seen: Look) -> str:
+    """Whether the preference router would be asked for this request, and why."""
+    if not seen.asks_router:
         return "not asked: the request names its model"
     if config.router is None:
         return "not asked: no router section; the default model serves"

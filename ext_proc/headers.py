@@ -19,6 +19,7 @@ __all__ = [
     "INTERNAL_PREFIX",
     "ROUTE_HEADER",
     "TRANSLATE_HEADER",
+    "TRANSLATION_PHASE",
     "UPSTREAM_PHASE",
     "UPSTREAM_PHASE_KEY",
 ]
@@ -57,10 +58,6 @@ FALLBACK_CHAIN = "x-archway-fallbacks"
 """Set by the ext_proc server on requests whose model has fallbacks: the model of
 each attempt, space-separated, primary first. Read by the upstream processor."""
 
-DECISION_ROUTE_SCORE = "x-archway-route-score"
-"""The preference router's confidence in ``x-archway-route``, where the backend has
-one (the embedding router's cosine similarity)."""
-
 CLIENT_DECISION_HEADERS = (
     DECISION_MODEL,
     DECISION_PROVIDER,
@@ -84,6 +81,10 @@ out of the ext_proc server's reach: Envoy refuses ext_proc mutations of
 ``x-envoy-*`` headers by default, and the server strips only ``x-archway-*``."""
 
 UPSTREAM_PHASE_KEY = "x-archway-phase"
+"""gRPC stream metadata naming the role of the filter that opened a stream;
+untagged streams are the routing filter's."""
 UPSTREAM_PHASE = "upstream"
-"""gRPC stream metadata the ext_proc filter in a failover cluster's upstream filter
-chain sends: its streams are retry attempts, handled by the upstream processor."""
+"""Sent by the ext_proc filter in a failover cluster's upstream filter chain: its
+streams are retry attempts, handled by the attempt processor."""
+TRANSLATION_PHASE = "translation"
+"""Sent by the response-translation filter: its streams are translated responses."""

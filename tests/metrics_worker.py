@@ -43,14 +43,14 @@ def chat_messages(model: str | None) -> list[ProcessingRequest]:
 async def _route(config_path: str, count: int) -> None:
     from ext_proc.config import load_config
     from ext_proc.routing.resolve import build_routing_table
-    from ext_proc.server.processor import RequestProcessor
+    from ext_proc.server.routing_stream import RoutingProcessor
 
     table = build_routing_table(load_config(config_path))
     for _ in range(count):
-        processor = RequestProcessor(table)
+        processor = RoutingProcessor(table)
         for message in chat_messages(None):
             await processor.handle(message)
-    processor = RequestProcessor(table)
+    processor = RoutingProcessor(table)
     for message in chat_messages("no-such-model"):
         await processor.handle(message)
 

@@ -12,7 +12,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 from ext_proc.config import AffinitySettings, RoutingPreference, load_config_text
 from ext_proc.routing.affinity import Pin, session_key
 from ext_proc.routing.resolve import Resolution, RoutingTable, build_routing_table
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
 from ext_proc.state.process import process_state, reset_process_state
 from ext_proc.state.shared import LocalState
 from tests.factories import config, provider
@@ -80,7 +80,7 @@ def _pins() -> LocalState:
 
 def _route(table: RoutingTable, model: str | None, key: str | None) -> dict[str, str]:
     async def drive() -> ProcessingResponse:
-        processor = RequestProcessor(table)
+        processor = RoutingProcessor(table)
         messages = chat_messages(model)
         if key is not None:
             header = messages[0].request_headers.headers.headers.add()
@@ -151,7 +151,7 @@ def test_a_bad_body_with_a_key_is_still_a_clean_400() -> None:
     table = _table("openai/gpt-5")
 
     async def drive() -> ProcessingResponse:
-        processor = RequestProcessor(table)
+        processor = RoutingProcessor(table)
         messages = chat_messages(None)
         header = messages[0].request_headers.headers.headers.add()
         header.key, header.raw_value = "x-model-affinity", b"conv-1"

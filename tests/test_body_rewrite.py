@@ -7,10 +7,12 @@ import json
 
 import pytest
 
+from ext_proc.apis import Endpoint
 from ext_proc.errors import GatewayError
-from ext_proc.routing.endpoints import Endpoint
-from ext_proc.routing.plan import _scan_object, parse_body, plan_request
-from ext_proc.routing.resolve import build_routing_table
+from ext_proc.routing.body import _scan_object, parse_body, parse_request
+from ext_proc.routing.decide import decide, look
+from ext_proc.routing.plan import RequestPlan, plan_request
+from ext_proc.routing.resolve import RoutingTable, build_routing_table
 from tests.factories import config, provider
 
 TABLE = build_routing_table(
@@ -23,8 +25,16 @@ TABLE = build_routing_table(
 HEADERS = {"content-type": "application/json"}
 
 
-def plan(body: bytes):  # type: ignore[no-untyped-def]
-    return plan_request(TABLE, Endpoint.CHAT_COMPLETIONS, HEADERS, body)
+def plan_for(
+    table: RoutingTable, endpoint: Endpoint, headers: dict[str, str], body: bytes
+) -> RequestPlan:
+    """The routing stream's steps for a request that asks no router."""
+    parsed = parse_request(headers, body, endpoint.api)
+    return plan_request(decide(table, look(table, parsed.data, headers)), parsed, endpoint, headers)
+
+
+def plan(body: bytes) -> RequestPlan:
+    return plan_for(TABLE, Endpoint.CHAT_COMPLETIONS, HEADERS, body)
 
 
 def test_only_the_model_changes_byte_for_byte() -> None:
@@ -143,7 +153,7 @@ def test_cached_headers_follow_what_the_client_sent() -> None:
     body = b'{"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}'
 
     def run(extra: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
-        plan = plan_request(anthropic, Endpoint.MESSAGES, {**HEADERS, **extra}, body)
+        plan = plan_for(anthropic, Endpoint.MESSAGES, {**HEADERS, **extra}, body)
         return dict(plan.set_headers), plan.remove_headers
 
     for _ in range(2):  # the second round is served from the cache
@@ -157,6 +167,6 @@ def test_cached_headers_follow_what_the_client_sent() -> None:
 def test_a_new_table_never_reads_an_old_tables_plans() -> None:
     for key in ("sk-first", "sk-second", "sk-third"):
         table = build_routing_table(config(provider("openai/gpt-5.2", access_key=key)))
-        plan = plan_request(table, Endpoint.CHAT_COMPLETIONS, HEADERS, b'{"model": "gpt-5.2"}')
+        plan = plan_for(table, Endpoint.CHAT_COMPLETIONS, HEADERS, b'{"model": "gpt-5.2"}')
         assert ("authorization", f"Bearer {key}") in plan.set_headers
         del table  # its id may be reused by the next table

@@ -47,7 +47,13 @@ from ext_proc.deploy.envoy_process import (
     find_envoy_binary,
     validate_bootstrap,
 )
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
+from ext_proc.headers import (
+    CLIENT_DECISION_HEADERS,
+    ROUTE_HEADER,
+    TRANSLATE_HEADER,
+    TRANSLATION_PHASE,
+    UPSTREAM_PHASE_KEY,
+)
 from ext_proc.routing.catalog import upstream_for
 
 SECRET = "sk-archway-test-secret-do-not-render"
@@ -255,9 +261,13 @@ def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> 
     assert translation["stat_prefix"] == TRANSLATION_STAT_PREFIX
     assert set(translation["processing_mode"].values()) == {"SKIP", "NONE"}
     assert translation["allow_mode_override"] is True
-    assert (
-        translation["grpc_service"] == _filter(hcm, "envoy.filters.http.ext_proc")["grpc_service"]
-    )
+    # The same server, told by stream metadata that these streams are responses.
+    routing_service = _filter(hcm, "envoy.filters.http.ext_proc")["grpc_service"]
+    assert "initial_metadata" not in routing_service
+    assert translation["grpc_service"] == {
+        **routing_service,
+        "initial_metadata": [{"key": UPSTREAM_PHASE_KEY, "value": TRANSLATION_PHASE}],
+    }
 
     translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert "typed_per_filter_config" not in untranslated

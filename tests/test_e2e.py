@@ -300,6 +300,30 @@ def test_ambiguous_or_wrong_type_model(gw: Gateway) -> None:
         ("/v1/chat/completions", b'"just a string"', None, "POST", 400, "invalid_body"),
         (
             "/v1/chat/completions",
+            b'{"model": "fast-model", "messages": "hello"}',
+            None,
+            "POST",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "fast-model", "messages": [], "stream": "yes"}',
+            None,
+            "POST",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "fast-model", "messages": [], "seed": ' + b"1" * 100_000 + b"}",
+            None,
+            "POST",
+            400,
+            "invalid_json",
+        ),
+        (
+            "/v1/chat/completions",
             b'{"model": "groq/a\\r\\nx: 1"}',
             None,
             "POST",
@@ -345,6 +369,18 @@ def test_anthropic_client_errors_use_anthropic_shape(gw: Gateway) -> None:
             tools=[{"type": "web_search_20250305", "name": "web_search"}],
         )
     assert "web_search_20250305" in err.value.body["error"]["message"]
+    assert all(u.requests == [] for u in gw.upstreams.values())
+
+
+def test_anthropic_fields_of_the_wrong_type_are_400s_in_anthropic_shape(gw: Gateway) -> None:
+    body = {"model": "creative-model", "max_tokens": 8, "messages": MESSAGES, "system": 5}
+    status, headers, raw = raw_post(
+        gw, "/v1/messages", json.dumps(body).encode(), {"anthropic-version": "2023-06-01"}
+    )
+    assert status == 400 and headers["content-type"] == "application/json"
+    error = json.loads(raw)
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "'system' must be a string or a list of content blocks" in error["error"]["message"]
     assert all(u.requests == [] for u in gw.upstreams.values())
 
 

@@ -21,7 +21,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from ext_proc.deploy.bootstrap import TRANSLATION_STAT_PREFIX
 from ext_proc.deploy.echo import ReceivedRequest
 from ext_proc.server import service as server
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.server.translation_stream import TranslationProcessor
 from tests.fake_providers import (
     ANTHROPIC_MODEL_VERSION,
     REPLY_TEXT,
@@ -605,14 +606,22 @@ def phases(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Messages the ext_proc server handles from now on, by phase."""
     seen: Counter[str] = Counter()
 
-    class CountingProcessor(RequestProcessor):
+    class CountingRouting(RoutingProcessor):
         __slots__ = ()
 
         async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
             seen[request.WhichOneof("request") or ""] += 1
             return await super().handle(request)
 
-    monkeypatch.setattr(server, "RequestProcessor", CountingProcessor)
+    class CountingTranslation(TranslationProcessor):
+        __slots__ = ()
+
+        async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+            seen[request.WhichOneof("request") or ""] += 1
+            return await super().handle(request)
+
+    monkeypatch.setattr(server, "RoutingProcessor", CountingRouting)
+    monkeypatch.setattr(server, "TranslationProcessor", CountingTranslation)
     return seen
 
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.routing.resolve import build_routing_table
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
 from tests.factories import config, provider
 
 TABLE = build_routing_table(
@@ -127,7 +127,7 @@ def _check(resp: Any) -> None:
 )
 def test_any_request_gets_a_well_formed_answer(method, path, ctype, extra, body, eos) -> None:
     async def run() -> None:
-        processor = RequestProcessor(TABLE)
+        processor = RoutingProcessor(TABLE)
         first = await processor.handle(_headers_request(method, path, ctype, extra, eos))
         _check(first)
         if first.WhichOneof("response") == "request_headers":
@@ -143,7 +143,7 @@ def test_any_request_gets_a_well_formed_answer(method, path, ctype, extra, body,
 @given(body=BODIES)
 def test_body_without_headers_is_answered(body: bytes) -> None:
     resp = asyncio.run(
-        RequestProcessor(TABLE).handle(
+        RoutingProcessor(TABLE).handle(
             ProcessingRequest(request_body=HttpBody(body=body, end_of_stream=True))
         )
     )

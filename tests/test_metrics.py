@@ -13,8 +13,8 @@ import pytest
 
 from ext_proc.config import load_config
 from ext_proc.routing.resolve import build_routing_table
-from ext_proc.server.processor import RequestProcessor
 from ext_proc.server.reload import ConfigReloader
+from ext_proc.server.routing_stream import RoutingProcessor
 from ext_proc.telemetry import metrics
 from ext_proc.telemetry.metrics import start_metrics_endpoint
 from tests.factories import config, provider
@@ -44,7 +44,7 @@ def endpoint() -> Iterator[metrics.MetricsEndpoint]:
 
 def _route(model: str | None, path: str = "/v1/chat/completions") -> None:
     async def drive() -> None:
-        processor = RequestProcessor(TABLE)
+        processor = RoutingProcessor(TABLE)
         messages = chat_messages(model)
         if path != "/v1/chat/completions":
             header = messages[0].request_headers.headers.headers[1]

@@ -16,15 +16,26 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from ext_proc.routing.resolve import build_routing_table
-from ext_proc.server.processor import RequestProcessor as _AsyncProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.server.translation_stream import TranslationProcessor
 from tests.factories import config, provider
 
 
 class RequestProcessor:
-    """Drives the async processor synchronously: each call runs one phase."""
+    """Drives the routing stream's processor synchronously: each call runs one phase."""
 
     def __init__(self, table) -> None:
-        self._inner = _AsyncProcessor(table)
+        self._inner = RoutingProcessor(table)
+
+    def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+        return asyncio.run(self._inner.handle(request))
+
+
+class ResponseProcessor:
+    """Drives the translation stream's processor synchronously."""
+
+    def __init__(self) -> None:
+        self._inner = TranslationProcessor()
 
     def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         return asyncio.run(self._inner.handle(request))
@@ -174,6 +185,9 @@ def test_models_listing_in_both_shapes() -> None:
         ({"model": "nope/nothing"}, None, 400, "model_not_found"),
         ({"model": "x"}, {"content-type": "text/plain"}, 415, "unsupported_media_type"),
         (b"[" * 100_000, None, 400, "invalid_json"),
+        # Valid JSON that json.loads refuses: past Python's int digit limit.
+        (b'{"model": "fast-model", "n": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
+        ({"model": "fast-model", "messages": "hello"}, None, 400, "invalid_request"),
     ],
 )
 def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
@@ -182,6 +196,63 @@ def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
     assert got["error"]["code"] == code
     assert got["error"]["type"] == "invalid_request_error"
     assert got["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("messages", "hello"),
+        ("messages", ["hello"]),
+        ("messages", None),
+        ("stream", "true"),
+        ("stream", 1),
+        ("tools", {"type": "function"}),
+        ("model", 7),
+    ],
+)
+def test_fields_archway_reads_must_have_their_openai_types(field, value) -> None:
+    body = {"model": "fast-model", "messages": [{"role": "user", "content": "hi"}]}
+    status, got = immediate(run("/v1/chat/completions", {**body, field: value}))
+    assert status == 400
+    assert got["error"]["param"] == field
+    assert got["error"]["type"] == "invalid_request_error"
+    assert f"'{field}' must be" in got["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("system", 5),
+        ("system", ["be brief"]),
+        ("messages", {"role": "user"}),
+        ("stream", "no"),
+        ("tools", "search"),
+    ],
+)
+def test_fields_archway_reads_must_have_their_anthropic_types(field, value) -> None:
+    body = {"model": "anthropic/claude-sonnet-4-5", "max_tokens": 5, "messages": []}
+    status, got = immediate(run("/v1/messages", {**body, field: value}))
+    assert status == 400
+    assert got == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": got["error"]["message"]},
+    }
+    assert f"'{field}' must be" in got["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"stream": None, "tools": [], "system": 5}),
+        ("/v1/messages", {"stream": False, "system": "be brief", "max_tokens": 5}),
+        ("/v1/messages", {"system": [{"type": "text", "text": "be brief"}], "max_tokens": 5}),
+    ],
+)
+def test_well_typed_fields_are_routed(path, body) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    model = "anthropic/claude-sonnet-4-5" if path == "/v1/messages" else "gpt-5.2"
+    resp = run(path, {"model": model, "messages": messages, **body})
+    assert resp.WhichOneof("response") == "request_body"
 
 
 def test_errors_on_messages_use_anthropic_shape() -> None:
@@ -221,12 +292,12 @@ def test_bodyless_llm_request_is_answered_from_headers() -> None:
 
 
 def test_unexpected_failure_is_a_500_json_not_a_raise(monkeypatch) -> None:
-    import ext_proc.server.processor as processor
+    import ext_proc.server.routing_stream as routing_stream
 
     def boom(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(processor, "plan_request", boom)
+    monkeypatch.setattr(routing_stream, "plan_request", boom)
     status, body = immediate(run("/v1/chat/completions", {"model": "gpt-5.2"}))
     assert status == 500 and body["error"]["type"] == "server_error"
     assert "bug" not in body["error"]["message"]
@@ -342,7 +413,7 @@ def upstream_headers(content_type: str, status: int = 200, **extra: str) -> dict
 
 
 def test_untranslated_response_is_left_alone() -> None:
-    resp = RequestProcessor(TABLE).handle(
+    resp = ResponseProcessor().handle(
         response_headers_msg({":status": "200", "content-type": "application/json"})
     )
     assert resp.WhichOneof("response") == "response_headers"
@@ -351,7 +422,7 @@ def test_untranslated_response_is_left_alone() -> None:
 
 
 def test_sse_response_is_streamed_and_translated_chunk_by_chunk() -> None:
-    p = RequestProcessor(TABLE)
+    p = ResponseProcessor()
     resp = p.handle(response_headers_msg(upstream_headers("text/event-stream")))
     assert resp.mode_override.response_body_mode == ProcessingMode.STREAMED
     _, removes = mutation(resp, "response_headers")
@@ -377,7 +448,7 @@ def test_sse_response_is_streamed_and_translated_chunk_by_chunk() -> None:
 
 
 def test_json_response_is_buffered_and_rewritten_with_its_length() -> None:
-    p = RequestProcessor(TABLE)
+    p = ResponseProcessor()
     resp = p.handle(response_headers_msg(upstream_headers("application/json")))
     assert resp.mode_override.response_body_mode == ProcessingMode.BUFFERED
     message = {
@@ -398,7 +469,7 @@ def test_json_response_is_buffered_and_rewritten_with_its_length() -> None:
 
 
 def test_upstream_error_keeps_its_status_in_the_clients_shape() -> None:
-    p = RequestProcessor(TABLE)
+    p = ResponseProcessor()
     resp = p.handle(response_headers_msg(upstream_headers("application/json", 529)))
     assert resp.mode_override.response_body_mode == ProcessingMode.BUFFERED
     sets, _ = mutation(resp, "response_headers")
@@ -417,7 +488,7 @@ def test_upstream_error_keeps_its_status_in_the_clients_shape() -> None:
 
 
 def test_compressed_upstream_body_is_a_502_in_the_clients_shape() -> None:
-    resp = RequestProcessor(TABLE).handle(
+    resp = ResponseProcessor().handle(
         response_headers_msg(upstream_headers("application/json", **{"content-encoding": "gzip"}))
     )
     status, body = immediate(resp)
@@ -425,7 +496,7 @@ def test_compressed_upstream_body_is_a_502_in_the_clients_shape() -> None:
 
 
 def test_bodyless_translated_response_needs_no_body_phase() -> None:
-    resp = RequestProcessor(TABLE).handle(
+    resp = ResponseProcessor().handle(
         response_headers_msg(upstream_headers("application/json", 204), eos=True)
     )
     assert not resp.HasField("mode_override")

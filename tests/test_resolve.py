@@ -4,7 +4,8 @@ import pytest
 
 from ext_proc.config import RoutingPreference
 from ext_proc.errors import GatewayError
-from ext_proc.routing.resolve import Resolution, build_routing_table, resolve_model
+from ext_proc.routing.decide import resolve_model
+from ext_proc.routing.resolve import Resolution, build_routing_table
 from tests.factories import config, provider
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ext_proc.config import RoutingPreference
 from ext_proc.routing.resolve import build_routing_table
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
 from tests.factories import config, provider
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 from tests.test_processor import body_msg, headers_msg, immediate, mutation
@@ -33,7 +33,7 @@ TABLE = build_routing_table(
 
 def run(backend: ScriptedRouter, body: dict, path: str = "/v1/chat/completions", **kw: float):
     async def go():
-        processor = RequestProcessor(TABLE, configured(backend, **kw))
+        processor = RoutingProcessor(TABLE, configured(backend, **kw))
         await processor.handle(headers_msg("POST", path))
         return await processor.handle(body_msg(body))
 

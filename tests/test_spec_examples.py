@@ -9,7 +9,8 @@ import pytest
 
 from ext_proc.config import load_config
 from ext_proc.errors import GatewayError
-from ext_proc.routing.resolve import Resolution, RoutingTable, build_routing_table, resolve_model
+from ext_proc.routing.decide import resolve_model
+from ext_proc.routing.resolve import Resolution, RoutingTable, build_routing_table
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV = {

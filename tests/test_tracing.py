@@ -18,7 +18,7 @@ from ext_proc.deploy.bootstrap import OTEL_COLLECTOR_CLUSTER, bootstrap_dict, re
 from ext_proc.deploy.envoy_process import validate_bootstrap
 from ext_proc.router import RouteChoice
 from ext_proc.routing.resolve import build_routing_table
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.routing_stream import RoutingProcessor
 from ext_proc.telemetry import tracing
 from ext_proc.telemetry.observe import RequestTelemetry
 from tests.factories import config, provider
@@ -53,7 +53,7 @@ def _route(
     trace_context: dict[str, str] | None = None,
 ) -> None:
     async def drive() -> None:
-        processor = RequestProcessor(TABLE, trace_context=trace_context)
+        processor = RoutingProcessor(TABLE, trace_context=trace_context)
         messages = chat_messages(model)
         if traceparent is not None:
             header = messages[0].request_headers.headers.headers.add()

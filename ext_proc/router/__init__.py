@@ -2,8 +2,10 @@
 left the model open.
 
 The shared vocabulary lives here. Backends (Arch-Router on a CTranslate2
-generator, a sentence encoder) implement ``PreferenceRouter``; the processor
-calls ``choose`` and hands the answer to ``resolve_model(..., route=...)``.
+generator, a sentence encoder) implement ``PreferenceRouter``. The routing
+stream awaits ``ConfiguredRouter.decide`` (``router.service``) when
+``routing.decide.look`` says a request asks for it, and ``routing.decide.decide``
+turns the ``RouteChoice`` into the request's model.
 """
 
 from __future__ import annotations

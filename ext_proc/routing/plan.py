@@ -1,22 +1,21 @@
-"""From a request body to the mutations Envoy applies: pure functions, no protobuf.
+"""From a decision and a parsed body to the mutations Envoy applies: pure, no protobuf.
 
-``plan_request`` parses the body, resolves the model and returns a
-``RequestPlan``: the headers to set and remove and the new body. When the
-client and the provider speak different APIs, the body is translated to the
-provider's and the plan carries the ``TranslationContext`` the response needs.
-The processor turns the plan into a ProcessingResponse; ``archway explain``
-prints it.
+``plan_request`` takes what ``routing.decide`` decided and the body
+``routing.body`` parsed, and returns a ``RequestPlan``: the headers to set and
+remove and the new body. When the client and the provider speak different
+APIs, the body is translated to the provider's and the plan carries the
+``TranslationContext`` the response needs. The routing stream turns the plan
+into a ProcessingResponse; ``archway explain`` prints it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from ext_proc.errors import GatewayError
+from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.headers import (
+    DECISION_AFFINITY,
     DECISION_MODEL,
     DECISION_PROVIDER,
     DECISION_RESOLUTION,
@@ -26,21 +25,24 @@ from ext_proc.headers import (
     ROUTE_HEADER,
     TRANSLATE_HEADER,
 )
-from ext_proc.routing.catalog import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
-from ext_proc.routing.endpoints import Endpoint
-from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
-from ext_proc.translate import TranslationContext, translate_request
+from ext_proc.routing.body import ParsedBody, with_model
+from ext_proc.routing.catalog import (
+    auth_headers,
+    provider_api,
+    provider_dialect,
+    request_path,
+    spec_for,
+)
+from ext_proc.routing.decide import Decision
+from ext_proc.routing.resolve import RoutingDecision
+from ext_proc.translate import TranslationContext, translator_for
+from ext_proc.translate.common import encode_json
 
 __all__ = [
     "CREDENTIAL_HEADERS",
-    "ParsedBody",
     "RequestPlan",
     "decision_headers",
-    "parse_body",
-    "parse_request",
     "plan_request",
-    "requested_model",
-    "rewrite_model",
     "upstream_headers",
 ]
 
@@ -57,152 +59,6 @@ class RequestPlan:
     """The new body, or ``None`` when the client's body goes upstream unchanged."""
     translation: TranslationContext | None = None
     """Set when the body was translated to the provider's API."""
-
-
-_FOREIGN_HEADER_PREFIXES: dict[WireAPI, str] = {
-    WireAPI.OPENAI: "anthropic-",
-    WireAPI.ANTHROPIC: "openai-",
-}
-"""Client SDK headers that mean nothing to a provider of the other API."""
-
-_MAX_COMPLETION_TOKENS_PROVIDERS = frozenset({"openai", "azure_openai"})
-"""Providers whose reasoning models refuse ``max_tokens`` and want ``max_completion_tokens``."""
-
-
-def parse_body(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a ``GatewayError`` saying what is wrong."""
-    return parse_request(headers, body).data
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedBody:
-    """A request body parsed once, with what a cheap model rewrite needs."""
-
-    data: dict[str, Any]
-    text: str | None
-    """The body as text, when ``model_span`` is known."""
-    model_span: tuple[int, int] | None
-    """Where the value of the one top-level ``model`` key sits in ``text``."""
-
-
-def parse_request(headers: Mapping[str, str], body: bytes) -> ParsedBody:
-    content_type = headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise GatewayError(
-            415,
-            f"Content-Type must be application/json, not {media_type!r}. "
-            "With curl, add -H 'Content-Type: application/json'.",
-            code="unsupported_media_type",
-        )
-    if not body.strip():
-        raise GatewayError(400, "The request body is empty; send a JSON object.", code="empty_body")
-    fast = _scan_object(body)
-    if fast is not None:
-        return fast
-    # Anything the scan does not take (another encoding, a BOM, invalid JSON,
-    # a non-object) goes through json.loads, which also words the errors.
-    try:
-        parsed = json.loads(body)
-    except UnicodeDecodeError:
-        raise GatewayError(
-            400, "The request body is not valid UTF-8.", code="invalid_json"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise GatewayError(
-            400,
-            f"The request body is not valid JSON: {exc.msg} "
-            f"at line {exc.lineno} column {exc.colno}.",
-            code="invalid_json",
-        ) from None
-    except RecursionError:
-        raise GatewayError(
-            400, "The request body is nested too deeply.", code="invalid_json"
-        ) from None
-    if not isinstance(parsed, dict):
-        raise GatewayError(
-            400,
-            f"The request body must be a JSON object, not {type(parsed).__name__}.",
-            code="invalid_body",
-        )
-    return ParsedBody(parsed, None, None)
-
-
-# json's C scanner: parses one JSON value at an index and says where it ends.
-# Set on every JSONDecoder at run time; typeshed does not declare it.
-_scan_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-_WS = " \t\n\r"
-
-
-def _scan_object(body: bytes) -> ParsedBody | None:
-    """Parse a UTF-8 JSON object as ``json.loads`` would, noting where the
-    top-level ``model`` value is, so that a new model can be spliced in without
-    re-serialising the body (which cost three times the parse, and rewrote
-    the client's numbers and spacing). Each top-level value is parsed by json's
-    own C scanner. ``None`` when the body is anything else."""
-    try:
-        text = body.decode()
-        i = 0
-        while text[i] in _WS:
-            i += 1
-        if text[i] != "{":
-            return None
-        i += 1
-        while text[i] in _WS:
-            i += 1
-        data: dict[str, Any] = {}
-        span: tuple[int, int] | None = None
-        models = 0
-        if text[i] == "}":
-            i += 1
-        else:
-            while True:
-                if text[i] != '"':
-                    return None
-                key, i = _scan_value(text, i)
-                while text[i] in _WS:
-                    i += 1
-                if text[i] != ":":
-                    return None
-                i += 1
-                while text[i] in _WS:
-                    i += 1
-                value, value_end = _scan_value(text, i)
-                if key == "model":
-                    span, models = (i, value_end), models + 1
-                data[key] = value
-                i = value_end
-                while text[i] in _WS:
-                    i += 1
-                if text[i] == ",":
-                    i += 1
-                    while text[i] in _WS:
-                        i += 1
-                elif text[i] == "}":
-                    i += 1
-                    break
-                else:
-                    return None
-        if text[i:].strip(_WS):
-            return None
-    except (ValueError, IndexError, StopIteration, RecursionError):
-        return None
-    # With a duplicated key the client's other copies would survive a splice,
-    # and an upstream that keeps the first copy would see the client's model.
-    return ParsedBody(data, text, span if models == 1 else None)
-
-
-def requested_model(body: Mapping[str, Any]) -> str | None:
-    """The body's ``model``: a string, or ``None`` when absent or null."""
-    model = body.get("model")
-    if model is None or isinstance(model, str):
-        return model
-    raise GatewayError(
-        400,
-        f"'model' must be a string, not {type(model).__name__}.",
-        code="invalid_model",
-        param="model",
-    )
 
 
 def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
@@ -229,8 +85,7 @@ def upstream_headers(
     attempt's) credentials to drop."""
     provider = decision.provider
     spec = spec_for(provider)
-    api = spec.api if spec else WireAPI.OPENAI
-    set_headers = [(":path", request_path(provider, decision.upstream, api))]
+    set_headers = [(":path", request_path(provider, decision.upstream))]
     remove: list[str] = []
     if not provider.passthrough_auth:
         remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
@@ -246,93 +101,46 @@ def upstream_headers(
 
 
 def plan_request(
-    table: RoutingTable,
-    endpoint: Endpoint,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    route: str | None = None,
-    route_score: float | None = None,
-    parsed: ParsedBody | None = None,
-    decision: RoutingDecision | None = None,
+    decision: Decision, parsed: ParsedBody, endpoint: Endpoint, headers: Mapping[str, str]
 ) -> RequestPlan:
-    """Everything to change about one LLM request, or a ``GatewayError``.
+    """Everything to change about one LLM request, or a ``GatewayError`` (a body
+    the provider's API cannot express)."""
+    target = decision.target
+    provider = target.provider
+    translator = translator_for(endpoint.api, provider_api(provider))
 
-    ``route`` and ``route_score`` are the preference router's answer for an open
-    model; the score is reported only alongside a route. ``parsed`` is the body
-    already parsed by the caller, and ``decision`` one it already made (a
-    session's pinned decision); each is otherwise made here.
-    """
-    if parsed is None:
-        parsed = parse_request(headers, body)
-    data = parsed.data
-    if decision is None:
-        decision = resolve_model(table, requested_model(data), route=route)
-    provider = decision.provider
-    spec = spec_for(provider)
-    provider_api = spec.api if spec else WireAPI.OPENAI
-    client_api = endpoint.api
-
-    set_headers = list(decision_headers(decision))
-    if decision.route is not None and route_score is not None:
-        set_headers.append((DECISION_ROUTE_SCORE, f"{route_score:.4f}"))
-    upstream_set, remove = upstream_headers(decision, headers)
+    set_headers = list(decision_headers(target))
+    if decision.score is not None:
+        set_headers.append((DECISION_ROUTE_SCORE, f"{decision.score:.4f}"))
+    if decision.affinity is not None:
+        set_headers.append((DECISION_AFFINITY, decision.affinity))
+    upstream_set, remove = upstream_headers(target, headers)
     set_headers.extend(upstream_set)
 
     translation: TranslationContext | None = None
-    new_body: bytes | None = None
-    if client_api is not provider_api:
-        data["model"] = decision.upstream_model
-        translated, translation = translate_request(
-            client_api, provider_api, data, max_tokens_field=_max_tokens_field(spec)
-        )
+    new_body: bytes | None
+    if translator is not None:
+        data = {**parsed.data, "model": target.upstream_model}
+        translated, translation = translator.request(data, provider_dialect(provider))
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
-        foreign = _FOREIGN_HEADER_PREFIXES[provider_api]
-        remove.extend(h for h in headers if h.startswith(foreign))
+        # The client SDK's own headers mean nothing to a provider of another API.
+        foreign = translation.client.sdk_header_prefix
+        if foreign != translation.provider.sdk_header_prefix:
+            remove.extend(h for h in headers if h.startswith(foreign))
         # The response body must reach Archway readable: a compressed one could
         # not be translated.
         if "accept-encoding" in headers:
             remove.append("accept-encoding")
         if provider.passthrough_auth:
-            _passthrough_credentials(headers, provider_api, set_headers, remove)
-        new_body = _encode(translated)
-    elif data.get("model") != decision.upstream_model:
-        span, text = parsed.model_span, parsed.text
-        if span is not None and text is not None:
-            # Splice the new id in: no re-serialisation, and the client's own
-            # numbers, escapes and spacing reach the provider untouched.
-            model = json.dumps(decision.upstream_model, ensure_ascii=False)
-            new_body = (text[: span[0]] + model + text[span[1] :]).encode()
-        else:
-            new_body = rewrite_model(data, decision.upstream_model)
+            _passthrough_credentials(headers, translation.provider, set_headers, remove)
+        new_body = encode_json(translated)
+    else:
+        new_body = with_model(parsed, target.upstream_model)
     if new_body is not None:
         set_headers.append(("content-length", str(len(new_body))))
     set_names = {name for name, _ in set_headers}
     remove = [h for h in remove if h not in set_names]
-    return RequestPlan(decision, tuple(set_headers), tuple(remove), new_body, translation)
-
-
-def rewrite_model(body: dict[str, Any], model: str) -> bytes | None:
-    """The body with ``model`` set, or ``None`` when it already says ``model``."""
-    if body.get("model") == model:
-        return None
-    body["model"] = model
-    return _encode(body)
-
-
-def _encode(body: Mapping[str, Any]) -> bytes:
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate escape ("\ud800") is valid JSON but not encodable as
-        # UTF-8; re-escaping everything sends exactly what the client wrote.
-        return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _max_tokens_field(spec: ProviderSpec | None) -> str:
-    if spec is not None and spec.name in _MAX_COMPLETION_TOKENS_PROVIDERS:
-        return "max_completion_tokens"
-    return "max_tokens"
+    return RequestPlan(target, tuple(set_headers), tuple(remove), new_body, translation)
 
 
 def _passthrough_credentials(

@@ -3,14 +3,14 @@
 Pure functions over a ``RoutingTable`` that is built once per config, so a
 request costs a few dictionary look-ups.
 
-Order, for a requested name:
+Order, for a requested name (``routing.decide`` tells open names from named ones):
 1. no model, ``""`` or ``auto``: the preference router's pick when a route is
-   given, else the default model;
-2. an alias: its target, then as below;
+   given, else the default model (``resolve_open``);
+2. an alias: its target, then as below (``resolve_named``);
 3. ``provider/model``: that configured model, else the provider's wildcard
    (``openai/*`` serves any ``openai/<id>``);
 4. a bare model id served by exactly one configured model (explicit models
-   first, then a single wildcard provider);
+   first, then a single wildcard provider), as the config's ``ModelIndex`` says;
 5. anything else: a 400 that lists what is available.
 """
 
@@ -19,23 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ext_proc.config import Config, ProviderConfig
+from ext_proc.config import Config, ModelIndex, ProviderConfig
 from ext_proc.errors import GatewayError
 from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_for
 
 __all__ = [
-    "AUTO_MODELS",
     "Resolution",
     "RoutingDecision",
     "RoutingTable",
     "build_routing_table",
+    "configured_entry",
     "failover_chains",
-    "resolve_model",
+    "resolve_named",
+    "resolve_open",
     "resolve_pinned",
 ]
-
-AUTO_MODELS = frozenset({"", "auto"})
-"""Model names that leave the choice to Archway."""
 
 _MAX_LISTED = 20
 
@@ -75,9 +73,7 @@ class RoutingTable:
     """Everything resolution needs, precomputed from a ``Config``."""
 
     config: Config
-    by_model: dict[str, ProviderConfig]
-    wildcards: dict[str, ProviderConfig]
-    by_bare_id: dict[str, tuple[ProviderConfig, ...]]
+    models: ModelIndex
     upstreams: dict[str, Upstream]
     """Keyed by ``ProviderConfig.model``."""
     aliases: dict[str, str] = field(default_factory=dict)
@@ -95,21 +91,10 @@ class RoutingTable:
 
 
 def build_routing_table(config: Config) -> RoutingTable:
-    by_model: dict[str, ProviderConfig] = {}
-    wildcards: dict[str, ProviderConfig] = {}
-    bare: dict[str, list[ProviderConfig]] = {}
-    for provider in config.providers:
-        if provider.wildcard:
-            wildcards.setdefault(provider.provider, provider)
-            continue
-        by_model.setdefault(provider.model, provider)
-        bare.setdefault(provider.model_id, []).append(provider)
     routes = {pref.name: pref.models[0] for pref in config.routing_preferences if pref.models}
     return RoutingTable(
         config=config,
-        by_model=by_model,
-        wildcards=wildcards,
-        by_bare_id={k: tuple(v) for k, v in bare.items()},
+        models=config.models,
         upstreams={p.model: upstream_for(p) for p in config.providers},
         aliases=dict(config.aliases),
         alias_fallbacks=dict(config.alias_fallbacks),
@@ -117,24 +102,14 @@ def build_routing_table(config: Config) -> RoutingTable:
     )
 
 
-def resolve_model(
-    table: RoutingTable, requested: str | None, *, route: str | None = None
-) -> RoutingDecision:
-    """Resolve ``requested`` against ``table``.
-
-    ``route`` is the preference router's answer for an open model: a route name
-    from the config, or a reason it has none (``other``, ``error``, ``timeout``),
-    which falls back to the default. Raises ``GatewayError`` (400) when nothing
-    serves the request.
-    """
-    if requested is None or requested.strip().lower() in AUTO_MODELS:
-        return _resolve_open(table, requested, route)
-
+def resolve_named(table: RoutingTable, requested: str) -> RoutingDecision:
+    """The model a client named (not an open one): an alias's target, or the
+    configured model ``requested`` names. Raises ``GatewayError`` (400) when
+    nothing, or more than one model, serves it."""
     target = table.aliases.get(requested)
     if target is not None:
         provider, model_id = _lookup(table, target)
         return _decision(table, provider, model_id, Resolution.ALIAS, requested, alias=requested)
-
     provider, model_id = _lookup(table, requested)
     return _decision(table, provider, model_id, Resolution.DIRECT, requested)
 
@@ -156,7 +131,10 @@ def resolve_pinned(
     return _decision(table, provider, model_id, resolution, requested, route=route)
 
 
-def _resolve_open(table: RoutingTable, requested: str | None, route: str | None) -> RoutingDecision:
+def resolve_open(table: RoutingTable, requested: str | None, route: str | None) -> RoutingDecision:
+    """An open-model request: the preference route's model when ``route`` is one
+    of the config's, else the default model. ``route`` may be a reason the router
+    gave none (``other``, ``error``, ``timeout``); it is reported either way."""
     if route is not None and route in table.routes:
         provider, model_id = _lookup(table, table.routes[route])
         return _decision(table, provider, model_id, Resolution.ROUTER, requested, route=route)
@@ -181,45 +159,49 @@ def _resolve_open(table: RoutingTable, requested: str | None, route: str | None)
     return _decision(table, default, default.model_id, Resolution.DEFAULT, requested, route=route)
 
 
+def configured_entry(models: ModelIndex, name: str) -> ProviderConfig | None:
+    """The one configured entry serving ``name`` (``openai/*`` for a wildcard's
+    model); ``None`` when none does or the name is ambiguous. For reporting."""
+    provider = models.provider_for(name)
+    if provider is None:
+        names = models.serving(name)
+        provider = models.provider_for(names[0]) if len(names) == 1 else None
+    return provider
+
+
 def _lookup(table: RoutingTable, name: str) -> tuple[ProviderConfig, str]:
     """The configured model serving ``name`` and the id to send upstream."""
-    exact = table.by_model.get(name)
-    if exact is not None:
-        return exact, exact.model_id
-    prefix, sep, model_id = name.partition("/")
-    if sep and model_id:
-        wildcard = table.wildcards.get(prefix)
-        if wildcard is not None:
-            return wildcard, _wildcard_id(model_id)
-    candidates = table.by_bare_id.get(name, ())
-    if len(candidates) == 1:
-        return candidates[0], candidates[0].model_id
-    if len(candidates) > 1:
-        names = ", ".join(p.model for p in candidates)
-        raise GatewayError(
-            400,
-            f"Model {name!r} is ambiguous: it is served by {names}. "
-            "Ask for one of them as provider/model.",
-            code="model_ambiguous",
-            param="model",
-        )
-    if not sep and len(table.wildcards) == 1:
-        (wildcard,) = table.wildcards.values()
-        return wildcard, _wildcard_id(name)
-    if not sep and len(table.wildcards) > 1:
-        names = ", ".join(p.model for p in table.wildcards.values())
-        raise GatewayError(
-            400,
-            f"Model {name!r} is ambiguous: it could be served by {names}. "
-            "Ask for it as provider/model.",
-            code="model_ambiguous",
-            param="model",
-        )
-    raise GatewayError(
-        400,
-        f"Model {name!r} is not configured on this gateway. Available: {_listing(table)}",
-        code="model_not_found",
-        param="model",
+    models = table.models
+    # A full name (the common case, and every alias target and fallback) is
+    # one or two dictionary look-ups; only a bare id needs ``serving``.
+    provider = models.provider_for(name)
+    if provider is None:
+        names = models.serving(name)
+        if len(names) > 1:
+            raise _ambiguous(models, name, names)
+        if not names:
+            raise GatewayError(
+                400,
+                f"Model {name!r} is not configured on this gateway. Available: {_listing(table)}",
+                code="model_not_found",
+                param="model",
+            )
+        name = names[0]
+        provider = models.provider_for(name)
+        assert provider is not None
+    if provider.wildcard:
+        return provider, _wildcard_id(name.partition("/")[2])
+    return provider, provider.model_id
+
+
+def _ambiguous(models: ModelIndex, name: str, names: list[str]) -> GatewayError:
+    if name in models.by_bare_id:
+        message = f"it is served by {', '.join(names)}. Ask for one of them as provider/model."
+    else:
+        wildcards = ", ".join(p.model for p in models.wildcards.values())
+        message = f"it could be served by {wildcards}. Ask for it as provider/model."
+    return GatewayError(
+        400, f"Model {name!r} is ambiguous: {message}", code="model_ambiguous", param="model"
     )
 
 

@@ -12,12 +12,10 @@ headers on the response. Attempt ``n`` goes to priority ``n - 1``: Envoy's
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
-    HeadersResponse,
     HttpBody,
     HttpHeaders,
     ProcessingRequest,
@@ -31,8 +29,9 @@ from ext_proc.headers import (
     DECISION_PROVIDER,
     FALLBACK_CHAIN,
 )
-from ext_proc.routing.plan import rewrite_model, upstream_headers
-from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.routing.body import parse_json, with_model
+from ext_proc.routing.plan import upstream_headers
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_named
 from ext_proc.server import messages
 from ext_proc.telemetry.observe import AttemptTelemetry
 
@@ -45,7 +44,7 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"
 
 
 class AttemptProcessor:
-    """One upstream attempt of a request routed to a failover cluster.
+    """The stream of one upstream attempt of a request routed to a failover cluster.
 
     Never raises: a chain it cannot read (a config reloaded since the request
     began) leaves the attempt as the routing filter shaped it.
@@ -82,7 +81,7 @@ class AttemptProcessor:
             return messages.attempt_headers_response((), (), retry=False)
         self._index = min(attempt, len(chain)) - 1
         try:
-            decision = resolve_model(self._table, chain[self._index])
+            decision = resolve_named(self._table, chain[self._index])
         except GatewayError as exc:
             log.warning("failover attempt %d: %s", attempt, exc.message)
             return messages.attempt_headers_response((), (), retry=False)
@@ -99,8 +98,9 @@ class AttemptProcessor:
     def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         if self._decision is None:
             return _unchanged("request_body")
-        body = json.loads(msg.body)
-        new_body = rewrite_model(body, self._decision.upstream_model)
+        # The same splice as the first attempt's: the body the routing filter
+        # shaped reaches each fallback with only its model changed.
+        new_body = with_model(parse_json(msg.body), self._decision.upstream_model)
         if new_body is None:
             return _unchanged("request_body")
         return messages.body_response(
@@ -130,5 +130,5 @@ def _unchanged(phase: str | None) -> ProcessingResponse:
     if phase == "request_body":
         return messages.body_response((), (), None, clear_route_cache=False)
     if phase == "response_headers":
-        return ProcessingResponse(response_headers=HeadersResponse())
+        return messages.pass_through(phase)
     return messages.headers_response()

@@ -2,7 +2,7 @@
 is valid and Envoy can serve it as it runs, swap it in.
 
 Requests already in flight keep the routing table they started with (each
-``RequestProcessor`` captures it), so a reload never changes the rules under a
+``RoutingProcessor`` captures it), so a reload never changes the rules under a
 request. A new config that is invalid, or that needs a different Envoy
 bootstrap (a new upstream endpoint, a listener change), is rejected with the
 reason logged, and the running config stays.

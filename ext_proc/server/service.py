@@ -1,4 +1,4 @@
-"""The gRPC ext_proc server: one ``RequestProcessor`` per Envoy stream.
+"""The gRPC ext_proc server: one processor per Envoy stream, chosen by its role.
 
 Two transports serve the same processor. The default is ``h2grpc``, a small
 HTTP/2 server on the event loop that costs a fraction of grpcio's CPU per
@@ -27,7 +27,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from google.protobuf.message import DecodeError
 
 from ext_proc.config import Config
-from ext_proc.headers import UPSTREAM_PHASE, UPSTREAM_PHASE_KEY
+from ext_proc.headers import UPSTREAM_PHASE_KEY
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing.resolve import RoutingTable, build_routing_table
@@ -38,8 +38,10 @@ from ext_proc.server.health import (
     HealthCheckStream,
     ServerHealth,
 )
-from ext_proc.server.processor import RequestProcessor
+from ext_proc.server.processor import StreamProcessor, StreamRole
 from ext_proc.server.reload import ConfigReloader
+from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.server.translation_stream import TranslationProcessor
 from ext_proc.telemetry import tracing
 from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
 
@@ -76,30 +78,44 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ProcessingResponse]:
         metadata = context.invocation_metadata() or ()
-        upstream = (UPSTREAM_PHASE_KEY, UPSTREAM_PHASE) in metadata
-        processor = self._processor(upstream, metadata)
+        processor = self.processor(_role(metadata), metadata)
         async for request in request_iterator:
             yield await processor.handle(request)
 
     def new_stream(self, headers: Sequence[tuple[bytes, bytes]]) -> _ExtProcStream:
         """A stream on the ``h2grpc`` transport, from its request headers."""
-        upstream = (_UPSTREAM_PHASE_BYTES, _UPSTREAM_VALUE_BYTES) in headers
+        role = StreamRole.ROUTING
+        for key, value in headers:
+            if key == _PHASE_KEY_BYTES:
+                role = _ROLES_BY_BYTES.get(value, StreamRole.ROUTING)
+                break
         metadata = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
-        return _ExtProcStream(self._processor(upstream, metadata))
+        return _ExtProcStream(self.processor(role, metadata))
 
-    def _processor(
-        self, upstream: bool, metadata: Iterable[tuple[str, Any]]
-    ) -> RequestProcessor | AttemptProcessor:
+    def processor(self, role: StreamRole, metadata: Iterable[tuple[str, Any]]) -> StreamProcessor:
+        """The processor for a new stream of ``role``."""
         # Envoy's span for this call, when it traces: the parent of the request's span.
         trace_context = tracing.stream_trace_context(metadata)
-        if upstream:
-            # A retry attempt in a failover cluster's upstream filter chain.
+        if role is StreamRole.TRANSLATION:
+            return TranslationProcessor(self.table, trace_context=trace_context)
+        if role is StreamRole.ATTEMPT:
             return AttemptProcessor(self.table, trace_context=trace_context)
-        return RequestProcessor(self.table, self.router, trace_context=trace_context)
+        return RoutingProcessor(self.table, self.router, trace_context=trace_context)
 
 
-_UPSTREAM_PHASE_BYTES = UPSTREAM_PHASE_KEY.encode()
-_UPSTREAM_VALUE_BYTES = UPSTREAM_PHASE.encode()
+_PHASE_KEY_BYTES = UPSTREAM_PHASE_KEY.encode()
+_ROLES_BY_BYTES = {role.value.encode(): role for role in StreamRole}
+
+
+def _role(metadata: Iterable[tuple[str, Any]]) -> StreamRole:
+    """The stream's role, from its gRPC metadata; untagged streams are routing."""
+    for key, value in metadata:
+        if key == UPSTREAM_PHASE_KEY:
+            try:
+                return StreamRole(value)
+            except ValueError:
+                return StreamRole.ROUTING
+    return StreamRole.ROUTING
 
 
 class _ExtProcStream:
@@ -107,7 +123,7 @@ class _ExtProcStream:
 
     __slots__ = ("_processor",)
 
-    def __init__(self, processor: RequestProcessor | AttemptProcessor) -> None:
+    def __init__(self, processor: StreamProcessor) -> None:
         self._processor = processor
 
     async def handle(self, message: bytes) -> bytes:

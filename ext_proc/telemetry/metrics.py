@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable
+from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable, configured_entry
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -312,12 +312,7 @@ class GatewayMetrics:
             self._routed_child(Resolution.DEFAULT, default.provider, default.model)
 
     def _prime_model(self, table: RoutingTable, name: str, resolution: Resolution) -> None:
-        provider = table.by_model.get(name)
-        if provider is None and "/" in name:
-            provider = table.wildcards.get(name.partition("/")[0])
-        if provider is None:
-            candidates = table.by_bare_id.get(name, ())
-            provider = candidates[0] if len(candidates) == 1 else None
+        provider = configured_entry(table.models, name)
         if provider is not None:
             self._routed_child(resolution, provider.provider, provider.model)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ext_proc.errors import GatewayError
 from ext_proc.router import RouteChoice
-from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_model
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable, configured_entry
 from ext_proc.telemetry import metrics, tracing
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class RequestTelemetry:
         translation = plan.translation
         pair = None
         if translation is not None:
-            pair = f"{translation.client.value}-to-{translation.provider.value}"
+            pair = translation.pair
             recorder.translated(pair)
         if affinity is not None:
             recorder.affinity_used(affinity)
@@ -172,10 +172,8 @@ class AttemptTelemetry:
 
 def _configured_model(table: RoutingTable, name: str) -> str:
     """The configured entry serving ``name`` (``openai/*`` for a wildcard's model)."""
-    try:
-        return resolve_model(table, name).provider.model
-    except GatewayError:
-        return ""
+    provider = configured_entry(table.models, name)
+    return provider.model if provider is not None else ""
 
 
 def usage_reported(
