@@ -58,6 +58,7 @@ __all__ = [
     "EXT_PROC_HEALTH_CHECK",
     "MAX_DOWNSTREAM_CONNECTIONS",
     "OTEL_COLLECTOR_CLUSTER",
+    "ROUTER_TIMEOUT_MARGIN_S",
     "TRANSLATION_FILTER",
     "TRANSLATION_STAT_PREFIX",
     "HealthCheckTiming",
@@ -65,6 +66,7 @@ __all__ = [
     "buffer_limit_bytes",
     "distinct_upstreams",
     "is_ip_address",
+    "message_timeout_s",
     "render_bootstrap",
 ]
 
@@ -87,6 +89,11 @@ framing or the protobuf envelope around a body."""
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 _EXT_PROC_CONNECT_TIMEOUT_S = 1.0
+
+ROUTER_TIMEOUT_MARGIN_S = 1.0
+"""Envoy's ext_proc message timeout is at least the router's timeout plus this:
+room for reading, resolving and answering around the router's call on a busy
+machine, so a timed-out router still ends in the default model, not a 504."""
 
 
 @dataclass(frozen=True)
@@ -381,7 +388,7 @@ def _http_connection_manager(listener: Listener, config: Config) -> dict[str, An
         "local_reply_config": _local_reply_config(gateway),
         "http_filters": [
             _client_path_filter(),
-            _ext_proc_filter(gateway),
+            _ext_proc_filter(gateway, message_timeout_s=message_timeout_s(config)),
             _translation_filter(gateway),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
         ],
@@ -454,13 +461,32 @@ def _ext_proc_grpc_service(gateway: GatewaySettings, *, phase: str | None) -> di
     return service
 
 
-def _ext_proc_filter(gateway: GatewaySettings, *, upstream: bool = False) -> dict[str, Any]:
+def message_timeout_s(config: Config) -> float:
+    """How long Envoy waits for the routing filter's answer to one message.
+
+    The body's answer waits for the preference router, which may take up to its
+    own timeout before the request falls back to the default model; Envoy must
+    wait longer than that, or the client gets Envoy's 504 instead of the
+    default model the spec promises.
+    """
+    configured = config.gateway.message_timeout_s
+    if config.router is None or not config.routing_preferences:
+        return configured
+    return max(configured, config.router.timeout_s + ROUTER_TIMEOUT_MARGIN_S)
+
+
+def _ext_proc_filter(
+    gateway: GatewaySettings, *, upstream: bool = False, message_timeout_s: float | None = None
+) -> dict[str, Any]:
     """The routing filter, or (``upstream``) its twin in a failover cluster's
-    upstream filter chain, which sees each retry attempt."""
+    upstream filter chain, which sees each retry attempt (never the router)."""
+    service = _ext_proc_service(gateway, UPSTREAM_PHASE if upstream else None)
+    if message_timeout_s is not None:
+        service["message_timeout"] = _duration(message_timeout_s)
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            **_ext_proc_service(gateway, UPSTREAM_PHASE if upstream else None),
+            **service,
             # Upstream, the server skips the body of a first attempt and asks for
             # the response headers only when a fallback answers, by mode overrides.
             "processing_mode": modes.ROUTING.envoy(),

@@ -9,7 +9,6 @@ stream (see that module). ``ARCHWAY_GRPC_SERVER=grpcio`` selects grpcio's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -41,6 +40,7 @@ from ext_proc.server.health import (
 from ext_proc.server.processor import StreamProcessor, StreamRole
 from ext_proc.server.reload import ConfigReloader
 from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.server.signals import STOP_SIGNALS, SignalQueue
 from ext_proc.server.translation_stream import TranslationProcessor
 from ext_proc.telemetry import tracing
 from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
@@ -299,17 +299,15 @@ async def serve_forever(
     running = await start_server(
         config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port
     )
-    print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
-    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, received.put_nowait, sig)
-    if await received.get() is signal.SIGTERM and drain_s > 0:
-        # Still answering, but health says NOT_SERVING: Envoy's health check and
-        # Kubernetes move new requests elsewhere before the server stops.
-        await running.health.draining()
-        log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
-        with contextlib.suppress(TimeoutError):
+    # SIGHUP is the reloader's (installed by start_server's watch). Handlers
+    # before the ready line: a signal sent as soon as it shows is ours.
+    with SignalQueue(*STOP_SIGNALS) as received:
+        print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
+        if await received.get() is signal.SIGTERM and drain_s > 0:
+            # Still answering, but health says NOT_SERVING: Envoy's health check and
+            # Kubernetes move new requests elsewhere before the server stops.
+            await running.health.draining()
+            log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
             # A second signal cuts the drain short.
-            await asyncio.wait_for(received.get(), drain_s)
-    await running.stop()
+            await received.get_within(drain_s)
+        await running.stop()
