@@ -105,6 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
     drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
+    if workers > 1 and args.uds:
+        raise StartError("--uds serves from one process: add --workers 1")
     if not args.reuse_port:  # a pool's worker: its parent already warned
         for warning in config.warnings:
             log.warning("%s", warning)
@@ -127,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     drain_s=drain_s,
                     reuse_port=args.reuse_port,
                     own_port=args.own_port,
+                    uds=args.uds,
                 )
             )
         except OSError as exc:

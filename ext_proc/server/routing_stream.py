@@ -144,14 +144,14 @@ class RoutingProcessor:
                 )
             )
         choice = None
-        if seen.asks_router and self._router is not None:
+        if seen.asks_router and self._router is not None and endpoint.is_chat:
             choice = await self._telemetry.router_call(
-                self._router.decide(parsed.data, endpoint.api)
+                self._router.decide(parsed.data, endpoint.api, seen.router_routes)
             )
         decision = decide(table, seen, choice)
         if decision.affinity == AFFINITY_NEW:
             decision = await self._pin(seen, decision)
-        plan = plan_request(decision, parsed, endpoint, headers)
+        plan = plan_request(decision, parsed, endpoint, headers, table.config.providers)
         set_headers = plan.set_headers
         metadata: dict[str, str] = {}
         if table.config.access.meters or self._client is not None:
