@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import yaml
 
+from ext_proc.config.access import ACCESS_GATEWAY_KEYS
 from ext_proc.config.reader import BOOL_TAG, FLOAT_TAG, IGNORED, INT_TAG, Reader, is_null
 from ext_proc.config.types import (
     DEFAULT_METRICS_PORT,
@@ -54,9 +55,11 @@ _GATEWAY_KEYS = (
     "metrics_address",
     "metrics_port",
     "tracing",
+    *ACCESS_GATEWAY_KEYS,
 )
 _TRACING_KEYS = ("collector", "sample_percent")
-_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries")
+# session_cache is read with the access settings (ext_proc.config.access).
+_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries", "session_cache")
 
 
 def read_overrides(r: Reader, node: yaml.Node | None) -> Overrides | None:

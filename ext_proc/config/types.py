@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ext_proc.access.policy import AccessSettings
 from ext_proc.config.fields import Kind, setting
 from ext_proc.config.models import ModelIndex
 
@@ -292,6 +293,8 @@ class Config:
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    """Client keys, token limits (Plano's ``ratelimits``) and where counters live."""
     state_storage: StateStorageConfig | None = None
     """Plano's ``state_storage``; ``None``: Responses conversation state is off."""
     version: str | None = None

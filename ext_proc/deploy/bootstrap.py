@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from ext_proc.access.gate import USAGE_HEADER
 from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides, TracingSettings
 from ext_proc.errors import GatewayError, error_payload
@@ -47,6 +48,7 @@ from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_f
 from ext_proc.routing.resolve import build_routing_table, failover_chains
 from ext_proc.server import modes
 from ext_proc.server.health import EXT_PROC_SERVICE
+from ext_proc.server.messages import METADATA_NAMESPACE
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -182,6 +184,17 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "fallback": f"%RESP({DECISION_FALLBACK})%",
     "answered_model": f"%RESP({DECISION_MODEL})%",
     "trace_id": "%TRACE_ID%",
+    **{
+        name: f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{name})%"
+        for name in (
+            "client",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+            "time_to_first_token_ms",
+        )
+    },
 }
 """One JSON object per request on Envoy's stdout.
 
@@ -213,6 +226,13 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
 - ``answered_model``: the model that answered (``x-archway-model`` on the
   response): a fallback's, when ``fallback`` is set.
 - ``trace_id``: Envoy's trace id when tracing is on; ``null`` otherwise.
+- ``client``: the ``archway.clients`` name whose key the request presented;
+  ``null`` without clients.
+- ``input_tokens``, ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``:
+  the provider's usage for answers Archway counts (translated ones, and every
+  one under a limit or with ``archway.usage``); ``null`` otherwise.
+- ``time_to_first_token_ms``: for a counted stream, from the request's arrival
+  to its first output token.
 
 The README's Operations section documents every field for operators.
 """
@@ -494,6 +514,8 @@ def _ext_proc_service(gateway: GatewaySettings, phase: str | None) -> dict[str, 
         "grpc_service": _ext_proc_grpc_service(gateway, phase=phase),
         "failure_mode_allow": gateway.failure_mode_allow,
         "message_timeout": _duration(gateway.message_timeout_s),
+        # The client's name and the answer's usage, for the access log.
+        "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
     }
 
 
@@ -522,8 +544,12 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
         ([], default_action),
     ]
     routes: list[dict[str, Any]] = []
+    metered = config.access.meters
+    echoed = (TRANSLATE_HEADER, USAGE_HEADER) if metered else (TRANSLATE_HEADER,)
     for headers, action in actions:
-        routes.append(_translated_route(headers, action))
+        routes.append(_translated_route(headers, action, TRANSLATE_HEADER, echoed))
+        if metered:
+            routes.append(_translated_route(headers, action, USAGE_HEADER, echoed))
         match: dict[str, Any] = {"prefix": "/", "headers": headers} if headers else {"prefix": "/"}
         routes.append({"match": match, "route": action})
     virtual_host: dict[str, Any] = {"name": "llm", "domains": ["*"], "routes": routes}
@@ -537,19 +563,26 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
     }
 
 
-def _translated_route(headers: list[dict[str, Any]], action: dict[str, Any]) -> dict[str, Any]:
-    """The same route for requests Archway translates: chosen again after the
-    routing filter's body phase (it clears the route cache), so it sees the
-    translation header that phase set, and turns the translation filter on."""
+def _translated_route(
+    headers: list[dict[str, Any]],
+    action: dict[str, Any],
+    marker: str,
+    echoed: tuple[str, ...],
+) -> dict[str, Any]:
+    """The same route for requests whose response Archway translates or counts
+    (``marker``: ``TRANSLATE_HEADER`` or ``USAGE_HEADER``): chosen again after
+    the routing filter's body phase (it clears the route cache), so it sees the
+    header that phase set, and turns the translation filter on."""
     return {
         "match": {
             "prefix": "/",
-            "headers": [*headers, {"name": TRANSLATE_HEADER, "present_match": True}],
+            "headers": [*headers, {"name": marker, "present_match": True}],
         },
         "route": dict(action),
-        # The translation filter reads the direction from the response.
+        # The translation filter reads the direction and the usage ticket from
+        # the response (an absent header is not echoed).
         "response_headers_to_add": [
-            _echo_request_header(TRANSLATE_HEADER, "OVERWRITE_IF_EXISTS_OR_ADD")
+            _echo_request_header(name, "OVERWRITE_IF_EXISTS_OR_ADD") for name in echoed
         ],
         "typed_per_filter_config": {
             TRANSLATION_FILTER: {

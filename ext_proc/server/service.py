@@ -95,10 +95,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
 
     def processor(self, role: StreamRole, metadata: Iterable[tuple[str, Any]]) -> StreamProcessor:
         """The processor for a new stream of ``role``."""
-        if role is StreamRole.TRANSLATION:
-            return TranslationProcessor()
         # Envoy's span for this call, when it traces: the parent of the request's span.
         trace_context = tracing.stream_trace_context(metadata)
+        if role is StreamRole.TRANSLATION:
+            return TranslationProcessor(self.table, trace_context=trace_context)
         if role is StreamRole.ATTEMPT:
             return AttemptProcessor(self.table, trace_context=trace_context)
         return RoutingProcessor(self.table, self.router, trace_context=trace_context)
