@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import signal
@@ -307,8 +308,14 @@ async def _up(
             ) from None
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
-        bootstrap = render_bootstrap(
+        # up's hop is always its own workers on loopback ports: a socket or TLS
+        # in the config are for serve behind a separate Envoy.
+        local = dataclasses.replace(
             config,
+            gateway=dataclasses.replace(config.gateway, ext_proc_uds=None, ext_proc_tls=None),
+        )
+        bootstrap = render_bootstrap(
+            local,
             ext_proc_host=ext_host,
             ext_proc_port=ext_port,
             ext_proc_ports=pool.worker_ports,

@@ -50,6 +50,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+IMAGE_GID = 10001
 KEYS = {"OPENAI_API_KEY": "sk-openai-container-test", "ANTHROPIC_API_KEY": "sk-ant-container-test"}
 
 
@@ -106,9 +107,11 @@ def test_the_image_runs_archway_unprivileged_as_the_pod_expects() -> None:
     user = last(steps, "USER").value
     assert user not in ("root", "0")
     (useradd,) = [i for i in steps if i.name == "RUN" and "useradd" in i.value]
-    words = shlex.split(useradd.value)
+    words = shlex.split(useradd.value.split("useradd", 1)[1].split("&&")[0])
     assert words[-1] == user
     uid = int(words[words.index("--uid") + 1])
+    # A fixed gid: Envoy joins it to reach the socket (compose's user, the pod's fsGroup).
+    assert int(words[words.index("--gid") + 1]) == IMAGE_GID
     # The Deployment runs as that uid (runAsNonRoot checks a numeric one).
     config = load_config(EXAMPLE_CONFIG, environ=KEYS)
     manifests = archway_manifests(config, EXAMPLE_CONFIG.read_text(), KubernetesOptions())
@@ -187,9 +190,10 @@ def providers() -> Iterator[dict[str, FakeProvider]]:
 
 
 def on_loopback(
-    bootstrap: dict[str, Any], ext_proc_port: int, providers: dict[str, FakeProvider]
+    bootstrap: dict[str, Any], ext_proc: int | Path, providers: dict[str, FakeProvider]
 ) -> dict[str, Any]:
-    """The shipped bootstrap with its addresses moved to this machine's loopback."""
+    """The shipped bootstrap with its addresses moved to this machine's loopback;
+    ``ext_proc`` is Archway's port, or where its socket's volume lies here."""
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
     for listener in bootstrap["static_resources"]["listeners"]:
         listener["address"]["socket_address"] |= {"address": "127.0.0.1", "port_value": 0}
@@ -198,10 +202,15 @@ def on_loopback(
         (lb_endpoint,) = group["lb_endpoints"]
         endpoint = lb_endpoint["endpoint"]
         if cluster["name"] == EXT_PROC_CLUSTER:
-            endpoint["address"]["socket_address"] = {
-                "address": "127.0.0.1",
-                "port_value": ext_proc_port,
-            }
+            if isinstance(ext_proc, Path):
+                # A sidecar: the same socket, only its volume is elsewhere here.
+                assert "socket_address" not in endpoint["address"], endpoint
+                endpoint["address"]["pipe"]["path"] = str(ext_proc)
+            else:
+                endpoint["address"]["socket_address"] = {
+                    "address": "127.0.0.1",
+                    "port_value": ext_proc,
+                }
             continue
         # A provider: its real Host (the endpoint's hostname) to a plain-HTTP fake.
         fake = providers[cluster["name"]]
@@ -256,10 +265,10 @@ def assert_routes_through(envoy: EnvoyProcess, providers: dict[str, FakeProvider
 
 
 def start_envoy(
-    bootstrap: dict[str, Any], tmp_path: Path, ext_proc_port: int, providers: dict[str, Any]
+    bootstrap: dict[str, Any], tmp_path: Path, ext_proc: int | Path, providers: dict[str, Any]
 ) -> EnvoyProcess:
     envoy = EnvoyProcess(output=tmp_path / "envoy.log")
-    envoy.start(yaml.safe_dump(on_loopback(bootstrap, ext_proc_port, providers), sort_keys=False))
+    envoy.start(yaml.safe_dump(on_loopback(bootstrap, ext_proc, providers), sort_keys=False))
     try:
         envoy.wait_ready(30.0)
     except Exception:
@@ -269,8 +278,22 @@ def start_envoy(
 
 
 def ready_port(process: Process) -> int:
-    line = process.wait_for(lambda s: s.startswith(READY_LINE))
+    line = process.wait_for(lambda s: s.startswith(READY_LINE) and " unix:" not in s)
     return int(line.rsplit(":", 1)[1])
+
+
+def ready_socket(process: Process) -> Path:
+    line = process.wait_for(lambda s: s.startswith(f"{READY_LINE} unix:"))
+    return Path(line.split(" unix:", 1)[1])
+
+
+def _pipe_path(bootstrap: dict[str, Any]) -> str:
+    (cluster,) = [
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] == EXT_PROC_CLUSTER
+    ]
+    (group,) = cluster["load_assignment"]["endpoints"]
+    (lb_endpoint,) = group["lb_endpoints"]
+    return str(lb_endpoint["endpoint"]["address"]["pipe"]["path"])
 
 
 # --- docker-compose ---------------------------------------------------------------------
@@ -281,30 +304,45 @@ def test_the_compose_setup_routes(
 ) -> None:
     compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
     archway = compose["services"]["archway"]
+    envoy_service = compose["services"]["envoy"]
     assert archway["build"] == "."
     # No command of its own: the image's ENTRYPOINT and CMD run.
     assert "command" not in archway and "entrypoint" not in archway
-    volumes = dict(_volume(v) for v in archway["volumes"])
-    argv = [volumes.get(arg, arg) for arg in image_command()]
+    # A sidecar pair: Archway publishes and exposes nothing on the compose network;
+    # the two meet in a named volume that holds the socket.
+    assert not {"ports", "expose", "network_mode"} & set(archway)
+    archway_volumes = dict(_volume(v) for v in archway["volumes"])
+    envoy_volumes = dict(_volume(v) for v in envoy_service["volumes"])
+    (shared,) = [v for v in archway_volumes if archway_volumes[v] in compose["volumes"]]
+    assert envoy_volumes[shared] == archway_volumes[shared]
+    # Envoy joins the group the image gives the socket (see the Dockerfile test).
+    assert envoy_service["user"].split(":")[1] == str(IMAGE_GID)
+    volume_dir = tmp_path / "archway-socket"
+    volume_dir.mkdir()
+    paths = {**archway_volumes, shared: str(volume_dir)}
+    argv = [_in_volume(arg, paths) for arg in image_command()]
     assert str(ROOT / "examples" / "config.yaml") in argv
-    argv = replace_value(argv, "--address", "127.0.0.1")
-    argv = replace_value(argv, "--port", str(free_port()))
+    assert "--address" not in argv, "Archway's TCP port stays on the container's loopback"
     argv[0] = str(installed_archway.archway)
     server = Process(
-        [*argv, "--metrics-port", "0"],
+        # The TCP port is loopback-only but must not collide on a shared machine.
+        [*argv, "--port", str(free_port()), "--metrics-port", "0"],
         cwd=tmp_path,
         env=clean_env(**KEYS),
         log=tmp_path / "archway.log",
     )
     try:
-        port = ready_port(server)
-        envoy_service = compose["services"]["envoy"]
-        (bootstrap_volume,) = envoy_service["volumes"]
+        socket_path = ready_socket(server)
+        assert socket_path.parent == volume_dir
+        assert socket_path.stat().st_mode & 0o777 == 0o660
+        (bootstrap_volume,) = [v for v in envoy_service["volumes"] if "envoy.yaml" in v]
         mounted, host_path = _volume(bootstrap_volume)
         assert envoy_service["command"][envoy_service["command"].index("-c") + 1] == mounted
         assert "--disable-hot-restart" in envoy_service["command"]
         bootstrap = yaml.safe_load(Path(host_path).read_text(encoding="utf-8"))
-        envoy = start_envoy(bootstrap, tmp_path, port, providers)
+        # Envoy's bootstrap names the socket where Envoy's mount of the volume puts it.
+        assert _in_volume(_pipe_path(bootstrap), {shared: str(volume_dir)}) == str(socket_path)
+        envoy = start_envoy(bootstrap, tmp_path, socket_path, providers)
         try:
             assert_routes_through(envoy, providers)
         finally:
@@ -315,9 +353,22 @@ def test_the_compose_setup_routes(
     assert "Traceback" not in server.stderr()
 
 
+def _in_volume(arg: str, mounts: dict[str, str]) -> str:
+    """A path inside a container as it lies here, through the mounts (container -> host)."""
+    for inside, here in mounts.items():
+        if arg == inside:
+            return here
+        if arg.startswith(inside.rstrip("/") + "/"):
+            return here + arg[len(inside.rstrip("/")) :]
+    return arg
+
+
 def _volume(spec: str) -> tuple[str, str]:
-    """A compose bind mount (``./host:/container[:ro]``): (container path, host path)."""
+    """A compose mount (``./host:/container[:ro]`` or ``volume:/container``):
+    (container path, host path, or the named volume's name)."""
     host, container, *_ = spec.split(":")
+    if not host.startswith((".", "/")):
+        return container, host
     return container, str((COMPOSE_FILE.parent / host).resolve())
 
 
