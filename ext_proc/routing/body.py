@@ -38,6 +38,9 @@ class ParsedBody:
     """The body as text, when ``model_span`` is known."""
     model_span: tuple[int, int] | None
     """Where the value of the one top-level ``model`` key sits in ``text``."""
+    changed: bool = False
+    """``data`` no longer says what the client sent (a field was taken out): the
+    body is re-encoded even when its model stays."""
 
 
 def parse_request(
@@ -229,7 +232,7 @@ def with_model(parsed: ParsedBody, model: str) -> bytes | None:
     reach the provider untouched. Bodies the scan could not take are
     re-encoded.
     """
-    if parsed.data.get("model") == model:
+    if parsed.data.get("model") == model and not parsed.changed:
         return None
     span, text = parsed.model_span, parsed.text
     if span is not None and text is not None:
