@@ -97,7 +97,7 @@ def start_observability(config: Config, args: argparse.Namespace) -> ProcessObse
 # --- serve -------------------------------------------------------------------
 
 
-def _tls_files(args: argparse.Namespace, config: Config) -> TlsFiles | None:
+def _tls_files(args: argparse.Namespace, config: Config | None) -> TlsFiles | None:
     """The hop's TLS: the flags, else ``archway.ext_proc_tls``; a missing file
     is a start error that names it."""
     from ext_proc.server.service import TlsFiles
@@ -106,7 +106,7 @@ def _tls_files(args: argparse.Namespace, config: Config) -> TlsFiles | None:
         raise StartError("--tls-cert and --tls-key go together: give both")
     if args.tls_cert:
         files = TlsFiles(args.tls_cert, args.tls_key)
-    elif config.gateway.ext_proc_tls is not None:
+    elif config is not None and config.gateway.ext_proc_tls is not None:
         tls = config.gateway.ext_proc_tls
         files = TlsFiles(tls.cert, tls.key)
     else:
@@ -129,8 +129,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.server.workers import default_workers
 
     config = load_config(args.config)
-    uds = args.uds or config.gateway.ext_proc_uds
-    tls = _tls_files(args, config)
+    # A pool's worker (--reuse-port) serves the pool's TCP port, whatever the
+    # config says the hop is: archway up runs its workers behind its own Envoy.
+    pooled = bool(args.reuse_port)
+    uds = args.uds or (None if pooled else config.gateway.ext_proc_uds)
+    tls = _tls_files(args, None if pooled else config)
     # A socket is one path, so one process serves it; a pod or container scales
     # by replicas instead (its CPU limit is one core anyway).
     workers = (1 if uds else default_workers()) if args.workers is None else args.workers

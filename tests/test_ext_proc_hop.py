@@ -5,6 +5,7 @@ serves them, through a real Envoy."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from ext_proc.config import ConfigError, load_config_text
 from ext_proc.deploy.bootstrap import EXT_PROC_CLUSTER, bootstrap_dict
 from ext_proc.deploy.echo import EchoUpstream
+from ext_proc.server.workers import READY_LINE
 from tests.gateway import start_gateway, stop_gateway
 
 CONFIG = """
@@ -139,6 +141,25 @@ def test_serve_refuses_a_hop_it_cannot_serve_in_one_line(
     assert "Traceback" not in result.stderr
     (line,) = [s for s in result.stderr.splitlines() if s.startswith("archway:")]
     assert expected in line, line
+
+
+def test_archway_up_keeps_its_own_loopback_hop_whatever_the_config_says(tmp_path: Path) -> None:
+    # archway up's workers are `serve --reuse-port` children behind up's Envoy,
+    # which reaches them on TCP: a socket or TLS in the config is not theirs.
+    sock = tmp_path / "s.sock"
+    path = tmp_path / "config.yaml"
+    path.write_text(_config(f"  ext_proc_uds: {sock}\n  ext_proc_tls: {{cert: /no, key: /no}}"))
+    command = [sys.executable, "-m", "ext_proc.cli", "serve", str(path), "--workers", "1"]
+    command += ["--reuse-port", "--port", "0", "--metrics-port", "off"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(READY_LINE) and " unix:" not in line, proc.stderr
+        assert not sock.exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
 
 
 # --- TLS through a real Envoy -----------------------------------------------------------
