@@ -2,8 +2,8 @@
 """Side by side: plain Envoy, Envoy + Archway, and (optionally) LiteLLM's proxy.
 
     python bench/gateway_bench.py [--duration 8] [--rounds 3] [--workers 1,2]
-                                  [--soak 100000] [--with-litellm] [--json out.json]
-                                  [--features usage,keys,limits,redis]
+                                  [--hops tcp,uds] [--soak 100000] [--with-litellm]
+                                  [--json out.json] [--features usage,keys,limits,redis]
 
 Every setup serves the same 2 KB chat body from the same fast OpenAI-shaped
 upstream (``bench/upstream.py``, its own process):
@@ -11,13 +11,16 @@ upstream (``bench/upstream.py``, its own process):
 - ``envoy``: Envoy with one static route to the upstream, no ext_proc;
 - ``archway``: ``archway up`` on an alias-routing config (the client asks for
   ``fast-model``, Archway rewrites it to ``gpt-5.2``), one setup per ``--workers``;
-- ``litellm``: LiteLLM's proxy, one worker, installed into ``bench/.venv-litellm``;
 - ``archway-<feature>`` (``--features``): the ``archway`` setup with one more
   feature of docs/usage-and-limits.md configured, to read what each adds per
   request: ``usage`` (every answer's tokens counted: the response passes through
   Archway), ``keys`` (the client's key checked), ``limits`` (the key's client
   under a token limit never reached: estimate, admission, usage settled), and
   ``redis`` (the same limit, its counter in a local ``redis-server``).
+- ``hop-tcp``, ``hop-uds`` (``--hops``): ``archway serve`` in one process behind
+  an Envoy with one worker thread, the ext_proc hop on TCP loopback or a Unix
+  socket (the sidecar setups' default);
+- ``litellm``: LiteLLM's proxy, one worker, installed into ``bench/.venv-litellm``.
 
 ``wrk`` drives each at 1 and 16 connections. Passes alternate between the
 setups, round after round, so a neighbour's burst of CPU hits all of them
@@ -55,7 +58,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from ext_proc.config import load_config  # noqa: E402
-from ext_proc.deploy.bootstrap import bootstrap_dict  # noqa: E402
+from ext_proc.deploy.bootstrap import bootstrap_dict, render_bootstrap  # noqa: E402
 from ext_proc.deploy.envoy_process import EnvoyProcess, find_envoy_binary  # noqa: E402
 from ext_proc.server.service import GRPC_SERVER_ENV  # noqa: E402
 
@@ -412,6 +415,43 @@ archway:
             proxy_pids=proxy_pids,
             workers=workers or 0,
             admin_url=f"http://127.0.0.1:{config.gateway.admin_port}",
+        )
+
+    def start_hop(self, config_path: Path, hop: str) -> Setup:
+        """``archway serve`` (one process) behind its own Envoy (one worker thread),
+        as the sidecar setups run them: the hop on TCP loopback or a Unix socket."""
+        if hop == "uds":
+            socket_path = self.tmp / f"{config_path.stem}.sock"
+            with config_path.open("a") as f:
+                f.write(f"  ext_proc_uds: {socket_path}\n")
+        config = load_config(config_path)
+        log_path = self.tmp / f"{config_path.stem}.log"
+        command = [sys.executable, "-m", "ext_proc.cli", "serve", str(config_path)]
+        command += ["--workers", "1", "--metrics-port", "0"]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+        self.cleanups.append(lambda: stop_process(proc, 20))
+        wait_for(
+            f"archway serve ({hop})",
+            lambda: "server listening on 127" in log_path.read_text(errors="replace"),
+            120,
+            proc,
+        )
+        envoy = EnvoyProcess(output=str(self.tmp / f"{config_path.stem}-envoy.log"))
+        self.cleanups.append(envoy.stop)
+        envoy.start(render_bootstrap(config), concurrency=1)
+        envoy.wait_ready(30)
+        envoy_pid, serve_pid = envoy.pid, proc.pid
+        assert envoy_pid is not None
+        return Setup(
+            name=f"hop-{hop}",
+            url=f"http://127.0.0.1:{config.listeners[0].port}/v1/chat/completions",
+            envoy_pids=lambda: [envoy_pid],
+            proxy_pids=lambda: [serve_pid],
+            workers=1,
+            admin_url=envoy.admin_url,
         )
 
     def start_litellm(self, upstream_port: int) -> Setup:
@@ -800,6 +840,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="add Archway on its grpc.aio fallback transport (the prototype's server)",
     )
     parser.add_argument(
+        "--hops",
+        default="",
+        help="comma-separated ext_proc hops (tcp, uds): archway serve with one process "
+        "behind an Envoy with one thread each, as the sidecar setups run",
+    )
+    parser.add_argument(
         "--soak", type=int, default=0, metavar="N", help="after the passes, RSS over N requests"
     )
     parser.add_argument("--json", type=Path, help="write every pass and the summary here")
@@ -856,6 +902,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for feature in features:
                 path = bench.write_config(upstream_port, f"archway-{feature}", feature)
                 setups.append(bench.start_archway(path, worker_counts[0], feature=feature))
+            for hop in filter(None, args.hops.split(",")):
+                if hop not in ("tcp", "uds"):
+                    parser.error(f"--hops: {hop!r} is not tcp or uds")
+                setups.append(bench.start_hop(bench.write_config(upstream_port, f"hop-{hop}"), hop))
             if args.with_grpcio:
                 path = bench.write_config(upstream_port, "grpcio")
                 setups.append(bench.start_archway(path, None, transport="grpcio"))
