@@ -222,6 +222,13 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
         b"\x00\x00\x03\t\x04\x00\x00\x00\x01\x01\x01y",
     ]
 )
+# And DATA after END_STREAM on a stream answered UNIMPLEMENTED at once.
+@example(
+    [
+        b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x87\x84\x01\x01z",
+        b"\x00\x00\x00\x00\x00\x00\x00\x00\x01",
+    ]
+)
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
     data = PREFACE + SettingsFrame(0).serialize() + b"".join(sequence)
     # Where RFC 9113 makes an error a stream error, h2 sometimes makes it a

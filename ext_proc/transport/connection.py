@@ -582,6 +582,8 @@ class Connection(asyncio.BufferedProtocol):
         self._streams[stream_id] = stream
         self.idle.clear()
         if failure is not None:
+            # Its END_STREAM still counts: DATA after it is an error (5.1).
+            stream.remote_closed = end_stream
             self._finish(stream, *failure)
             return
         if end_stream:
