@@ -59,8 +59,8 @@ class RoutingProcessor:
 
     __slots__ = (
         "_api",
-        "_conversations",
         "_client",
+        "_conversations",
         "_endpoint",
         "_headers",
         "_response",
