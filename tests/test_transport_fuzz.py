@@ -229,6 +229,14 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
         b"\x00\x00\x00\x00\x00\x00\x00\x00\x01",
     ]
 )
+# And DATA on a stream the client had reset.
+@example(
+    [
+        b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08",
+        b"\x00\x00\x00\x00\x01\x00\x00\x00\x01",
+    ]
+)
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
     data = PREFACE + SettingsFrame(0).serialize() + b"".join(sequence)
     # Where RFC 9113 makes an error a stream error, h2 sometimes makes it a

@@ -483,6 +483,9 @@ class Connection(asyncio.BufferedProtocol):
                 raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             return
         premature = not stream.headers_sent
+        # Closed by the peer: any frame but PRIORITY on it from now on is its
+        # error (RFC 9113 5.1), so it is remembered as ended.
+        stream.remote_closed = True
         self._close_stream(stream)
         if premature and self._resets.on_premature_reset():
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "streams reset before any answer")
@@ -543,7 +546,7 @@ class Connection(asyncio.BufferedProtocol):
             raise H2ConnectionError(PROTOCOL_ERROR, "even stream id from a client")
         if stream_id <= self._last_stream_id:
             if stream_id in self._ended:
-                raise H2ConnectionError(STREAM_CLOSED, "HEADERS after END_STREAM")
+                raise H2ConnectionError(STREAM_CLOSED, "HEADERS on a stream the client closed")
             self._control()  # a stream this connection already finished: ignored
             return
         self._last_stream_id = stream_id
@@ -602,7 +605,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._is_idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
             if stream_id in self._ended:
-                raise H2ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
+                raise H2ConnectionError(STREAM_CLOSED, "DATA on a stream the client closed")
             self._release(None, size)  # reset or finished by us: its data is dropped
             if not size:
                 self._control()
