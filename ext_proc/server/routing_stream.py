@@ -123,7 +123,7 @@ class RoutingProcessor:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
         table, headers = self._table, self._headers
         parsed = parse_request(headers, msg.body, endpoint.api)
-        seen = look(table, parsed.data, headers)
+        seen = look(table, parsed.fields, headers)
         choice = None
         if seen.asks_router and self._router is not None:
             choice = await self._telemetry.router_call(
