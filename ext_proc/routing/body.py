@@ -397,8 +397,8 @@ def with_model(parsed: ParsedBody, model: str) -> bytes | None:
         spliced = json.dumps(model, ensure_ascii=False)
         if text is not None:
             return (text[: span[0]] + spliced + text[span[1] :]).encode()
-        body = parsed.body
-        return b"".join((body[: span[0]], spliced.encode(), body[span[1] :]))
+        with memoryview(parsed.body) as body:
+            return b"".join((body[: span[0]], spliced.encode(), body[span[1] :]))
     return encode({**parsed.data, "model": model})
 
 

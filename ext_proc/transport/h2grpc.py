@@ -77,7 +77,7 @@ the cap only bounds what one misbehaving client can hold open."""
 _frame_head = struct.Struct(">IBI")  # length (24 bits) and type, flags, stream id
 
 
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     head = (len(payload) << 8 | kind).to_bytes(4) + bytes((flags,)) + stream_id.to_bytes(4)
     return head + payload
 
@@ -421,16 +421,23 @@ class _Connection(asyncio.BufferedProtocol):
         pos = 0
         end = len(buf)
         try:
-            while end - pos >= 9:
-                word, flags, stream_id = _frame_head.unpack_from(buf, pos)
-                length, kind = word >> 8, word & 0xFF
-                if length > _OUR_MAX_FRAME:
-                    raise _ConnectionError(_FRAME_SIZE_ERROR, "frame larger than advertised")
-                if end - pos - 9 < length:
-                    break
-                payload = bytes(buf[pos + 9 : pos + 9 + length])
-                pos += 9 + length
-                self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
+            with memoryview(buf) as view:
+                while end - pos >= 9:
+                    word, flags, stream_id = _frame_head.unpack_from(buf, pos)
+                    length, kind = word >> 8, word & 0xFF
+                    if length > _OUR_MAX_FRAME:
+                        raise _ConnectionError(_FRAME_SIZE_ERROR, "frame larger than advertised")
+                    if end - pos - 9 < length:
+                        break
+                    start, pos = pos + 9, pos + 9 + length
+                    stream_id &= 0x7FFFFFFF
+                    if kind == _DATA and self._header_block is None:
+                        # A request body arrives as many DATA frames: each is
+                        # copied once, straight into its stream's message buffer.
+                        with view[start:pos] as payload:
+                            self._on_data(flags, stream_id, payload)
+                    else:
+                        self._on_frame(kind, flags, stream_id, bytes(view[start:pos]))
         finally:
             del buf[:pos]
 
@@ -571,7 +578,7 @@ class _Connection(asyncio.BufferedProtocol):
         if end_stream:
             self._remote_close(stream)
 
-    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+    def _on_data(self, flags: int, stream_id: int, payload: bytes | memoryview) -> None:
         if stream_id == 0:
             raise _ConnectionError(_PROTOCOL_ERROR, "DATA on stream 0")
         self._recv_consumed += len(payload)
@@ -606,7 +613,8 @@ class _Connection(asyncio.BufferedProtocol):
                 return
             if len(rx) < 5 + size:
                 break
-            message = bytes(rx[5 : 5 + size])
+            with memoryview(rx) as view:
+                message = bytes(view[5 : 5 + size])
             del rx[: 5 + size]
             self._on_message(stream, message)
         if flags & _END_STREAM and stream.id in self._streams:
@@ -665,7 +673,9 @@ class _Connection(asyncio.BufferedProtocol):
         if not stream.headers_sent:
             stream.headers_sent = True
             self._out.append(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
-        stream.outbox += len(message).to_bytes(5) + message  # flag byte 0: not compressed
+        outbox = stream.outbox
+        outbox += len(message).to_bytes(5)  # flag byte 0: not compressed
+        outbox += message
         self._pump(stream)
 
     def _finish(self, stream: _Stream, status: int, message: str = "") -> None:
@@ -684,15 +694,22 @@ class _Connection(asyncio.BufferedProtocol):
     def _pump(self, stream: _Stream) -> None:
         """Send what flow control allows of the stream's data, then its trailers."""
         outbox = stream.outbox
-        while outbox:
-            room = min(stream.send_window, self._send_window, self._peer_max_frame)
-            if room <= 0:
-                return
-            chunk = bytes(outbox[:room])
-            del outbox[:room]
-            stream.send_window -= len(chunk)
-            self._send_window -= len(chunk)
-            self._out.append(_frame(_DATA, 0, stream.id, chunk))
+        sent = 0
+        with memoryview(outbox) as view:
+            # Frames are cut from a view: each byte is copied once, into its frame.
+            while sent < len(view):
+                room = min(stream.send_window, self._send_window, self._peer_max_frame)
+                if room <= 0:
+                    break
+                with view[sent : sent + room] as chunk:
+                    size = len(chunk)
+                    self._out.append(_frame(_DATA, 0, stream.id, chunk))
+                sent += size
+                stream.send_window -= size
+                self._send_window -= size
+        del outbox[:sent]
+        if outbox:
+            return
         if stream.trailers is not None:
             self._out.append(
                 _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, stream.trailers)
