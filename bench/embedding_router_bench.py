@@ -44,10 +44,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ext_proc.apis import WireAPI  # noqa: E402
 from ext_proc.router import ROUTE_OTHER, Route, Turn  # noqa: E402
 from ext_proc.router.conversation import select_conversation  # noqa: E402
 from ext_proc.router.embedding import DecisionRule, EmbeddingRouter, SentenceEncoder  # noqa: E402
-from ext_proc.routing.catalog import WireAPI  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "routing_set.yaml"
 

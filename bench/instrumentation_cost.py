@@ -73,9 +73,9 @@ def _measure(case: str, number: int, repeat: int) -> tuple[float, float]:
     run()  # first use creates the recorder and its series
     whole = min(timeit.repeat(run, number=number, repeat=repeat)) / number * 1e6
 
+    from ext_proc.apis import Endpoint
     from ext_proc.routing.body import parse_request
     from ext_proc.routing.decide import decide, look
-    from ext_proc.routing.endpoints import Endpoint
     from ext_proc.routing.plan import plan_request
     from ext_proc.server.messages import header_map
 

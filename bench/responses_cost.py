@@ -15,7 +15,9 @@ import timeit
 from collections.abc import Callable
 
 from ext_proc.state.memory import MemoryStore
-from ext_proc.translate import anthropic_to_openai, openai_to_anthropic
+from ext_proc.translate.anthropic_openai.stream import StreamTranslator as MessagesFromChat
+from ext_proc.translate.openai_anthropic.request import translate_request as chat_to_messages
+from ext_proc.translate.openai_anthropic.stream import StreamTranslator as ChatFromMessages
 from ext_proc.translate.responses import (
     request_to_anthropic,
     request_to_chat,
@@ -79,7 +81,7 @@ def main() -> None:
         "  -> chat request": (lambda: request_to_chat.translate_request(request), 1),
         "  -> Anthropic request": (lambda: request_to_anthropic.translate_request(request), 1),
         "  (chat request -> Anthropic request, existing)": (
-            lambda: openai_to_anthropic.translate_request(chat_body),
+            lambda: chat_to_messages(chat_body),
             1,
         ),
         "chat.completion -> Response": (
@@ -99,13 +101,11 @@ def main() -> None:
             events.count(b"\n\n"),
         ),
         "  (Anthropic SSE -> chat chunks, existing)": (
-            stream(
-                lambda: openai_to_anthropic.StreamTranslator(created=0, include_usage=True), events
-            ),
+            stream(lambda: ChatFromMessages(created=0, include_usage=True), events),
             events.count(b"\n\n"),
         ),
         "  (chat chunks -> Anthropic SSE, existing)": (
-            stream(anthropic_to_openai.StreamTranslator, chunks),
+            stream(MessagesFromChat, chunks),
             chunks.count(b"\n\n"),
         ),
         "memory store put + get (5 items)": (store_round_trip, 1),

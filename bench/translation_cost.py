@@ -28,12 +28,13 @@ from typing import Any
 
 import yaml
 
+from ext_proc.apis import COMMON_DIALECT, WireAPI
 from ext_proc.config import load_config
 from ext_proc.deploy import echo
 from ext_proc.deploy.bootstrap import TRANSLATION_FILTER, bootstrap_dict
 from ext_proc.deploy.echo import EchoUpstream
 from ext_proc.deploy.envoy_process import EnvoyProcess
-from ext_proc.translate import anthropic_to_openai, openai_to_anthropic
+from ext_proc.translate import translator_for
 from tests.fake_providers import (
     anthropic_message,
     anthropic_stream,
@@ -162,25 +163,33 @@ def main() -> None:
     events = anthropic_stream("claude")
     chunks = openai_stream("gpt", include_usage=True)
 
+    to_anthropic = translator_for(WireAPI.OPENAI, WireAPI.ANTHROPIC)
+    to_openai = translator_for(WireAPI.ANTHROPIC, WireAPI.OPENAI)
+    assert to_anthropic is not None and to_openai is not None
+    _, usage_context = to_anthropic.request(
+        {**chat_request, "stream": True, "stream_options": {"include_usage": True}}, COMMON_DIALECT
+    )
+    _, openai_context = to_openai.request(ANTHROPIC_BODY, COMMON_DIALECT)
+
     def anthropic_events() -> None:
-        translator = openai_to_anthropic.StreamTranslator(created=0, include_usage=True)
+        translator = to_anthropic.stream(usage_context, created=0)
         translator.feed(events)
         translator.finish()
 
     def openai_chunks() -> None:
-        translator = anthropic_to_openai.StreamTranslator()
+        translator = to_openai.stream(openai_context, created=0)
         translator.feed(chunks)
         translator.finish()
 
     costs = {
         "OpenAI request -> Anthropic request": per_call_us(
-            lambda: openai_to_anthropic.translate_request(chat_request)
+            lambda: to_anthropic.request(chat_request, COMMON_DIALECT)
         ),
         "Anthropic message -> chat.completion": per_call_us(
-            lambda: openai_to_anthropic.translate_response(message, created=0)
+            lambda: to_anthropic.response(message, usage_context, created=0)
         ),
         "chat.completion -> Anthropic message": per_call_us(
-            lambda: anthropic_to_openai.translate_response(completion)
+            lambda: to_openai.response(completion, openai_context, created=0)
         ),
         "Anthropic SSE -> chunks, per event": per_call_us(anthropic_events, 500)
         / events.count(b"\n\n"),

@@ -9,31 +9,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
 from ext_proc.errors import GatewayError
 from ext_proc.router.factory import RouterUnavailableError, build_router, routes_of
 from ext_proc.router.tokenizer import ModelFilesError
 from ext_proc.routing.body import parse_body, parse_request
-from ext_proc.routing.catalog import Upstream, upstream_for
+from ext_proc.routing.catalog import Upstream
 from ext_proc.routing.decide import Look, decide, look, resolve_model
 from ext_proc.routing.endpoints import classify
 from ext_proc.routing.plan import CREDENTIAL_HEADERS, plan_request
 from ext_proc.routing.resolve import build_routing_table
 
 if TYPE_CHECKING:
-    from ext_proc.telemetry.observe import ProcessObservability
+    pass
 
 __all__ = ["main"]
 
@@ -57,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"archway: {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
+        if len(exc.problems) == 1:
+            print(f"archway: {exc.problems[0]}", file=sys.stderr)
+            return 1
+        print(f"archway: {len(exc.problems)} problems in the config:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
@@ -66,6 +66,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        return _report(exc)
+
+
+def _report(exc: Exception) -> int:
+    """One line for a failure the command did not turn into its own message."""
+    from ext_proc.deploy.envoy_process import EnvoyError
+    from ext_proc.run import StartError
+    from ext_proc.server.workers import WorkerError
+
+    if isinstance(exc, StartError | EnvoyError | WorkerError):
+        message = str(exc)
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        # A file named on the command line (--body, -o, a model directory).
+        message = f"{exc.filename}: {exc.strerror or exc}; check the path"
+    else:
+        # A bug, not bad input: the details go to the debug log (-v), not the user.
+        logging.getLogger("archway").debug("unexpected failure", exc_info=exc)
+        message = f"unexpected {type(exc).__name__}: {exc} (please report it; -v logs the details)"
+    print(f"archway: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where Envoy reaches the ext_proc server (default: the config's archway section)",
     )
-    render.add_argument("--admin-port", type=int, help="Envoy admin port (default: the config's)")
+    render.add_argument("--admin-port", type=_port, help="Envoy admin port (default: the config's)")
     render.add_argument(
         "--kubernetes",
         action="store_true",
@@ -161,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the ext_proc gRPC server alone")
     serve.add_argument("config", type=Path)
     serve.add_argument("--address", help="listen address (default: the config's, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default: the config's, 9002)")
+    serve.add_argument("--port", type=_port, help="listen port (default: the config's, 9002)")
     serve.add_argument(
         "--drain-seconds",
         type=float,
@@ -178,7 +199,9 @@ def _parser() -> argparse.ArgumentParser:
         help="share the port with other processes (SO_REUSEPORT); each worker does",
     )
     # A worker's second, private port (see ext_proc.server.workers); set by its parent.
-    serve.add_argument("--own-port", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--own-port", type=_port, help=argparse.SUPPRESS)
+    serve.add_argument("--uds", help="also serve on a Unix domain socket at this path (one worker)")
+    _add_ready_timeout_argument(serve, "each ext_proc worker (with --workers above 1)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
 
@@ -190,16 +213,17 @@ def _parser() -> argparse.ArgumentParser:
         help="also start a local echo provider on each loopback base_url in the config",
     )
     up.add_argument(
-        "--ext-proc-port", type=int, default=0, help="ext_proc port (default: a free one)"
+        "--ext-proc-port", type=_port, default=0, help="ext_proc port (default: a free one)"
     )
     _add_metrics_arguments(up)
     _add_workers_argument(up)
+    _add_ready_timeout_argument(up, "each ext_proc worker, Envoy and the health service")
     up.add_argument("-v", "--verbose", action="store_true")
     up.set_defaults(func=_cmd_up)
     return parser
 
 
-# --- metrics and tracing (transport-independent; see ext_proc/telemetry/observe.py) -----
+# --- arguments shared by serve and up (see ext_proc/run.py) ---------------------------
 
 
 def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,37 +242,33 @@ def _add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
 def _metrics_port(value: str) -> int | str:
     if value.lower() in ("off", "false", "no"):
         return "off"
+    return _port(value)
+
+
+def _port(value: str) -> int:
     port = int(value)
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("a port is 0 to 65535")
     return port
 
 
-def _start_observability(config: Config, args: argparse.Namespace) -> ProcessObservability:
-    """Before any metric exists: one metrics directory for this process and the
-    workers it may start; then the endpoint and tracing."""
-    from ext_proc.telemetry.metrics import MULTIPROC_DIR_ENV, use_multiprocess_dir
-    from ext_proc.telemetry.observe import ProcessObservability
+def _add_ready_timeout_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    from ext_proc.run import DEFAULT_READY_TIMEOUT_S
 
-    try:
-        use_multiprocess_dir()
-    except OSError as exc:
-        # A read-only root with no writable /tmp (a Kubernetes pod without its volume).
-        raise SystemExit(
-            f"archway: cannot create the metrics directory ({exc.strerror or exc}); "
-            f"point TMPDIR or {MULTIPROC_DIR_ENV} at a writable directory"
-        ) from None
-    port = config.gateway.metrics_port if args.metrics_port is None else args.metrics_port
-    address = args.metrics_address or config.gateway.metrics_address
-    try:
-        return ProcessObservability.start(
-            config, metrics_address=address, metrics_port=None if port == "off" else int(port)
-        )
-    except OSError as exc:
-        raise SystemExit(
-            f"archway: cannot serve metrics on {address}:{port} ({exc.strerror or exc}); "
-            "pick another with --metrics-port or archway.metrics_port, or turn it off"
-        ) from None
+    parser.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        metavar="S",
+        help=f"how long to wait for {what} to be ready (default: {DEFAULT_READY_TIMEOUT_S:g})",
+    )
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return number
 
 
 def _add_workers_argument(parser: argparse.ArgumentParser) -> None:
@@ -567,234 +587,34 @@ def _cmd_router_convert(args: argparse.Namespace) -> int:
 
     quantization = None if args.quantization.lower() == "none" else args.quantization
     convert = convert_encoder if args.encoder else convert_model
+    kind = "sentence encoder" if args.encoder else "router model"
     started = time.perf_counter()
-    out = convert(args.source, args.output, quantization=quantization, force=args.force)
+    print(f"[1/2] converting the {kind} {args.source} ({quantization or 'its own'} weights)...")
+    sys.stdout.flush()
+    try:
+        out = convert(args.source, args.output, quantization=quantization, force=args.force)
+    except ModelFilesError as exc:
+        print(f"archway: cannot convert {args.source}: {exc}", file=sys.stderr)
+        return 1
+    print(f"[2/2] wrote {out}")
     print(f"converted {args.source} -> {out} in {time.perf_counter() - started:.1f}s")
     print(f"set router.model_path: {out.resolve()}")
     return 0
 
 
-# --- serve -------------------------------------------------------------------
+# --- serve and up: see ext_proc/run.py ---------------------------------------
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ext_proc.server.health import DEFAULT_DRAIN_S
-    from ext_proc.server.service import serve_forever
-    from ext_proc.server.workers import default_workers
+    from ext_proc.run import cmd_serve
 
-    config = load_config(args.config)
-    workers = default_workers() if args.workers is None else args.workers
-    host = args.address or config.gateway.ext_proc_address
-    port = config.gateway.ext_proc_port if args.port is None else args.port
-    drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
-    if workers > 1:
-        for warning in config.warnings:
-            logging.getLogger("archway").warning("%s", warning)
-        # The parent serves the metrics its workers write (multiprocess mode).
-        observability = _start_observability(config, args)
-        if observability.endpoint is not None:
-            print(f"archway metrics on {observability.endpoint.url}", flush=True)
-        try:
-            return asyncio.run(
-                _serve_workers(args.config, host, port, workers, args.verbose, drain_s)
-            )
-        finally:
-            observability.close()
-    if not args.reuse_port:  # a pool's worker: its parent already warned
-        for warning in config.warnings:
-            logging.getLogger("archway").warning("%s", warning)
-    observability = _start_observability(config, args)
-    if observability.endpoint is not None:
-        print(f"archway metrics on {observability.endpoint.url}", flush=True)
-    try:
-        asyncio.run(
-            serve_forever(
-                config,
-                host,
-                port,
-                drain_s=drain_s,
-                reuse_port=args.reuse_port,
-                own_port=args.own_port,
-            )
-        )
-    finally:
-        observability.close()
-    return 0
-
-
-async def _serve_workers(
-    path: Path, host: str, port: int, workers: int, verbose: bool, drain_s: float
-) -> int:
-    from ext_proc.server.workers import READY_LINE, WorkerPool
-
-    pool = WorkerPool(path, host, port, workers, verbose=verbose, drain_s=drain_s)
-    bound = await pool.start()
-    pids = ", ".join(str(p) for p in pool.pids)
-    print(f"archway: {workers} ext_proc workers (pids {pids})", file=sys.stderr, flush=True)
-    print(f"{READY_LINE} {host}:{bound}", flush=True)
-    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, received.put_nowait, sig)
-    first = await received.get()
-    # SIGTERM: every worker drains (health NOT_SERVING, still answering) as a
-    # single server would; a second signal cuts that short. Ctrl-C stops at once.
-    stopping = asyncio.create_task(pool.stop(grace_s=drain_s + 5.0, sig=first))
-    second = asyncio.create_task(received.get())
-    done, _ = await asyncio.wait({stopping, second}, return_when=asyncio.FIRST_COMPLETED)
-    if second in done:
-        pool.signal_all(signal.SIGTERM)
-    else:
-        second.cancel()
-    await stopping
-    return 0
-
-
-async def _wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-# --- up ----------------------------------------------------------------------
-
-
-def _echo_targets(config: Config) -> dict[int, str]:
-    """Loopback ports named by the config's ``base_url``s, with a provider name each."""
-    ports: dict[int, str] = {}
-    for p in config.providers:
-        if not p.base_url:
-            continue
-        parts = urlsplit(p.base_url)
-        if parts.scheme == "http" and parts.hostname in _LOOPBACK:
-            ports.setdefault(upstream_for(p).port, p.provider)
-    return ports
+    return cmd_serve(args)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    from ext_proc.server.workers import default_workers
+    from ext_proc.run import cmd_up
 
-    workers = default_workers(beside_envoy=True) if args.workers is None else args.workers
-    observability = _start_observability(config, args)
-    try:
-        return asyncio.run(
-            _up(
-                config,
-                args.config,
-                args.echo_upstream,
-                args.ext_proc_port,
-                workers,
-                args.verbose,
-                observability,
-            )
-        )
-    finally:
-        observability.close()
-
-
-async def _up(
-    config: Config,
-    path: Path,
-    echo: bool,
-    ext_proc_port: int,
-    workers: int,
-    verbose: bool,
-    observability: ProcessObservability,
-) -> int:
-    from ext_proc.deploy.bootstrap import render_bootstrap
-    from ext_proc.deploy.echo import EchoUpstream
-    from ext_proc.deploy.envoy_process import EnvoyProcess
-    from ext_proc.server.health import wait_until_serving
-    from ext_proc.server.workers import WorkerPool
-
-    stack = contextlib.ExitStack()
-    echoes: list[EchoUpstream] = []
-    pool: WorkerPool | None = None
-    try:
-        if echo:
-            for port, name in _echo_targets(config).items():
-                echoes.append(stack.enter_context(EchoUpstream("127.0.0.1", port, name=name)))
-        ext_host = "127.0.0.1"
-        # Workers run as supervised children, even one: a crashed worker is
-        # restarted while Envoy keeps serving (and the health check marks it).
-        pool = WorkerPool(path, ext_host, ext_proc_port, workers, verbose=verbose, own_ports=True)
-        ext_port = await pool.start()
-        worker_ports = pool.worker_ports
-        stop_ext_proc = pool.stop
-        envoy = EnvoyProcess()
-        stack.callback(envoy.stop)
-        bootstrap = render_bootstrap(
-            config, ext_proc_host=ext_host, ext_proc_port=ext_port, ext_proc_ports=worker_ports
-        )
-        envoy.start(bootstrap, concurrency=workers)
-        await asyncio.to_thread(envoy.wait_ready, 30.0)
-        # Ready means both answer: Envoy's admin /ready and the ext_proc health service.
-        await wait_until_serving(f"{ext_host}:{ext_port}", timeout_s=10.0)
-        addresses = await asyncio.to_thread(envoy.listener_addresses)
-        _print_ready(config, addresses, echoes, ext_port, workers, envoy.admin_url, observability)
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        code = 0
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            if envoy.returncode is not None:
-                print(f"archway: envoy exited with code {envoy.returncode}", file=sys.stderr)
-                code = 1
-                break
-        print("archway: stopping", file=sys.stderr)
-        envoy.stop()
-        await stop_ext_proc(1.0)
-        return code
-    finally:
-        stack.close()
-        if pool is not None:
-            await pool.stop(1.0)  # a no-op after a clean stop
-
-
-def _print_ready(
-    config: Config,
-    addresses: dict[str, tuple[str, int]],
-    echoes: Sequence[object],
-    ext_proc_port: int,
-    workers: int,
-    admin_url: str,
-    observability: ProcessObservability,
-) -> None:
-    print("archway is up.", flush=True)
-    for name, (host, port) in addresses.items():
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"  listener {name}: clients use base_url http://{shown}:{port}/v1")
-    processes = "1 process" if workers == 1 else f"{workers} worker processes"
-    print(
-        f"  ext_proc server: 127.0.0.1:{ext_proc_port} ({processes}, gRPC health: SERVING); "
-        f"envoy admin: {admin_url} (/ready: LIVE)"
-    )
-    if observability.endpoint is not None:
-        print(f"  metrics: {observability.endpoint.url}")
-    if observability.tracing_to is not None:
-        print(f"  tracing: spans to {observability.tracing_to}")
-    if echoes:
-        print(f"  echo upstreams: {len(echoes)} (answers say what they received)")
-    if addresses:
-        host, port = next(iter(addresses.values()))
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        model = next((a for a in config.aliases), config.providers[0].model)
-        print("try:")
-        print(
-            f"  curl -si http://{shown}:{port}/v1/chat/completions "
-            "-H 'content-type: application/json' "
-            f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}]}}'"""
-        )
-    print("Ctrl-C stops everything.", flush=True)
+    return cmd_up(args)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """Errors a client sees, in the shape of the API it speaks.
 
-OpenAI: ``{"error": {"message", "type", "param", "code"}}``.
-Anthropic (``/v1/messages``): ``{"type": "error", "error": {"type", "message"}}``.
+Each wire API has its error shape (``ext_proc.apis.ErrorShape``): OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` or Anthropic's
+``{"type": "error", "error": {"type", "message"}}``.
 """
 
 from __future__ import annotations
 
 import json
 
-from ext_proc.routing.catalog import WireAPI
+from ext_proc.apis import ErrorShape, WireAPI
 
-__all__ = ["GatewayError", "error_body"]
+__all__ = ["GatewayError", "error_body", "error_payload"]
 
 # Anthropic names its error types by status; OpenAI uses one type per family.
 _ANTHROPIC_TYPES = {
@@ -58,22 +59,23 @@ class GatewayError(Exception):
         return _ANTHROPIC_TYPES.get(self.status, "invalid_request_error")
 
 
+def error_payload(shape: ErrorShape, error: GatewayError) -> dict[str, object]:
+    """``error`` as a JSON object of ``shape``; Envoy's own error replies are
+    rendered from it too (``ext_proc.deploy.bootstrap``)."""
+    if shape is ErrorShape.ANTHROPIC:
+        return {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}}
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
 def error_body(api: WireAPI, error: GatewayError) -> bytes:
     """The JSON body of ``error`` as a client of ``api`` expects it."""
-    if api is WireAPI.ANTHROPIC:
-        payload: dict[str, object] = {
-            "type": "error",
-            "error": {"type": error.anthropic_type, "message": error.message},
-        }
-    else:
-        payload = {
-            "error": {
-                "message": error.message,
-                "type": error.openai_type,
-                "param": error.param,
-                "code": error.code,
-            }
-        }
     # ASCII escapes: a message may quote client input that is not valid UTF-8
     # (a lone surrogate escape), and an error must always encode.
-    return json.dumps(payload).encode()
+    return json.dumps(error_payload(api.error_shape, error)).encode()

@@ -58,10 +58,6 @@ FALLBACK_CHAIN = "x-archway-fallbacks"
 """Set by the ext_proc server on requests whose model has fallbacks: the model of
 each attempt, space-separated, primary first. Read by the upstream processor."""
 
-DECISION_ROUTE_SCORE = "x-archway-route-score"
-"""The preference router's confidence in ``x-archway-route``, where the backend has
-one (the embedding router's cosine similarity)."""
-
 CLIENT_DECISION_HEADERS = (
     DECISION_MODEL,
     DECISION_PROVIDER,

@@ -1,8 +1,14 @@
 """Shared fixtures, built once per test run: the tiny Arch-Router-shaped model,
-and Archway installed from its wheel."""
+and Archway installed from its wheel.
+
+ctranslate2, torch and transformers are declared test dependencies (the
+``test`` extra): a broken install makes the router tests error, loudly, rather
+than skip and leave the router untested while the suite passes.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +17,16 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.installed import Installation
+
+
+def _require_router_test_dependencies() -> None:
+    for name in ("ctranslate2", "torch", "transformers"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"{name} does not import ({exc}); it is a test dependency: pip install -e '.[test]'"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -23,9 +39,7 @@ class TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    pytest.importorskip("ctranslate2")
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    _require_router_test_dependencies()
     from ext_proc.router.convert import convert_model
     from tests.tiny_qwen import build_model, build_tokenizer
 
@@ -48,9 +62,7 @@ class TinyEncoder:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> TinyEncoder:
-    pytest.importorskip("ctranslate2")
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    _require_router_test_dependencies()
     from ext_proc.router.convert import convert_encoder
     from tests.tiny_bert import build_model, build_tokenizer
 

@@ -26,9 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ext_proc.apis import WireAPI
 from ext_proc.deploy.echo import ReceivedRequest, ThreadedUpstream
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.routing.catalog import WireAPI
 from ext_proc.translate.bedrock import (
     STREAM_CONTENT_TYPE,
     errors,

@@ -295,6 +295,9 @@ def _pieces(body: bytes) -> Iterator[bytes]:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: each piece must leave when written, as its own segment; with
+    # Nagle's algorithm the kernel would hold and merge them until an ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

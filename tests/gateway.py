@@ -1,11 +1,20 @@
 """A whole gateway on loopback for end-to-end tests: fake upstreams, the ext_proc
-server on its own event loop thread, and a real Envoy."""
+server, and a real Envoy.
+
+The server runs either as users run it, ``archway serve`` in a child process
+(``server_process=True``), or on an event loop thread of the test's own process,
+where a test can give it a scripted router or look inside it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +29,8 @@ from ext_proc.deploy.envoy_process import EnvoyProcess
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.server.service import RunningServer, start_server
+from ext_proc.server.workers import READY_LINE
+from tests.processes import read_until
 
 RouterFactory = Callable[[Config], ConfiguredRouter | None]
 
@@ -104,13 +115,66 @@ class ServerThread:
         self._loop.close()
 
 
+class ServerProcess:
+    """``archway serve CONFIG`` in a child process, one worker, as a user runs it.
+    Its stderr goes to ``log`` (read it when a test fails)."""
+
+    def __init__(self, config_path: Path, log: Path, *extra_args: str) -> None:
+        self._command = [
+            sys.executable,
+            "-m",
+            "ext_proc.cli",
+            "serve",
+            str(config_path),
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--metrics-port",
+            "off",
+            *extra_args,
+        ]
+        self._log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def start(self) -> int:
+        with self._log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self._command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            line = read_until(self.proc, READY_LINE, 60)[-1]
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\nits stderr:\n{self._log.read_text()}") from None
+        self.port = int(line.rsplit(":", 1)[1])
+        return self.port
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)  # at once: no drain
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @dataclass
 class Gateway:
     config: Config
     port: int
     upstreams: Mapping[str, RecordingUpstream]
     envoy: EnvoyProcess
-    server: ServerThread
+    server: ServerThread | ServerProcess
     stack: list[object] = field(default_factory=list)
 
     @property
@@ -141,15 +205,25 @@ def start_gateway(
     envoy_log: Path | None = None,
     watch: bool = False,
     router_factory: RouterFactory = build_router,
+    server_process: bool = False,
+    serve_args: Sequence[str] = (),
 ) -> Gateway:
     """Start Envoy and the ext_proc server for ``config_text``; the caller stops them
     with ``stop_gateway`` (fixtures do it in a ``finally``). ``envoy_log`` captures
     Envoy's output (access log included) instead of passing it through;
-    ``router_factory`` replaces the configured preference router (a scripted one)."""
+    ``router_factory`` replaces the configured preference router (a scripted one).
+    ``server_process`` runs ``archway serve`` (with ``serve_args``) instead, which
+    watches its config as a user's does."""
     path = tmp / "config.yaml"
     path.write_text(config_text)
     config = load_config(path)
-    server = ServerThread(config, watch=watch, router_factory=router_factory)
+    server: ServerThread | ServerProcess
+    if server_process:
+        if router_factory is not build_router:
+            raise ValueError("a scripted router runs only in the test's own process")
+        server = ServerProcess(path, tmp / "serve.log", *serve_args)
+    else:
+        server = ServerThread(config, watch=watch, router_factory=router_factory)
     # Always to a file, so a failed start reports Envoy's own words.
     envoy = EnvoyProcess(output=envoy_log or tmp / "envoy.log")
     try:
@@ -176,6 +250,7 @@ def echo_gateway(
     names: Sequence[str] = ("openai", "anthropic"),
     *,
     router_factory: RouterFactory = build_router,
+    server_process: bool = False,
     **fields: object,
 ) -> Iterator[Gateway]:
     """A gateway for ``config_text`` in front of one echo upstream per name in
@@ -184,7 +259,9 @@ def echo_gateway(
     upstreams = {n: EchoUpstream(name=n).start() for n in names}
     try:
         text = config_text.format(**{n: u.base_url for n, u in upstreams.items()}, **fields)
-        gateway = start_gateway(text, tmp, upstreams, router_factory=router_factory)
+        gateway = start_gateway(
+            text, tmp, upstreams, router_factory=router_factory, server_process=server_process
+        )
         try:
             yield gateway
         finally:

@@ -9,7 +9,7 @@ import pytest
 from anthropic.types import Message
 from openai.types.chat import ChatCompletion
 
-from ext_proc.routing.catalog import WireAPI
+from ext_proc.apis import WireAPI
 from ext_proc.translate.bedrock import errors, response_to_anthropic, response_to_openai
 from ext_proc.translate.bedrock.converse import (
     ANTHROPIC_STOP_REASONS,

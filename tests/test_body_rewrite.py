@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from ext_proc.apis import Endpoint
 from ext_proc.errors import GatewayError
 from ext_proc.routing.body import _scan_object, parse_body, parse_request
 from ext_proc.routing.decide import decide, look
-from ext_proc.routing.endpoints import Endpoint
 from ext_proc.routing.plan import RequestPlan, plan_request
 from ext_proc.routing.resolve import RoutingTable, build_routing_table
 from tests.factories import config, provider

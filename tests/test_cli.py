@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
@@ -29,6 +30,7 @@ from ext_proc.cli import main
 from ext_proc.config import load_config
 from ext_proc.deploy.bootstrap import render_bootstrap
 from tests.metrics_scrape import sample_key, scrape
+from tests.processes import children, is_zombie, read_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-live-DO-NOT-PRINT-1234"
@@ -120,31 +122,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if marker in line:
-            return lines
-    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(lines)}")
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue  # that thread ended between the listing and the read
-        found.extend(int(c) for c in text)
-    return found
-
-
 def _demo_config(tmp_path: Path) -> Path:
     """The README's demo config on free ports, so tests run beside anything."""
     config = (ROOT / "examples/demo.yaml").read_text()
@@ -166,12 +143,12 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     try:
-        lines = _read_until(proc, "Ctrl-C", 60)
+        lines = read_until(proc, "Ctrl-C", 60)
         # Ready is printed only once both Envoy and the ext_proc health service answer.
         assert any("gRPC health: SERVING" in line and "/ready: LIVE" in line for line in lines)
         base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
-        children = _children(proc.pid)
-        assert children, "envoy should run as a child of archway up"
+        started = children(proc.pid)
+        assert started, "envoy should run as a child of archway up"
         req = urllib.request.Request(
             base + "/chat/completions",
             data=json.dumps({"model": "creative-model", "messages": []}).encode(),
@@ -200,8 +177,8 @@ def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         assert samples[sample_key("archway_translations_total", pair="anthropic-to-openai")] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
-        for child in children:
-            assert not Path(f"/proc/{child}").exists() or _is_zombie(child), "orphan left running"
+        for child in started:
+            assert not Path(f"/proc/{child}").exists() or is_zombie(child), "orphan left running"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -222,13 +199,6 @@ def _stream_both_ways(base_url: str) -> None:
         text = "".join(stream.text_stream)
         assert stream.get_final_message().stop_reason == "end_turn"
     assert text.startswith("echo from openai: POST /v1/chat/completions")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _chat_stream() -> list[ProcessingRequest]:
@@ -271,7 +241,7 @@ def test_serve_answers_ext_proc_streams(tmp_path: Path, transport: str) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1", "ARCHWAY_GRPC_SERVER": transport},
     )
     try:
-        lines = _read_until(proc, "listening on", 30)
+        lines = read_until(proc, "listening on", 30)
         port = int(lines[-1].rsplit(":", 1)[1])
         metrics_url = next(line.split(" on ")[1].strip() for line in lines if "metrics on" in line)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -338,15 +308,15 @@ def test_up_restarts_a_crashed_ext_proc_worker(tmp_path: Path) -> None:
             return err.code
 
     try:
-        lines = _read_until(proc, "Ctrl-C", 60)
+        lines = read_until(proc, "Ctrl-C", 60)
         base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
         assert chat(base) == 200
-        (worker,) = [p for p in _children(proc.pid) if " serve " in _cmdline(p)]
+        (worker,) = [p for p in children(proc.pid) if " serve " in _cmdline(p)]
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while True:  # the supervisor starts a new worker; Envoy finds it
             replacements = [
-                p for p in _children(proc.pid) if " serve " in _cmdline(p) and p != worker
+                p for p in children(proc.pid) if " serve " in _cmdline(p) and p != worker
             ]
             if replacements and chat(base) == 200:
                 break
@@ -358,3 +328,275 @@ def test_up_restarts_a_crashed_ext_proc_worker(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# --- signals, failures and progress of the long-running commands ---------------------
+
+
+def _chat_model(base: str, model: str, timeout_s: float = 10) -> tuple[int, str]:
+    """The status and the model that answered a chat request for ``model``."""
+    req = urllib.request.Request(
+        base + "/chat/completions",
+        data=json.dumps({"model": model, "messages": []}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, resp.headers["x-archway-model"]
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+_ALIASES_BEFORE = "fast-model:\n    target: gpt-5.2\n  reasoning-model:\n    target: gpt-5\n"
+_ALIASES_AFTER = "fast-model:\n    target: gpt-5\n  reasoning-model:\n    target: gpt-5.2\n"
+
+
+def _start_up(path: Path, *extra: str, stderr: Path | None = None) -> subprocess.Popen[str]:
+    with (stderr or Path(os.devnull)).open("ab") as err:
+        return subprocess.Popen(
+            [*ARCHWAY, "up", str(path), "--echo-upstream", "--metrics-port", "off", *extra],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_reloads_on_sighup_and_stops_on_sigint_or_sigterm(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    path = _demo_config(tmp_path)
+    assert _ALIASES_BEFORE in path.read_text()
+    proc = _start_up(path, "--workers", "2")
+    try:
+        lines = read_until(proc, "Ctrl-C", 60)
+        base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
+        assert _chat_model(base, "fast-model") == (200, "openai/gpt-5.2")
+        started = children(proc.pid)
+
+        # The same size and modification time: only SIGHUP can tell the workers
+        # (their file poll sees nothing new).
+        before = path.stat()
+        path.write_text(path.read_text().replace(_ALIASES_BEFORE, _ALIASES_AFTER))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert path.stat().st_size == before.st_size
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        # Every worker reloads: several requests in a row, spread over both.
+        while [_chat_model(base, "fast-model") for _ in range(4)] != [(200, "openai/gpt-5")] * 4:
+            assert proc.poll() is None, "SIGHUP stopped archway up"
+            assert time.monotonic() < deadline, "SIGHUP did not reload the config"
+            time.sleep(0.2)
+        assert set(children(proc.pid)) == set(started), "SIGHUP restarted something"
+
+        proc.send_signal(stop)
+        assert proc.wait(timeout=20) == 0
+        for child in started:
+            assert not Path(f"/proc/{child}").exists() or is_zombie(child), "orphan left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_up_replaces_a_hung_ext_proc_worker(tmp_path: Path) -> None:
+    path = _demo_config(tmp_path)
+    proc = _start_up(path, "--workers", "1")
+    try:
+        lines = read_until(proc, "Ctrl-C", 60)
+        base = next(line.split("base_url ")[1].strip() for line in lines if "base_url" in line)
+        assert _chat_model(base, "fast-model")[0] == 200
+        (worker,) = [p for p in children(proc.pid) if " serve " in _cmdline(p)]
+        # Stopped, the worker never exits; only the health check can tell.
+        os.kill(worker, signal.SIGSTOP)
+        deadline = time.monotonic() + 45
+        while True:
+            replacements = [
+                p for p in children(proc.pid) if " serve " in _cmdline(p) and p != worker
+            ]
+            if replacements and _chat_model(base, "fast-model", timeout_s=5)[0] == 200:
+                break
+            assert time.monotonic() < deadline, "the hung worker was not replaced"
+            time.sleep(0.2)
+        assert not Path(f"/proc/{worker}").exists() or is_zombie(worker)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_up_says_what_it_waits_for(tmp_path: Path) -> None:
+    path = _demo_config(tmp_path)
+    log = tmp_path / "stderr.log"
+    proc = _start_up(path, "--workers", "1", "--ready-timeout", "45", stderr=log)
+    try:
+        read_until(proc, "Ctrl-C", 60)
+        said = log.read_text()
+        assert "archway: starting 1 ext_proc worker(s)" in said
+        assert "archway: waiting for Envoy /ready (up to 45s)..." in said
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something else listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+_ROUTER_WITHOUT_MODEL = """\
+llm_providers:
+  - model: openai/gpt-5
+    access_key: k
+    default: true
+routing_preferences:
+  - name: code generation
+    description: writing code
+    models: [openai/gpt-5]
+router:
+  model_path: {model_dir}
+archway:
+  admin_port: 0
+listeners:
+  egress_traffic: {{address: 127.0.0.1, port: 0, timeout: 5s}}
+"""
+
+_REFUSED_BY_ENVOY = """\
+llm_providers:
+  - model: openai/gpt-5
+    access_key: k
+    default: true
+overrides:
+  upstream_tls_ca_path: /nonexistent/ca.pem
+archway:
+  admin_port: 0
+listeners:
+  egress_traffic: {address: 127.0.0.1, port: 0, timeout: 5s}
+"""
+
+
+def _bad_inputs(tmp_path: Path, busy: int) -> dict[str, tuple[list[str], list[str]]]:
+    """Command line -> what its one line of error must say."""
+    demo = _demo_config(tmp_path)
+    text = demo.read_text()
+    admin_busy = _write(
+        tmp_path, "admin.yaml", text.replace("admin_port: 0", f"admin_port: {busy}")
+    )
+    listener_busy = _write(tmp_path, "listener.yaml", text.replace("port: 0", f"port: {busy}", 1))
+    no_model = _write(
+        tmp_path, "router.yaml", _ROUTER_WITHOUT_MODEL.format(model_dir=tmp_path / "empty")
+    )
+    (tmp_path / "empty").mkdir()
+    refused = _write(tmp_path, "refused.yaml", _REFUSED_BY_ENVOY)
+    missing = str(tmp_path / "missing.yaml")
+    d = str(demo)
+    return {
+        "check-missing": (["check", missing], ["cannot read the config file"]),
+        "check-directory": (["check", str(tmp_path)], ["cannot read the config file"]),
+        "render-unwritable": (["render", d, "-o", "/nonexistent/dir/x"], ["check the path"]),
+        "explain-no-body": (["explain", d, "--body", missing], ["missing.yaml", "check the path"]),
+        "route-no-body": (["route", d, "--body", missing], ["missing.yaml"]),
+        "convert-no-model": (["router", "convert", missing, str(tmp_path / "o")], ["convert"]),
+        "serve-bad-port": (["serve", d, "--port", "99999"], ["0 to 65535"]),
+        "serve-busy": (
+            ["serve", d, "--port", str(busy), "--workers", "1", "--metrics-port", "off"],
+            [str(busy), "--port", "archway.ext_proc_port"],
+        ),
+        "serve-workers-busy": (
+            ["serve", d, "--port", str(busy), "--workers", "2", "--metrics-port", "off"],
+            [str(busy), "--port", "archway.ext_proc_port"],
+        ),
+        "serve-metrics-busy": (
+            ["serve", d, "--port", "0", "--metrics-port", str(busy)],
+            [str(busy), "--metrics-port", "archway.metrics_port"],
+        ),
+        "up-missing": (["up", missing], ["cannot read the config file"]),
+        "up-admin-busy": (
+            ["up", str(admin_busy), "--metrics-port", "off"],
+            [f"port {busy} is in use", "archway.admin_port"],
+        ),
+        "up-listener-busy": (
+            ["up", str(listener_busy), "--metrics-port", "off"],
+            [f"port {busy} is in use", "listener egress_traffic"],
+        ),
+        "up-metrics-busy": (
+            ["up", d, "--metrics-port", str(busy)],
+            [str(busy), "--metrics-port", "archway.metrics_port"],
+        ),
+        "up-ext-proc-busy": (
+            ["up", d, "--metrics-port", "off", "--ext-proc-port", str(busy)],
+            [str(busy), "--ext-proc-port"],
+        ),
+        "up-no-router-model": (
+            ["up", str(no_model), "--metrics-port", "off"],
+            ["router", "model.bin", "archway router convert"],
+        ),
+        "up-refused-by-envoy": (
+            ["up", str(refused), "--metrics-port", "off"],
+            ["Envoy", "/nonexistent/ca.pem"],
+        ),
+        "up-ready-timeout": (
+            ["up", d, "--metrics-port", "off", "--ready-timeout", "0.001"],
+            ["not ready after 0.001s", "--ready-timeout"],
+        ),
+    }
+
+
+_CASES = [
+    "check-missing",
+    "check-directory",
+    "render-unwritable",
+    "explain-no-body",
+    "route-no-body",
+    "convert-no-model",
+    "serve-bad-port",
+    "serve-busy",
+    "serve-workers-busy",
+    "serve-metrics-busy",
+    "up-missing",
+    "up-admin-busy",
+    "up-listener-busy",
+    "up-metrics-busy",
+    "up-ext-proc-busy",
+    "up-no-router-model",
+    "up-refused-by-envoy",
+    "up-ready-timeout",
+]
+
+
+@pytest.mark.parametrize("case", _CASES)
+def test_bad_input_is_one_line_never_a_traceback(tmp_path: Path, busy_port: int, case: str) -> None:
+    argv, expected = _bad_inputs(tmp_path, busy_port)[case]
+    # Exits at once: the communicate() timeout is far below a drain or a ready wait.
+    result = subprocess.run(
+        [*ARCHWAY, *argv],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    for words in expected:
+        assert words in last, f"{words!r} not in the last line: {last!r}\n{result.stderr}"

@@ -59,7 +59,9 @@ MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with echo_gateway(CONFIG, tmp_path_factory.mktemp("gw"), UPSTREAM_NAMES) as gw:
+    with echo_gateway(
+        CONFIG, tmp_path_factory.mktemp("gw"), UPSTREAM_NAMES, server_process=True
+    ) as gw:
         yield gw
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
+from ext_proc.transport import GrpcError, H2GrpcServer, StreamStatus
 
 PATH = "/test.Echo/Chat"
 LIMIT = 1024 * 1024
@@ -189,7 +189,7 @@ def test_streams_over_the_advertised_limit_are_refused() -> None:
 def test_a_stream_task_starts_at_once_and_keeps_one_context() -> None:
     import contextvars
 
-    from ext_proc.transport.h2grpc import _start_task
+    from ext_proc.transport.tasks import start_task as _start_task
 
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
     seen: list[str] = []
@@ -229,9 +229,9 @@ def test_a_stream_task_starts_at_once_and_keeps_one_context() -> None:
 def test_header_decoder_agrees_with_hpack() -> None:
     from hpack import Encoder
 
-    from ext_proc.transport.h2grpc import _HeaderDecoder
+    from ext_proc.transport.hpack import HeaderDecoder, HuffmanMemo
 
-    encoder, decoder = Encoder(), _HeaderDecoder()
+    encoder, decoder = Encoder(), HeaderDecoder(HuffmanMemo())
     blocks = [
         [(b":method", b"POST"), (b":path", b"/a.B/C"), (b"x-request-id", b"1" * 36)],
         [(b":method", b"POST"), (b":path", b"/a.B/C"), (b"x-request-id", b"2" * 36)],
@@ -247,11 +247,11 @@ def test_header_decoder_agrees_with_hpack() -> None:
 
 
 def test_header_decoder_rejects_broken_blocks() -> None:
-    from ext_proc.transport.h2grpc import _DecodeError, _HeaderDecoder
+    from ext_proc.transport.hpack import DecodeError, HeaderDecoder, HuffmanMemo
 
     for block in (b"\x80", b"\xff\xff\xff\xff\xff\xff\x7f", b"\x04\x85ab", b"\xbe"):
-        with pytest.raises(_DecodeError):
-            _HeaderDecoder().decode(block)
+        with pytest.raises(DecodeError):
+            HeaderDecoder(HuffmanMemo()).decode(block)
 
 
 @pytest.mark.parametrize("transport", ["h2", "grpcio"])

@@ -17,11 +17,22 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ext_proc.config import Config
+from ext_proc.router.service import ConfiguredRouter
 from ext_proc.telemetry import tracing
 from ext_proc.telemetry.metrics import MetricsEndpoint, start_metrics_endpoint
 from tests.fake_providers import FakeProvider, Reply
-from tests.gateway import Gateway, start_gateway, stop_gateway
+from tests.gateway import (
+    LOOPBACK_LISTENER,
+    OPENAI_AND_ANTHROPIC,
+    Gateway,
+    echo_gateway,
+    start_gateway,
+    stop_gateway,
+)
 from tests.metrics_scrape import delta, requests_key, sample_key, scrape
+from tests.scripted_router import ScriptedRouter, configured
+from tests.test_e2e import raw_post
 
 NAMES = ("openai", "mistral", "anthropic")
 SECRETS = ("sk-openai-OPSSECRET", "sk-mistral-OPSSECRET", "sk-ant-OPSSECRET")
@@ -249,12 +260,72 @@ def test_the_access_log_names_every_decision_field(ops: Ops) -> None:
     assert entry["fallback"] is None and entry["answered_model"] == "anthropic/claude-sonnet-4-5"
     assert entry["request_id"]
     assert not any(secret in ops.envoy_log.read_text() for secret in SECRETS)
-    # The requests of the tests above, by now in the same file.
-    fallback = ops.access_log("fallback", "1")
+
+
+def test_the_access_log_records_a_fallback_and_a_pinned_conversation(ops: Ops) -> None:
+    # Each line is found by a trace id only this test sends: other tests' lines
+    # in the same file neither help nor hurt.
+    fallback_trace = "6bf92f3577b34da6a3ce929d0e0e4738"
+    pinned_trace = "7bf92f3577b34da6a3ce929d0e0e4739"
+    body = json.dumps({"error": {"message": "overloaded", "type": "x"}}).encode()
+    ops.gateway.upstreams["openai"].queue(Reply(status=503, body=body))  # type: ignore[attr-defined]
+    traced = {"traceparent": f"00-{fallback_trace}-{CLIENT_SPAN_ID}-01"}
+    assert ops.chat("openai/gpt-5", headers=traced)[0] == 200
+    session = {"x-model-affinity": "access-log-conversation"}
+    assert ops.chat(None, headers=session)[0] == 200
+    traced = {**session, "traceparent": f"00-{pinned_trace}-{CLIENT_SPAN_ID}-01"}
+    assert ops.chat(None, headers=traced)[0] == 200
+
+    fallback = ops.access_log("trace_id", fallback_trace)
+    assert fallback["fallback"] == "1"
     assert fallback["model"] == "openai/gpt-5"  # the first choice, as routed
     assert fallback["answered_model"] == "mistral/mistral-large"
     assert fallback["response_code"] == 200
     assert fallback["upstream_cluster"].startswith("failover_")
     assert fallback["route_score"] is None and fallback["affinity"] is None
-    pinned = ops.access_log("affinity", "pinned")
+    pinned = ops.access_log("trace_id", pinned_trace)
+    assert pinned["affinity"] == "pinned"
     assert pinned["resolution"] == "default" and pinned["model"] == "openai/gpt-5"
+
+
+# --- the router's time inside Envoy's ---------------------------------------------
+
+SLOW_ROUTER_CONFIG = (
+    LOOPBACK_LISTENER
+    + OPENAI_AND_ANTHROPIC
+    + """\
+routing_preferences:
+  - name: code generation
+    description: generating new code
+    models: [openai/gpt-5]
+router:
+  model_path: {model_path}
+  timeout: 400ms
+archway:
+  admin_port: 0
+  message_timeout: 200ms
+"""
+)
+
+
+def test_a_router_slower_than_envoys_message_timeout_still_ends_in_the_default(
+    tmp_path: Path,
+) -> None:
+    # Envoy is told to wait 200 ms per message; the router may take 400 ms and
+    # this one takes longer. The client must get the default model (the router's
+    # timeout), not Envoy's 504 for an ext_proc server that did not answer.
+    backend = ScriptedRouter(lambda _: "code generation", delay_s=2.0)
+
+    def factory(config: Config) -> ConfiguredRouter:
+        assert config.router is not None
+        return configured(backend, timeout_s=config.router.timeout_s)
+
+    with echo_gateway(
+        SLOW_ROUTER_CONFIG, tmp_path, router_factory=factory, model_path=tmp_path
+    ) as gw:
+        body = json.dumps({"messages": [{"role": "user", "content": "write code"}]})
+        status, headers, _ = raw_post(gw, "/v1/chat/completions", body.encode())
+    assert backend.calls, "the router was asked"
+    assert status == 200
+    assert headers["x-archway-resolution"] == "default"
+    assert headers["x-archway-route"] == "timeout"

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from ext_proc.routing.catalog import CATALOG, WireAPI, auth_headers, request_path, upstream_for
+from ext_proc.apis import WireAPI
+from ext_proc.routing.catalog import (
+    CATALOG,
+    auth_headers,
+    provider_api,
+    provider_dialect,
+    request_path,
+    upstream_for,
+)
 from tests.factories import provider
 
 REAL = {
@@ -29,7 +37,7 @@ def test_catalog_hosts_and_paths(name: str, expected: tuple[str, str]) -> None:
         expected[0],
     )
     assert up.cluster == name
-    assert request_path(p, up, WireAPI.OPENAI) == expected[1]
+    assert request_path(p, up) == expected[1]
     assert auth_headers(p)[0] == ("authorization", f"Bearer sk-{name}-secret")
 
 
@@ -37,8 +45,7 @@ def test_anthropic_native_and_openai_compatible_paths() -> None:
     p = provider("anthropic/claude-sonnet-4-5")
     up = upstream_for(p)
     assert (up.host, up.tls) == ("api.anthropic.com", True)
-    assert request_path(p, up, WireAPI.ANTHROPIC) == "/v1/messages"
-    assert request_path(p, up, WireAPI.OPENAI) == "/v1/chat/completions"
+    assert request_path(p, up) == "/v1/messages"
     assert auth_headers(p) == (
         ("x-api-key", "sk-anthropic-secret"),
         ("anthropic-version", "2023-06-01"),
@@ -51,7 +58,7 @@ def test_plain_http_base_url_without_path_uses_v1() -> None:
     assert (up.host, up.port, up.tls, up.sni) == ("127.0.0.1", 11434, False, None)
     assert up.host_header == "127.0.0.1:11434"
     assert up.cluster == "ollama_127.0.0.1_11434"
-    assert request_path(p, up, WireAPI.OPENAI) == "/v1/chat/completions"
+    assert request_path(p, up) == "/v1/chat/completions"
     assert auth_headers(p) == ()
 
 
@@ -70,16 +77,42 @@ def test_base_url_path_is_the_prefix_and_http_host_wins() -> None:
         "llm.internal",
         "llm.example.com",
     )
-    assert request_path(p, up, WireAPI.OPENAI) == "/api/v2/chat/completions"
+    assert request_path(p, up) == "/api/v2/chat/completions"
     assert auth_headers(p)[-1] == ("x-team", "search")
 
 
 def test_azure_uses_deployment_path_and_api_key_header() -> None:
     p = provider("azure_openai/gpt-4o-prod", base_url="https://myres.openai.azure.com")
     up = upstream_for(p)
-    path = request_path(p, up, WireAPI.OPENAI)
-    assert path.startswith("/openai/deployments/gpt-4o-prod/chat/completions?api-version=")
+    path = request_path(p, up)
+    assert path == "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
     assert auth_headers(p) == (("api-key", "sk-azure_openai-secret"),)
+
+
+def test_azure_with_a_path_speaks_its_openai_style_api() -> None:
+    p = provider("azure_openai/gpt-4o", base_url="https://myres.openai.azure.com/openai/v1")
+    assert request_path(p, upstream_for(p)) == "/openai/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ("openai/gpt-5", "max_completion_tokens"),
+        ("azure_openai/gpt-5", "max_completion_tokens"),
+        ("groq/llama", "max_tokens"),
+        ("anthropic/claude-sonnet-4-5", "max_tokens"),
+    ],
+)
+def test_providers_name_the_output_token_limit_in_their_dialect(model: str, field: str) -> None:
+    p = provider(model, base_url="https://myres.openai.azure.com")
+    assert provider_dialect(p).max_tokens_field == field
+
+
+def test_providers_outside_the_catalog_are_served_as_plain_openai() -> None:
+    p = provider("mycorp/llama", base_url="http://10.0.0.1:8000")
+    assert provider_api(p) is WireAPI.OPENAI
+    assert provider_dialect(p).max_tokens_field == "max_tokens"
+    assert request_path(p, upstream_for(p)) == "/v1/chat/completions"
 
 
 def test_passthrough_auth_sends_no_configured_key() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ext_proc.apis import WireAPI
 from ext_proc.router import Turn
 from ext_proc.router.conversation import TRIM_MARKER, middle_trim, select_conversation
-from ext_proc.routing.catalog import WireAPI
 
 
 def words(text: str) -> int:

@@ -486,7 +486,7 @@ def test_factory_builds_the_embedding_router(tiny_encoder: TinyEncoder) -> None:
 
     async def run() -> RouteChoice:
         try:
-            from ext_proc.routing.catalog import WireAPI
+            from ext_proc.apis import WireAPI
 
             return await configured.decide(body, WireAPI.OPENAI)
         finally:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ext_proc.apis import WireAPI
 from ext_proc.config import ConfigError, load_config, load_config_text
 from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT
 from ext_proc.router.factory import build_router
 from ext_proc.router.remote import RemoteArchRouter
-from ext_proc.routing.catalog import WireAPI
 from tests.tiny_qwen import EXAMPLE
 
 

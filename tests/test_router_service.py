@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from ext_proc.apis import WireAPI
 from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, Turn
-from ext_proc.routing.catalog import WireAPI
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 
 

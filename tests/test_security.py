@@ -118,21 +118,35 @@ def test_config_errors_never_echo_keys(tmp_path: Path, capsys) -> None:
         assert secret not in out + err
 
 
-@pytest.mark.parametrize("header", ["x-archway-cluster", "X-Archway-Cluster", "x-archway-provider"])
-def test_client_routing_headers_are_stripped(tmp_path, header) -> None:
+# Headers that only Archway may set and that nothing later overwrites on a request
+# like this one (no translation, no preference router): a client's copy would
+# reach the upstream, steer the translation filter or show up as a decision
+# unless the headers phase strips it. (x-archway-cluster and -provider would be
+# overwritten by the body phase anyway, so forging them proves nothing.)
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-archway-translate", "openai-to-anthropic"),
+        ("X-Archway-Translate", "anthropic-to-openai"),
+        ("x-archway-route", "code generation"),
+    ],
+)
+def test_client_routing_headers_are_stripped(tmp_path, header: str, value: str) -> None:
     with EchoUpstream(name="openai") as oai, EchoUpstream(name="anthropic") as ant:
         text = CONFIG.format(openai=oai.base_url, anthropic=ant.base_url).replace(
             "$OPENAI_TEST_KEY", "k"
         )
-        gw = start_gateway(text, tmp_path, {"openai": oai, "anthropic": ant})
+        gw = start_gateway(text, tmp_path, {"openai": oai, "anthropic": ant}, server_process=True)
         try:
-            anthropic_cluster = f"anthropic_127.0.0.1_{ant.port}"
             body = json.dumps({"model": "gpt-5", "messages": []}).encode()
-            status, headers, _ = _request(gw.url, body, **{header: anthropic_cluster})
+            status, headers, answer = _request(gw.url, body, **{header: value})
             assert status == 200 and headers["x-archway-provider"] == "openai"
             assert ant.requests == [] and len(oai.requests) == 1
-            # Even on a path Archway answers itself, a forged cluster reaches nothing.
-            status, _, _ = _request(gw.url, b"", "/v1/models", **{header: anthropic_cluster})
-            assert ant.requests == []
+            assert header.lower() not in oai.requests[0].headers
+            lowered = {k.lower(): v for k, v in headers.items()}
+            assert header.lower() not in lowered
+            # Untranslated: the OpenAI answer as the OpenAI echo gave it.
+            content = json.loads(answer)["choices"][0]["message"]["content"]
+            assert content.startswith("echo from openai: POST /v1/chat/completions")
         finally:
             stop_gateway(gw)

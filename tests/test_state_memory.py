@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.routing.catalog import WireAPI
 from ext_proc.state import (
     StateStorageConfig,
     StateStorageError,

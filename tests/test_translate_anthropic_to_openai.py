@@ -8,21 +8,25 @@ from typing import Any
 
 import pytest
 
+from ext_proc.apis import Dialect, WireAPI
 from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
-from ext_proc.translate import TranslationContext, translate_request
-from ext_proc.translate.anthropic_to_openai import (
-    StreamTranslator,
-    translate_error,
-    translate_response,
-)
-from ext_proc.translate.anthropic_to_openai import translate_request as to_openai
+from ext_proc.translate import TranslationContext, context_from_header, translator_for
+from ext_proc.translate.anthropic_openai import AnthropicToOpenAI
+from ext_proc.translate.anthropic_openai.request import translate_request as to_openai
+from ext_proc.translate.anthropic_openai.response import translate_response
+from ext_proc.translate.anthropic_openai.stream import StreamTranslator
 from ext_proc.translate.sse import SSEDecoder
 from tests.fake_providers import REPLY_TEXT, TOOL_ARGUMENTS, openai_completion, openai_stream
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
 PDF = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago="
 SCHEMA = {"type": "object", "properties": {"location": {"type": "string"}}}
+TRANSLATOR = translator_for(WireAPI.ANTHROPIC, WireAPI.OPENAI)
+assert TRANSLATOR is not None
+
+
+def translate_error(status: int, body: bytes) -> bytes:
+    return TRANSLATOR.error(status, body)
 
 
 # --- request -------------------------------------------------------------------------
@@ -121,7 +125,7 @@ def test_a_whole_conversation_with_every_field() -> None:
         "service_tier": "auto",
     }
     image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
-    assert to_openai(body, max_tokens_field="max_completion_tokens") == {
+    assert to_openai(body, Dialect(max_tokens_field="max_completion_tokens")) == {
         "model": "gpt-5.2",
         "messages": [
             {"role": "system", "content": "You are terse.\n\nUse metric units."},
@@ -278,13 +282,18 @@ def test_untranslatable_messages_are_400s(message: dict[str, Any]) -> None:
     assert err.value.status == 400
 
 
-def test_context_via_the_package() -> None:
-    body, ctx = translate_request(
-        WireAPI.ANTHROPIC, WireAPI.OPENAI, {"model": "m", "messages": [], "max_tokens": 3}
-    )
+def test_context_via_the_translator() -> None:
+    assert isinstance(TRANSLATOR, AnthropicToOpenAI)
+    request = {"model": "m", "messages": [], "max_tokens": 3, "stream": True}
+    body, ctx = TRANSLATOR.request(request, Dialect())
     assert ctx == TranslationContext(WireAPI.ANTHROPIC, WireAPI.OPENAI)
     assert ctx.header_value() == "anthropic-to-openai"
+    assert context_from_header(ctx.header_value()) == (TRANSLATOR, ctx)
     assert body["max_tokens"] == 3
+    assert isinstance(TRANSLATOR.stream(ctx, created=1), StreamTranslator)
+    # The provider's dialect names the limit.
+    body, _ = TRANSLATOR.request(request, Dialect(max_tokens_field="max_completion_tokens"))
+    assert body["max_completion_tokens"] == 3 and "max_tokens" not in body
 
 
 # --- response ------------------------------------------------------------------------
@@ -362,7 +371,8 @@ def test_stop_reasons(finish_reason: str | None, stop_reason: str) -> None:
 
 
 def translate_stream(stream: bytes, *, cut: int = 0) -> bytes:
-    translator = StreamTranslator()
+    context = TranslationContext(WireAPI.ANTHROPIC, WireAPI.OPENAI)
+    translator = TRANSLATOR.stream(context, created=1)
     out = b""
     for piece in (stream[:cut], stream[cut:]) if cut else (stream,):
         out += translator.feed(piece)

@@ -8,21 +8,26 @@ from typing import Any
 
 import pytest
 
+from ext_proc.apis import COMMON_DIALECT, WireAPI
 from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
-from ext_proc.translate import TranslationContext, stream_translator, translate_request
-from ext_proc.translate.openai_to_anthropic import (
-    DEFAULT_MAX_TOKENS,
-    StreamTranslator,
-    translate_error,
-    translate_response,
-)
-from ext_proc.translate.openai_to_anthropic import translate_request as to_anthropic
+from ext_proc.translate import TranslationContext, context_from_header, translator_for
+from ext_proc.translate.openai_anthropic import INCLUDE_USAGE, OpenAIToAnthropic
+from ext_proc.translate.openai_anthropic.request import DEFAULT_MAX_TOKENS
+from ext_proc.translate.openai_anthropic.request import translate_request as to_anthropic
+from ext_proc.translate.openai_anthropic.response import translate_response
+from ext_proc.translate.openai_anthropic.stream import StreamTranslator
 from ext_proc.translate.sse import SSEDecoder
 from tests.fake_providers import REPLY_TEXT, TOOL_ARGUMENTS, anthropic_message, anthropic_stream
 
 _OPENAI = WireAPI.OPENAI
 _ANTHROPIC = WireAPI.ANTHROPIC
+TRANSLATOR = translator_for(_OPENAI, _ANTHROPIC)
+assert TRANSLATOR is not None
+
+
+def translate_error(status: int, body: bytes) -> bytes:
+    return TRANSLATOR.error(status, body)
+
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
 PDF = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago="
@@ -331,13 +336,28 @@ def test_untranslatable_messages_are_400s(message: dict[str, Any]) -> None:
 def test_context_remembers_include_usage_for_streams_only() -> None:
     usage = {"stream_options": {"include_usage": True}}
     body = {"model": "m", "messages": [], **usage}
-    _, ctx = translate_request(_OPENAI, _ANTHROPIC, body)
-    assert ctx.include_usage is False
-    _, ctx = translate_request(_OPENAI, _ANTHROPIC, {**body, "stream": True})
-    assert ctx.include_usage is True
+    _, ctx = TRANSLATOR.request(body, COMMON_DIALECT)
+    assert ctx == TranslationContext(_OPENAI, _ANTHROPIC)
+    assert ctx.header_value() == "openai-to-anthropic"
+    _, ctx = TRANSLATOR.request({**body, "stream": True}, COMMON_DIALECT)
+    assert ctx.state == INCLUDE_USAGE
     assert ctx.header_value() == "openai-to-anthropic;include-usage"
-    assert TranslationContext.from_header(ctx.header_value()) == ctx
-    assert TranslationContext.from_header("openai-to-gemini") is None
+    assert context_from_header(ctx.header_value()) == (TRANSLATOR, ctx)
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "openai-to-gemini", "openai-to-openai", "include-usage"]
+)
+def test_only_a_translated_pair_names_a_context(value: str | None) -> None:
+    assert context_from_header(value) is None
+
+
+def test_a_state_the_translator_did_not_write_asks_for_nothing() -> None:
+    found = context_from_header("openai-to-anthropic;include-usage;forged")
+    assert found is not None
+    translator, context = found
+    out = translator.stream(context, created=1).feed(anthropic_stream("m"))
+    assert b'"usage"' not in out
 
 
 # --- response ------------------------------------------------------------------------
@@ -419,7 +439,10 @@ def test_finish_reasons(stop_reason: str | None, finish_reason: str) -> None:
 
 
 def translate_stream(stream: bytes, *, include_usage: bool = True, cut: int = 0) -> bytes:
-    translator = StreamTranslator(created=1700000000, include_usage=include_usage)
+    state = INCLUDE_USAGE if include_usage else ""
+    translator = TRANSLATOR.stream(
+        TranslationContext(_OPENAI, _ANTHROPIC, state), created=1700000000
+    )
     out = b""
     for piece in (stream[:cut], stream[cut:]) if cut else (stream,):
         out += translator.feed(piece)
@@ -599,9 +622,10 @@ def test_mid_stream_error_becomes_an_openai_error_event() -> None:
     assert b"[DONE]" not in out
 
 
-def test_dispatch_by_context() -> None:
-    ctx = TranslationContext(_OPENAI, _ANTHROPIC, include_usage=True)
-    assert isinstance(stream_translator(ctx, created=1), StreamTranslator)
+def test_the_pair_has_its_translator() -> None:
+    assert isinstance(TRANSLATOR, OpenAIToAnthropic)
+    ctx = TranslationContext(_OPENAI, _ANTHROPIC, INCLUDE_USAGE)
+    assert isinstance(TRANSLATOR.stream(ctx, created=1), StreamTranslator)
 
 
 # --- errors --------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
-from ext_proc.server.workers import WorkerError, WorkerPool, default_workers
-from tests.test_cli import _children, _is_zombie, _read_until
+from ext_proc.server.workers import HealthWatch, WorkerError, WorkerPool, default_workers
+from tests.processes import alive, children, read_until
 
 SERVE = [sys.executable, "-m", "ext_proc.cli", "serve"]
 CONFIG = "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
@@ -48,10 +48,6 @@ def _wait_for(check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
     raise AssertionError("condition not met in time")
 
 
-def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
-
-
 def test_default_is_one_worker_per_core() -> None:
     from ext_proc.server.workers import cgroup_cpu_limit
 
@@ -76,9 +72,9 @@ def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) ->
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        line = _read_until(proc, "listening on", 60)[-1]
+        line = read_until(proc, "listening on", 60)[-1]
         port = int(line.rsplit(":", 1)[1])
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) == 3
         for _ in range(6):
             assert b"openai/gpt-5" in _list_models(port)
@@ -87,20 +83,20 @@ def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) ->
         # (Connections already queued on the dead worker's socket are reset: the
         # kernel does not move them to its siblings.)
         os.kill(workers[0], signal.SIGKILL)
-        _wait_for(lambda: not _alive(workers[0]), 10)
+        _wait_for(lambda: not alive(workers[0]), 10)
         # A connection the kernel had already queued for the dead worker is reset;
         # the next one lands on a live sibling.
         assert b"openai/gpt-5" in _list_models_retrying(port, attempts=3)
-        _wait_for(lambda: len([p for p in _children(proc.pid) if _alive(p)]) == 3, 30)
-        replaced = set(_children(proc.pid)) - set(workers)
+        _wait_for(lambda: len([p for p in children(proc.pid) if alive(p)]) == 3, 30)
+        replaced = set(children(proc.pid)) - set(workers)
         assert len(replaced) == 1
         assert b"openai/gpt-5" in _list_models(port)
 
-        now = [p for p in _children(proc.pid) if _alive(p)]
+        now = [p for p in children(proc.pid) if alive(p)]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         for pid in now:
-            assert not _alive(pid), "worker left running"
+            assert not alive(pid), "worker left running"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,22 +113,23 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _read_until(proc, "listening on", 60)
-        workers = _children(proc.pid)
+        read_until(proc, "listening on", 60)
+        workers = children(proc.pid)
         assert len(workers) == 2
         proc.kill()  # no chance to clean up: the kernel's parent-death signal must
         proc.wait(timeout=10)
-        _wait_for(lambda: not any(_alive(p) for p in workers), 15)
+        _wait_for(lambda: not any(alive(p) for p in workers), 15)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
 
 
-def test_a_worker_that_cannot_start_is_an_error(tmp_path: Path) -> None:
+def test_a_worker_that_cannot_start_is_an_error_in_its_own_words(tmp_path: Path) -> None:
     async def run() -> None:
         pool = WorkerPool(tmp_path / "missing.yaml", "127.0.0.1", 0, 2, ready_timeout_s=30)
-        with pytest.raises(WorkerError, match="exited with status"):
+        # The worker's last line on stderr, not "exited with status 1".
+        with pytest.raises(WorkerError, match=r"missing\.yaml: cannot read the config file"):
             await pool.start()
         assert pool.pids == []
 
@@ -144,7 +141,7 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
     path.write_text(CONFIG)
 
     async def run() -> None:
-        pool = WorkerPool(path, "127.0.0.1", 0, 2, own_ports=True)
+        pool = WorkerPool(path, "127.0.0.1", 0, 2)
         await pool.start()
         try:
             own = pool.worker_ports
@@ -162,8 +159,54 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
             assert pool.worker_ports == own
             assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, own[0])
         finally:
-            await pool.stop()
+            await pool.stop(2.0, signal.SIGINT)
         assert pool.pids == []
+
+    asyncio.run(run())
+
+
+def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    watch = HealthWatch(interval_s=0.2, timeout_s=0.5, misses=2)
+
+    async def run() -> None:
+        pool = WorkerPool(path, "127.0.0.1", 0, 2, health=watch)
+        await pool.start()
+        try:
+            own = pool.worker_ports
+            stopped = pool.pids[0]
+            # Stopped, it never exits: only its silence on the health check tells.
+            os.kill(stopped, signal.SIGSTOP)
+            deadline = time.monotonic() + 60
+            while pool.restarts < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert pool.hung == 1 and pool.restarts == 1
+            assert stopped not in pool.pids and len(pool.pids) == 2
+            assert not alive(stopped)
+            assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, own[0])
+            # The healthy sibling was left alone all along.
+            assert pool.hung == 1
+        finally:
+            await pool.stop(2.0, signal.SIGINT)
+
+    asyncio.run(run())
+
+
+def test_a_busy_worker_is_not_mistaken_for_a_hung_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    watch = HealthWatch(interval_s=0.1, timeout_s=2.0, misses=2)
+
+    async def run() -> None:
+        pool = WorkerPool(path, "127.0.0.1", 0, 1, health=watch)
+        await pool.start()
+        try:
+            for _ in range(20):
+                assert b"openai/gpt-5" in await asyncio.to_thread(_list_models, pool.port)
+            assert pool.hung == 0 and pool.restarts == 0
+        finally:
+            await pool.stop(2.0, signal.SIGINT)
 
     asyncio.run(run())
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import yaml
 
+from ext_proc.apis import WireAPI
 from ext_proc.config.models import ModelIndex
 from ext_proc.config.reader import Reader, is_null, join, line_of, listing
 from ext_proc.config.types import ProviderConfig
-from ext_proc.routing.catalog import CATALOG, PROVIDERS_REQUIRING_BASE_URL, WireAPI, spec_for
+from ext_proc.routing.catalog import CATALOG, PROVIDERS_REQUIRING_BASE_URL, spec_for
 
 __all__ = ["InlinePreferences", "Models", "model_ref", "read_aliases", "read_providers"]
 

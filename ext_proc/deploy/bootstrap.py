@@ -28,7 +28,9 @@ from typing import Any
 
 import yaml
 
+from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config, GatewaySettings, Listener, Overrides, TracingSettings
+from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
     CLIENT_DECISION_HEADERS,
     CLIENT_PATH_HEADER,
@@ -43,6 +45,7 @@ from ext_proc.headers import (
 )
 from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_for
 from ext_proc.routing.resolve import build_routing_table, failover_chains
+from ext_proc.server import modes
 from ext_proc.server.health import EXT_PROC_SERVICE
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "EXT_PROC_HEALTH_CHECK",
     "MAX_DOWNSTREAM_CONNECTIONS",
     "OTEL_COLLECTOR_CLUSTER",
+    "ROUTER_TIMEOUT_MARGIN_S",
     "TRANSLATION_FILTER",
     "TRANSLATION_STAT_PREFIX",
     "HealthCheckTiming",
@@ -60,6 +64,7 @@ __all__ = [
     "buffer_limit_bytes",
     "distinct_upstreams",
     "is_ip_address",
+    "message_timeout_s",
     "render_bootstrap",
 ]
 
@@ -81,9 +86,12 @@ framing or the protobuf envelope around a body."""
 
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
-ANTHROPIC_PATH_PREFIX = "/v1/messages"
-
 _EXT_PROC_CONNECT_TIMEOUT_S = 1.0
+
+ROUTER_TIMEOUT_MARGIN_S = 1.0
+"""Envoy's ext_proc message timeout is at least the router's timeout plus this:
+room for reading, resolving and answering around the router's call on a busy
+machine, so a timed-out router still ends in the default model, not a 504."""
 
 
 @dataclass(frozen=True)
@@ -360,7 +368,7 @@ def _http_connection_manager(listener: Listener, config: Config) -> dict[str, An
         "local_reply_config": _local_reply_config(gateway),
         "http_filters": [
             _client_path_filter(),
-            _ext_proc_filter(gateway),
+            _ext_proc_filter(gateway, message_timeout_s=message_timeout_s(config)),
             _translation_filter(gateway),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
         ],
@@ -433,42 +441,38 @@ def _ext_proc_grpc_service(gateway: GatewaySettings, *, phase: str | None) -> di
     return service
 
 
-def _ext_proc_filter(gateway: GatewaySettings, *, upstream: bool = False) -> dict[str, Any]:
+def message_timeout_s(config: Config) -> float:
+    """How long Envoy waits for the routing filter's answer to one message.
+
+    The body's answer waits for the preference router, which may take up to its
+    own timeout before the request falls back to the default model; Envoy must
+    wait longer than that, or the client gets Envoy's 504 instead of the
+    default model the spec promises.
+    """
+    configured = config.gateway.message_timeout_s
+    if config.router is None or not config.routing_preferences:
+        return configured
+    return max(configured, config.router.timeout_s + ROUTER_TIMEOUT_MARGIN_S)
+
+
+def _ext_proc_filter(
+    gateway: GatewaySettings, *, upstream: bool = False, message_timeout_s: float | None = None
+) -> dict[str, Any]:
     """The routing filter, or (``upstream``) its twin in a failover cluster's
-    upstream filter chain, which sees each retry attempt."""
+    upstream filter chain, which sees each retry attempt (never the router)."""
+    service = _ext_proc_service(gateway, UPSTREAM_PHASE if upstream else None)
+    if message_timeout_s is not None:
+        service["message_timeout"] = _duration(message_timeout_s)
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            **_ext_proc_service(gateway, UPSTREAM_PHASE if upstream else None),
-            # Routing needs the headers and the whole body (the model is in the body).
-            # Responses are the translation filter's business. Upstream, the server
-            # skips the body of a first attempt and asks for the response headers
-            # only when a fallback answers, by mode overrides.
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SKIP",
-                "response_body_mode": "NONE",
-                "response_trailer_mode": "SKIP",
-            },
+            **service,
+            # Upstream, the server skips the body of a first attempt and asks for
+            # the response headers only when a fallback answers, by mode overrides.
+            "processing_mode": modes.ROUTING.envoy(),
             "allow_mode_override": True,
         },
     }
-
-
-_TRANSLATION_OFF: dict[str, str] = {
-    "request_header_mode": "SKIP",
-    "request_body_mode": "NONE",
-    "request_trailer_mode": "SKIP",
-    "response_header_mode": "SKIP",
-    "response_body_mode": "NONE",
-    "response_trailer_mode": "SKIP",
-}
-
-_TRANSLATION_ON: dict[str, str] = {**_TRANSLATION_OFF, "response_header_mode": "SEND"}
-"""Only the response headers; the server picks the body mode (streamed for SSE,
-buffered for JSON, none) from them with a mode override."""
 
 
 def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
@@ -478,7 +482,7 @@ def _translation_filter(gateway: GatewaySettings) -> dict[str, Any]:
         "typed_config": {
             **_ext_proc_service(gateway, TRANSLATION_PHASE),
             "stat_prefix": TRANSLATION_STAT_PREFIX,
-            "processing_mode": dict(_TRANSLATION_OFF),
+            "processing_mode": modes.TRANSLATION_OFF.envoy(),
             "allow_mode_override": True,
         },
     }
@@ -549,7 +553,7 @@ def _translated_route(headers: list[dict[str, Any]], action: dict[str, Any]) -> 
         "typed_per_filter_config": {
             TRANSLATION_FILTER: {
                 "@type": _T_EXT_PROC_PER_ROUTE,
-                "overrides": {"processing_mode": dict(_TRANSLATION_ON)},
+                "overrides": {"processing_mode": modes.TRANSLATION_ON.envoy()},
             }
         },
     }
@@ -619,43 +623,46 @@ def _failover_action(
 _UPSTREAM_UNAVAILABLE_FLAGS = ["UF", "UH", "URX", "UO", "UC", "UR"]
 
 
-def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], str, str, str, str]]:
+def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], GatewayError]]:
+    """Envoy's own error replies: what each matches, and the error it words,
+    with the status that picks the error's type in each API."""
     limit = gateway.max_request_body_bytes
     return [
         (
             _too_large_filter(),
-            "invalid_request_error",
-            "request_too_large",
-            "request_too_large",
-            f"Request body exceeds the gateway limit of {limit} bytes.",
+            GatewayError(
+                413,
+                f"Request body exceeds the gateway limit of {limit} bytes.",
+                code="request_too_large",
+            ),
         ),
         (
             _details_filter("response.code_details.startsWith('ext_proc_error')"),
-            "server_error",
-            "router_unavailable",
-            "api_error",
-            "Archway's routing service is unavailable; retry shortly.",
+            GatewayError(
+                500,
+                "Archway's routing service is unavailable; retry shortly.",
+                code="router_unavailable",
+            ),
         ),
         (
             {"response_flag_filter": {"flags": ["UT"]}},
-            "server_error",
-            "upstream_timeout",
-            "api_error",
-            "The model provider did not answer in time.",
+            GatewayError(
+                504, "The model provider did not answer in time.", code="upstream_timeout"
+            ),
         ),
         (
             {"response_flag_filter": {"flags": ["NC"]}},
-            "server_error",
-            "no_upstream",
-            "api_error",
-            "The gateway selected no upstream for this request.",
+            GatewayError(
+                503, "The gateway selected no upstream for this request.", code="no_upstream"
+            ),
         ),
         (
             {"response_flag_filter": {"flags": _UPSTREAM_UNAVAILABLE_FLAGS}},
-            "server_error",
-            "upstream_unavailable",
-            "api_error",
-            "The model provider could not be reached: %LOCAL_REPLY_BODY%",
+            GatewayError(
+                503,
+                "The model provider could not be reached: %LOCAL_REPLY_BODY%",
+                code="upstream_unavailable",
+            ),
         ),
     ]
 
@@ -697,41 +704,28 @@ def _runtime(value: int) -> dict[str, Any]:
 
 
 def _anthropic_request() -> dict[str, Any]:
-    return {
-        "header_filter": {
-            "header": {
-                "name": CLIENT_PATH_HEADER,
-                "string_match": {"prefix": ANTHROPIC_PATH_PREFIX},
-            }
-        }
-    }
+    """Matches requests whose client speaks an API with Anthropic's error shape."""
+    filters = [
+        {"header_filter": {"header": {"name": CLIENT_PATH_HEADER, "string_match": {"prefix": p}}}}
+        for p in path_prefixes(ErrorShape.ANTHROPIC)
+    ]
+    return filters[0] if len(filters) == 1 else {"or_filter": {"filters": filters}}
 
 
 def _local_reply_config(gateway: GatewaySettings) -> dict[str, Any]:
     mappers: list[dict[str, Any]] = []
-    for match, openai_type, code, anthropic_type, message in _local_reply_kinds(gateway):
+    for match, error in _local_reply_kinds(gateway):
         # First match wins, so each Anthropic-shaped mapper precedes its OpenAI twin.
         mappers.append(
             {
                 "filter": {"and_filter": {"filters": [match, _anthropic_request()]}},
-                "body_format_override": _json_body(
-                    {"type": "error", "error": {"type": anthropic_type, "message": message}}
-                ),
+                "body_format_override": _json_body(error_payload(ErrorShape.ANTHROPIC, error)),
             }
         )
         mappers.append(
             {
                 "filter": match,
-                "body_format_override": _json_body(
-                    {
-                        "error": {
-                            "message": message,
-                            "type": openai_type,
-                            "param": None,
-                            "code": code,
-                        }
-                    }
-                ),
+                "body_format_override": _json_body(error_payload(ErrorShape.OPENAI, error)),
             }
         )
     return {"mappers": mappers}

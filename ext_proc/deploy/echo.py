@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -127,6 +128,9 @@ def _anthropic_reply(text: str, model: str, stream: bool) -> tuple[str, bytes]:
 class _Handler(BaseHTTPRequestHandler):
     server: _EchoHTTPServer
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: with Nagle's algorithm a kept-alive connection's next answer
+    # waits for the client's delayed ACK of the previous one (~40 ms on Linux).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the gateway's access log already records every request
@@ -140,11 +144,14 @@ class _Handler(BaseHTTPRequestHandler):
         return req
 
     def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # The status line, headers and body leave in one write (one segment for
+        # small answers), not a write for the headers and another for the body.
+        head = (
+            f"{self.protocol_version} {status} {HTTPStatus(status).phrase}\r\n"
+            f"server: archway-echo\r\ndate: {self.date_time_string()}\r\n"
+            f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        self.wfile.write(head.encode("latin-1") + body)
 
     def do_GET(self) -> None:
         self._read()

@@ -9,6 +9,7 @@ distribution's file list rather than by importing ``envoy``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.metadata
 import json
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +47,7 @@ _INSTALL_HINT = (
 )
 _OUTPUT_TAIL_BYTES = 8192
 _POLL_INTERVAL_S = 0.05
+_HELD_LINES = 50
 log = logging.getLogger("archway.envoy")
 
 
@@ -161,8 +164,10 @@ class EnvoyProcess:
     """One Envoy process run from a bootstrap text.
 
     ``output`` is where Envoy's stdout and stderr (access logs included) go:
-    ``None`` passes them through to this process's, a path or an open binary
-    file receives both. Use as a context manager so Envoy is always stopped::
+    ``None`` passes them through to this process's (stderr held back until
+    Envoy is ready, so that a failed start reports Envoy's own reason in one
+    line rather than its log), a path or an open binary file receives both.
+    Use as a context manager so Envoy is always stopped::
 
         with EnvoyProcess(output="envoy.log") as envoy:
             envoy.start(render_bootstrap(config, admin_port=0))
@@ -185,6 +190,7 @@ class EnvoyProcess:
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._admin_url: str | None = None
+        self._stderr: _HeldStderr | None = None
 
     # -- lifecycle --
 
@@ -221,9 +227,11 @@ class EnvoyProcess:
             command,
             stdin=subprocess.DEVNULL,
             stdout=stream,
-            stderr=subprocess.STDOUT if stream is not None else None,
+            stderr=subprocess.STDOUT if stream is not None else subprocess.PIPE,
             close_fds=True,
         )
+        if self._proc.stderr is not None:
+            self._stderr = _HeldStderr(self._proc.stderr)
 
     def _open_output(self) -> IO[bytes] | None:
         if self._output is None:
@@ -248,9 +256,11 @@ class EnvoyProcess:
                     f"{self._output_tail()}"
                 )
             if self._admin_ready():
+                if self._stderr is not None:
+                    self._stderr.pass_through()
                 return
             time.sleep(_POLL_INTERVAL_S)
-        raise EnvoyError(f"Envoy was not ready after {timeout_s}s{self._output_tail()}")
+        raise EnvoyError(f"Envoy was not ready after {timeout_s:g}s{self._output_tail()}")
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``. Returns Envoy's exit status
@@ -266,6 +276,8 @@ class EnvoyProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self._stderr is not None:
+            self._stderr.join()
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
@@ -354,6 +366,9 @@ class EnvoyProcess:
         return body.decode("utf-8", "replace")
 
     def _output_tail(self) -> str:
+        if self._stderr is not None:
+            reason = self._stderr.reason()
+            return f": {reason}" if reason else ""
         if self._log_path is None:
             return " (its output is above)" if self._output is None else ""
         if self._log_file is not None:
@@ -366,3 +381,53 @@ class EnvoyProcess:
         except OSError:
             return ""
         return f"; Envoy's output ({self._log_path}):\n{tail}" if tail else ""
+
+
+class _HeldStderr:
+    """Envoy's stderr, read on a thread: held while Envoy starts (its last lines
+    name why it failed), then copied through to this process's stderr."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._held: collections.deque[bytes] = collections.deque(maxlen=_HELD_LINES)
+        self._through = False
+        self._thread = threading.Thread(target=self._pump, name="envoy-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in self._stream:
+                with self._lock:
+                    if not self._through:
+                        self._held.append(line)
+                        continue
+                _write_stderr(line)
+
+    def pass_through(self) -> None:
+        with self._lock:
+            self._through = True
+            held, self._held = list(self._held), collections.deque(maxlen=_HELD_LINES)
+        for line in held:
+            _write_stderr(line)
+
+    def join(self, timeout_s: float = 2.0) -> None:
+        self._thread.join(timeout_s)
+
+    def reason(self) -> str:
+        """Envoy's own words for why it stopped: its last line that is not a
+        log line (it repeats the fatal error bare), or the last log line's text."""
+        self.join(1.0)  # Envoy has exited: its last lines are on their way
+        with self._lock:
+            lines = [b.decode("utf-8", "replace").strip() for b in self._held]
+        lines = [line for line in lines if line]
+        for line in reversed(lines):
+            if not line.startswith("["):
+                return line
+        return lines[-1].rsplit("] ", 1)[-1] if lines else ""
+
+
+def _write_stderr(line: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.buffer.write(line)
+        sys.stderr.buffer.flush()

@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ext_proc.apis import WireAPI
 from ext_proc.router import Turn
-from ext_proc.routing.catalog import WireAPI
 
 __all__ = ["TRIM_MARKER", "middle_trim", "select_conversation"]
 

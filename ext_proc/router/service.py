@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ext_proc.apis import WireAPI
 from ext_proc.router import (
     ROUTE_ERROR,
     ROUTE_OTHER,
@@ -23,7 +24,6 @@ from ext_proc.router import (
     RouteChoice,
 )
 from ext_proc.router.conversation import select_conversation
-from ext_proc.routing.catalog import WireAPI
 
 __all__ = ["ConfiguredRouter"]
 

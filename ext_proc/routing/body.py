@@ -23,13 +23,13 @@ from typing import Any
 
 import msgspec
 
+from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
+from ext_proc.translate.common import encode_json
 
 __all__ = [
     "ParsedBody",
     "check_fields",
-    "encode",
     "parse_body",
     "parse_json",
     "parse_request",
@@ -399,13 +399,4 @@ def with_model(parsed: ParsedBody, model: str) -> bytes | None:
             return (text[: span[0]] + spliced + text[span[1] :]).encode()
         with memoryview(parsed.body) as body:
             return b"".join((body[: span[0]], spliced.encode(), body[span[1] :]))
-    return encode({**parsed.data, "model": model})
-
-
-def encode(body: Mapping[str, Any]) -> bytes:
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate escape ("\ud800") is valid JSON but not encodable as
-        # UTF-8; re-escaping everything sends exactly what the client wrote.
-        return json.dumps(body, separators=(",", ":")).encode()
+    return encode_json({**parsed.data, "model": model})

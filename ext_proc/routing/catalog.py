@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from urllib.parse import urlsplit
 
+from ext_proc.apis import COMMON_DIALECT, Dialect, WireAPI
 from ext_proc.config.types import ProviderConfig
 
 __all__ = [
@@ -19,37 +20,41 @@ __all__ = [
     "AuthStyle",
     "ProviderSpec",
     "Upstream",
-    "WireAPI",
     "auth_headers",
     "failover_cluster_name",
+    "provider_api",
+    "provider_dialect",
     "request_path",
     "spec_for",
     "upstream_for",
 ]
 
 
-class WireAPI(StrEnum):
-    """The HTTP API a provider (or a client) speaks."""
+class AuthStyle(Enum):
+    """How a provider takes its key: the header, and its value around the key."""
 
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
+    BEARER = ("authorization", "Bearer {key}")
+    X_API_KEY = ("x-api-key", "{key}")
+    """Anthropic; it also wants ``anthropic-version`` (a static header)."""
+    API_KEY = ("api-key", "{key}")
+    """Azure OpenAI."""
 
-
-class AuthStyle(StrEnum):
-    BEARER = "bearer"
-    """``Authorization: Bearer <key>``."""
-    X_API_KEY = "x-api-key"
-    """Anthropic: ``x-api-key: <key>`` plus ``anthropic-version``."""
-    API_KEY = "api-key"
-    """Azure OpenAI: ``api-key: <key>``."""
+    def header(self, key: str) -> tuple[str, str]:
+        name, template = self.value
+        return name, template.format(key=key)
 
 
 ANTHROPIC_VERSION = "2023-06-01"
 AZURE_API_VERSION = "2024-10-21"
 
+_OPENAI_REASONING = Dialect(max_tokens_field="max_completion_tokens")
+"""OpenAI's own servers: reasoning models refuse ``max_tokens``."""
+
 
 @dataclass(frozen=True)
 class ProviderSpec:
+    """Everything about one provider that differs from its API's common form."""
+
     name: str
     api: WireAPI
     auth: AuthStyle
@@ -58,6 +63,10 @@ class ProviderSpec:
     default_prefix: str = "/v1"
     """Path prefix used when a configured ``base_url`` has no path of its own."""
     static_headers: tuple[tuple[str, str], ...] = ()
+    bare_path: str | None = None
+    """The request path, ``{model_id}`` filled in, for a base URL with no path of
+    its own; ``None``: the prefix and the API's path."""
+    dialect: Dialect = COMMON_DIALECT
 
 
 def _openai_compatible(name: str, base_url: str | None, prefix: str = "/v1") -> ProviderSpec:
@@ -67,7 +76,13 @@ def _openai_compatible(name: str, base_url: str | None, prefix: str = "/v1") -> 
 CATALOG: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
-        _openai_compatible("openai", "https://api.openai.com/v1"),
+        ProviderSpec(
+            "openai",
+            WireAPI.OPENAI,
+            AuthStyle.BEARER,
+            "https://api.openai.com/v1",
+            dialect=_OPENAI_REASONING,
+        ),
         ProviderSpec(
             "anthropic",
             WireAPI.ANTHROPIC,
@@ -87,7 +102,20 @@ CATALOG: dict[str, ProviderSpec] = {
         _openai_compatible("openrouter", "https://openrouter.ai/api/v1", "/api/v1"),
         _openai_compatible("moonshotai", "https://api.moonshot.ai/v1"),
         _openai_compatible("ollama", None),
-        ProviderSpec("azure_openai", WireAPI.OPENAI, AuthStyle.API_KEY, None, default_prefix=""),
+        # A bare resource URL is Azure's per-deployment API; a base_url with a
+        # path (``.../openai/v1``) is its OpenAI-style one.
+        ProviderSpec(
+            "azure_openai",
+            WireAPI.OPENAI,
+            AuthStyle.API_KEY,
+            None,
+            default_prefix="",
+            bare_path=(
+                f"/openai/deployments/{{model_id}}{WireAPI.OPENAI.upstream_path}"
+                f"?api-version={AZURE_API_VERSION}"
+            ),
+            dialect=_OPENAI_REASONING,
+        ),
         # Plano's `provider_interface: openai` on a custom base_url lands here too.
         _openai_compatible("custom", None),
     )
@@ -154,17 +182,25 @@ def upstream_for(provider: ProviderConfig) -> Upstream:
     return Upstream(cluster, host, port, tls, path, host_header)
 
 
-def request_path(provider: ProviderConfig, upstream: Upstream, api: WireAPI) -> str:
-    """The upstream path for a chat request spoken in ``api``: the provider's own
-    API, since requests from clients of the other API are translated to it."""
+def provider_api(provider: ProviderConfig) -> WireAPI:
+    """The API a configured provider speaks: its catalog entry's, else OpenAI's
+    (what every unknown ``provider_interface`` is served as)."""
     spec = spec_for(provider)
-    if spec is not None and spec.name == "azure_openai" and not upstream.path_prefix:
-        return (
-            f"/openai/deployments/{provider.model_id}/chat/completions"
-            f"?api-version={AZURE_API_VERSION}"
-        )
-    suffix = "/messages" if api is WireAPI.ANTHROPIC else "/chat/completions"
-    return upstream.path_prefix + suffix
+    return spec.api if spec is not None else WireAPI.OPENAI
+
+
+def provider_dialect(provider: ProviderConfig) -> Dialect:
+    spec = spec_for(provider)
+    return spec.dialect if spec is not None else COMMON_DIALECT
+
+
+def request_path(provider: ProviderConfig, upstream: Upstream) -> str:
+    """The upstream path for a chat request: in the provider's own API, since
+    requests from clients of another API are translated to it."""
+    spec = spec_for(provider)
+    if spec is not None and spec.bare_path is not None and not upstream.path_prefix:
+        return spec.bare_path.format(model_id=provider.model_id)
+    return upstream.path_prefix + provider_api(provider).upstream_path
 
 
 def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:
@@ -174,12 +210,7 @@ def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:
     style = spec.auth if spec else AuthStyle.BEARER
     out: list[tuple[str, str]] = []
     if provider.access_key and not provider.passthrough_auth:
-        if style is AuthStyle.BEARER:
-            out.append(("authorization", f"Bearer {provider.access_key}"))
-        elif style is AuthStyle.X_API_KEY:
-            out.append(("x-api-key", provider.access_key))
-        else:
-            out.append(("api-key", provider.access_key))
+        out.append(style.header(provider.access_key))
     if spec is not None:
         out.extend(spec.static_headers)
     out.extend((k.lower(), v) for k, v in provider.headers)

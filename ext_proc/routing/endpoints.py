@@ -1,76 +1,47 @@
-"""Which client API endpoint a request is for, decided from method and path alone.
+"""Which client endpoint a request is for, and the one Archway answers itself.
 
-This runs on the request headers, before any body arrives, so that requests
-Archway cannot serve are answered at once and bodies are only read when needed.
+``classify`` runs on the request headers, before any body arrives, so that
+requests Archway cannot serve are answered at once and bodies are only read when
+needed. The endpoints themselves are rows of ``ext_proc.apis.Endpoint``;
+``GET /v1/models`` is answered here because it needs the routing table.
 """
 
 from __future__ import annotations
 
 import json
-from enum import StrEnum
+from collections.abc import Mapping
 
+from ext_proc.apis import Endpoint, WireAPI, endpoint_for, served_paths, strip_query
 from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
 from ext_proc.routing.resolve import RoutingTable
 
-__all__ = ["Endpoint", "classify", "client_api", "models_listing"]
-
-
-class Endpoint(StrEnum):
-    CHAT_COMPLETIONS = "chat_completions"
-    """OpenAI ``POST /v1/chat/completions``."""
-    MESSAGES = "messages"
-    """Anthropic ``POST /v1/messages``."""
-    MODELS = "models"
-    """``GET /v1/models``, answered from the config."""
-
-    @property
-    def api(self) -> WireAPI:
-        return WireAPI.ANTHROPIC if self is Endpoint.MESSAGES else WireAPI.OPENAI
-
-    @property
-    def needs_body(self) -> bool:
-        return self is not Endpoint.MODELS
-
-
-_ROUTES: dict[str, tuple[Endpoint, str]] = {
-    "/v1/chat/completions": (Endpoint.CHAT_COMPLETIONS, "POST"),
-    "/chat/completions": (Endpoint.CHAT_COMPLETIONS, "POST"),
-    "/v1/messages": (Endpoint.MESSAGES, "POST"),
-    "/v1/models": (Endpoint.MODELS, "GET"),
-    "/models": (Endpoint.MODELS, "GET"),
-}
-
-
-def _strip_query(path: str) -> str:
-    return path.split("?", 1)[0].rstrip("/") or "/"
-
-
-def client_api(path: str) -> WireAPI:
-    """The API a client speaks, judged from its path: it picks the error shape
-    even for paths Archway does not serve."""
-    return WireAPI.ANTHROPIC if _strip_query(path).startswith("/v1/messages") else WireAPI.OPENAI
+__all__ = ["classify", "listing_api", "models_listing"]
 
 
 def classify(method: str, path: str) -> Endpoint:
     """The endpoint for ``method`` and ``path``, or a ``GatewayError`` (404/405)."""
-    found = _ROUTES.get(_strip_query(path))
-    if found is None:
-        served = ", ".join(sorted({f"{m} {p}" for p, (_, m) in _ROUTES.items() if "/v1/" in p}))
+    endpoint = endpoint_for(path)
+    if endpoint is None:
         raise GatewayError(
             404,
-            f"Archway does not serve {method} {_strip_query(path)}. It serves: {served}.",
+            f"Archway does not serve {method} {strip_query(path)}. "
+            f"It serves: {', '.join(served_paths())}.",
             code="unsupported_path",
         )
-    endpoint, allowed = found
-    if method != allowed:
+    if method != endpoint.method:
         raise GatewayError(
             405,
-            f"{_strip_query(path)} accepts {allowed}, not {method}.",
+            f"{strip_query(path)} accepts {endpoint.method}, not {method}.",
             code="method_not_allowed",
-            headers=(("allow", allowed),),
+            headers=(("allow", endpoint.method),),
         )
     return endpoint
+
+
+def listing_api(headers: Mapping[str, str]) -> WireAPI:
+    """The shape a ``GET /v1/models`` caller wants: both SDKs use that path, but
+    only Anthropic's sends its version header."""
+    return WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
 
 
 def models_listing(table: RoutingTable, api: WireAPI) -> bytes:

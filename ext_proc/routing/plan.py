@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.headers import (
     DECISION_AFFINITY,
     DECISION_MODEL,
@@ -24,12 +25,18 @@ from ext_proc.headers import (
     ROUTE_HEADER,
     TRANSLATE_HEADER,
 )
-from ext_proc.routing.body import ParsedBody, encode, with_model
-from ext_proc.routing.catalog import ProviderSpec, WireAPI, auth_headers, request_path, spec_for
+from ext_proc.routing.body import ParsedBody, with_model
+from ext_proc.routing.catalog import (
+    auth_headers,
+    provider_api,
+    provider_dialect,
+    request_path,
+    spec_for,
+)
 from ext_proc.routing.decide import Decision
-from ext_proc.routing.endpoints import Endpoint
 from ext_proc.routing.resolve import RoutingDecision
-from ext_proc.translate import TranslationContext, translate_request
+from ext_proc.translate import TranslationContext, translator_for
+from ext_proc.translate.common import encode_json
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -52,16 +59,6 @@ class RequestPlan:
     """The new body, or ``None`` when the client's body goes upstream unchanged."""
     translation: TranslationContext | None = None
     """Set when the body was translated to the provider's API."""
-
-
-_FOREIGN_HEADER_PREFIXES: dict[WireAPI, str] = {
-    WireAPI.OPENAI: "anthropic-",
-    WireAPI.ANTHROPIC: "openai-",
-}
-"""Client SDK headers that mean nothing to a provider of the other API."""
-
-_MAX_COMPLETION_TOKENS_PROVIDERS = frozenset({"openai", "azure_openai"})
-"""Providers whose reasoning models refuse ``max_tokens`` and want ``max_completion_tokens``."""
 
 
 def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
@@ -88,8 +85,7 @@ def upstream_headers(
     attempt's) credentials to drop."""
     provider = decision.provider
     spec = spec_for(provider)
-    api = spec.api if spec else WireAPI.OPENAI
-    set_headers = [(":path", request_path(provider, decision.upstream, api))]
+    set_headers = [(":path", request_path(provider, decision.upstream))]
     remove: list[str] = []
     if not provider.passthrough_auth:
         remove.extend(h for h in CREDENTIAL_HEADERS if h in headers)
@@ -111,8 +107,7 @@ def plan_request(
     the provider's API cannot express)."""
     target = decision.target
     provider = target.provider
-    spec = spec_for(provider)
-    provider_api = spec.api if spec else WireAPI.OPENAI
+    translator = translator_for(endpoint.api, provider_api(provider))
 
     set_headers = list(decision_headers(target))
     if decision.score is not None:
@@ -124,21 +119,21 @@ def plan_request(
 
     translation: TranslationContext | None = None
     new_body: bytes | None
-    if endpoint.api is not provider_api:
+    if translator is not None:
         data = {**parsed.data, "model": target.upstream_model}
-        translated, translation = translate_request(
-            endpoint.api, provider_api, data, max_tokens_field=_max_tokens_field(spec)
-        )
+        translated, translation = translator.request(data, provider_dialect(provider))
         set_headers.append((TRANSLATE_HEADER, translation.header_value()))
-        foreign = _FOREIGN_HEADER_PREFIXES[provider_api]
-        remove.extend(h for h in headers if h.startswith(foreign))
+        # The client SDK's own headers mean nothing to a provider of another API.
+        foreign = translation.client.sdk_header_prefix
+        if foreign != translation.provider.sdk_header_prefix:
+            remove.extend(h for h in headers if h.startswith(foreign))
         # The response body must reach Archway readable: a compressed one could
         # not be translated.
         if "accept-encoding" in headers:
             remove.append("accept-encoding")
         if provider.passthrough_auth:
-            _passthrough_credentials(headers, provider_api, set_headers, remove)
-        new_body = encode(translated)
+            _passthrough_credentials(headers, translation.provider, set_headers, remove)
+        new_body = encode_json(translated)
     else:
         new_body = with_model(parsed, target.upstream_model)
     if new_body is not None:
@@ -146,12 +141,6 @@ def plan_request(
     set_names = {name for name, _ in set_headers}
     remove = [h for h in remove if h not in set_names]
     return RequestPlan(target, tuple(set_headers), tuple(remove), new_body, translation)
-
-
-def _max_tokens_field(spec: ProviderSpec | None) -> str:
-    if spec is not None and spec.name in _MAX_COMPLETION_TOKENS_PROVIDERS:
-        return "max_completion_tokens"
-    return "max_tokens"
 
 
 def _passthrough_credentials(

@@ -81,7 +81,7 @@ class HealthCheckStream:
         self._health = server_health
 
     async def handle(self, message: bytes) -> bytes:
-        from ext_proc.transport.h2grpc import GrpcError, StreamStatus
+        from ext_proc.transport import GrpcError, StreamStatus
 
         try:
             service = health_pb2.HealthCheckRequest.FromString(message).service

@@ -7,7 +7,6 @@ only place that knows the ext_proc v3 message layout.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from enum import StrEnum
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -23,12 +22,14 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     TrailersResponse,
 )
 from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf import json_format
 
+from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.routing.catalog import WireAPI
+from ext_proc.server import modes
+from ext_proc.server.modes import BodyMode, Mode
 
 __all__ = [
-    "ResponseBodyMode",
     "attempt_headers_response",
     "body_response",
     "error_response",
@@ -63,33 +64,14 @@ def _option(name: str, value: str) -> HeaderValueOption:
     return option
 
 
-class ResponseBodyMode(StrEnum):
-    """How Envoy should hand the response body over, decided at response headers."""
-
-    NONE = "none"
-    """Not at all: the body goes to the client untouched."""
-    STREAMED = "streamed"
-    """Chunk by chunk as it arrives; each answer replaces that chunk."""
-    BUFFERED = "buffered"
-    """Whole, once; the answer replaces it and may still set headers."""
-
-
-def _response_mode(body_mode: int) -> ProcessingMode:
-    # Envoy honours a mode override only in answer to a headers message, so the
-    # response-translation filter switches its body mode here, per response.
-    return ProcessingMode(
-        request_header_mode=ProcessingMode.SKIP,
-        response_header_mode=ProcessingMode.SEND,
-        request_body_mode=ProcessingMode.NONE,
-        response_body_mode=body_mode,
-        request_trailer_mode=ProcessingMode.SKIP,
-        response_trailer_mode=ProcessingMode.SKIP,
-    )
+def _processing_mode(mode: Mode) -> ProcessingMode:
+    # From the JSON form the bootstrap writes, so the two can never disagree.
+    return json_format.ParseDict(mode.envoy(), ProcessingMode())
 
 
 _MODE_OVERRIDES = {
-    ResponseBodyMode.STREAMED: _response_mode(ProcessingMode.STREAMED),
-    ResponseBodyMode.BUFFERED: _response_mode(ProcessingMode.BUFFERED),
+    body: _processing_mode(modes.translation_body(body))
+    for body in (BodyMode.STREAMED, BodyMode.BUFFERED)
 }
 
 
@@ -147,24 +129,8 @@ def headers_response(
     return response
 
 
-_UPSTREAM_FIRST_ATTEMPT = ProcessingMode(
-    request_header_mode=ProcessingMode.SEND,
-    response_header_mode=ProcessingMode.SKIP,
-    request_body_mode=ProcessingMode.NONE,
-    response_body_mode=ProcessingMode.NONE,
-    request_trailer_mode=ProcessingMode.SKIP,
-    response_trailer_mode=ProcessingMode.SKIP,
-)
-"""A first attempt already carries what the routing filter decided."""
-_UPSTREAM_RETRY = ProcessingMode(
-    request_header_mode=ProcessingMode.SEND,
-    response_header_mode=ProcessingMode.SEND,
-    request_body_mode=ProcessingMode.BUFFERED,
-    response_body_mode=ProcessingMode.NONE,
-    request_trailer_mode=ProcessingMode.SKIP,
-    response_trailer_mode=ProcessingMode.SKIP,
-)
-"""A retry needs its body's model rewritten, and reports its model on the response."""
+_ATTEMPT_FIRST = _processing_mode(modes.ATTEMPT_FIRST)
+_ATTEMPT_RETRY = _processing_mode(modes.ATTEMPT_RETRY)
 
 
 def attempt_headers_response(
@@ -175,7 +141,7 @@ def attempt_headers_response(
 ) -> ProcessingResponse:
     """Continue after an upstream attempt's request headers (failover clusters)."""
     response = headers_response(set_headers, remove_headers)
-    response.mode_override.CopyFrom(_UPSTREAM_RETRY if retry else _UPSTREAM_FIRST_ATTEMPT)
+    response.mode_override.CopyFrom(_ATTEMPT_RETRY if retry else _ATTEMPT_FIRST)
     return response
 
 
@@ -225,7 +191,7 @@ def response_headers_response(
     set_headers: Iterable[tuple[str, str]] = (),
     remove_headers: Iterable[str] = (),
     *,
-    body_mode: ResponseBodyMode = ResponseBodyMode.NONE,
+    body_mode: BodyMode = BodyMode.NONE,
 ) -> ProcessingResponse:
     """Continue after the response headers, asking for the body as ``body_mode`` says."""
     common = CommonResponse(header_mutation=_mutation(set_headers, remove_headers))

@@ -24,13 +24,13 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from ext_proc.apis import Endpoint, WireAPI, client_api
 from ext_proc.errors import GatewayError
 from ext_proc.headers import INTERNAL_PREFIX
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing.body import parse_request
-from ext_proc.routing.catalog import WireAPI
 from ext_proc.routing.decide import decide, look
-from ext_proc.routing.endpoints import Endpoint, classify, client_api, models_listing
+from ext_proc.routing.endpoints import classify, listing_api, models_listing
 from ext_proc.routing.plan import plan_request
 from ext_proc.routing.resolve import RoutingTable
 from ext_proc.server import messages
@@ -103,9 +103,9 @@ class RoutingProcessor:
         self._api = client_api(path)
         endpoint = classify(headers.get(":method", "GET"), path)
         if endpoint is Endpoint.MODELS:
-            api = WireAPI.ANTHROPIC if "anthropic-version" in headers else WireAPI.OPENAI
             self._telemetry.answered()
-            return messages.immediate_response(200, models_listing(self._table, api))
+            listing = models_listing(self._table, listing_api(headers))
+            return messages.immediate_response(200, listing)
         if msg.end_of_stream:
             raise GatewayError(
                 400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"

@@ -9,7 +9,6 @@ stream (see that module). ``ARCHWAY_GRPC_SERVER=grpcio`` selects grpcio's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -42,15 +41,17 @@ from ext_proc.server.health import (
 from ext_proc.server.processor import StreamProcessor, StreamRole
 from ext_proc.server.reload import ConfigReloader
 from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.server.signals import STOP_SIGNALS, SignalQueue
 from ext_proc.server.translation_stream import TranslationProcessor
 from ext_proc.telemetry import tracing
-from ext_proc.transport.h2grpc import GrpcError, H2GrpcServer, StreamStatus
+from ext_proc.transport import GrpcError, H2GrpcServer, StreamStatus, tls_context
 
 __all__ = [
     "GRPC_SERVER_ENV",
     "PROCESS_PATH",
     "ExternalProcessor",
     "RunningServer",
+    "TlsFiles",
     "serve_forever",
     "start_server",
 ]
@@ -136,6 +137,14 @@ class _ExtProcStream:
         return response.SerializeToString()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM certificate chain and private key the h2 transport serves TLS with."""
+
+    cert: str
+    key: str
+
+
 class _Stoppable(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
@@ -187,6 +196,8 @@ async def start_server(
     router_factory: Callable[[Config], ConfiguredRouter | None] = build_router,
     reuse_port: bool = False,
     own_port: int | None = None,
+    uds: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
@@ -199,7 +210,9 @@ async def start_server(
     (``SO_REUSEPORT``): the kernel spreads Envoy's connections over them.
     ``own_port`` is a second port for this process alone (also with
     ``SO_REUSEPORT``, as its supervisor holds it), which ``archway up`` gives
-    Envoy so that it can balance the workers itself.
+    Envoy so that it can balance the workers itself. ``uds`` also serves on
+    a Unix domain socket at that path; ``tls`` serves TLS (ALPN h2) instead of
+    cleartext on the TCP port.
     """
     # Loading a model takes seconds of CPU: off the event loop.
     router = await asyncio.to_thread(router_factory, config)
@@ -207,12 +220,14 @@ async def start_server(
     health = ServerHealth()
     try:
         if os.environ.get(GRPC_SERVER_ENV, "h2") == "grpcio":
+            if uds or tls:
+                raise ValueError("--uds and TLS need the h2 transport (unset ARCHWAY_GRPC_SERVER)")
             server, bound = await _start_grpcio(
                 config, servicer, health, host, port, reuse_port, own_port
             )
         else:
             server, bound = await _start_h2(
-                config, servicer, health, host, port, reuse_port, own_port
+                config, servicer, health, host, port, reuse_port, own_port, uds, tls
             )
     except BaseException:
         if router is not None:
@@ -268,7 +283,10 @@ async def _start_h2(
     port: int,
     reuse_port: bool,
     own_port: int | None,
+    uds: str | None = None,
+    tls_files: TlsFiles | None = None,
 ) -> tuple[_Stoppable, int]:
+    tls = None if tls_files is None else tls_context(tls_files.cert, tls_files.key)
     h2 = H2GrpcServer(
         {
             PROCESS_PATH: servicer.new_stream,
@@ -277,9 +295,11 @@ async def _start_h2(
         max_message_bytes=_message_limit(config),
     )
     try:
-        bound = await h2.start(host, port, reuse_port=reuse_port)
+        bound = await h2.start(host, port, reuse_port=reuse_port, tls=tls)
         if own_port is not None:
-            await h2.start(host, own_port, reuse_port=True)
+            await h2.start(host, own_port, reuse_port=True, tls=tls)
+        if uds is not None:
+            await h2.start_unix(uds, tls=tls)
     except OSError as exc:
         await h2.stop(0)
         raise OSError(f"cannot listen on {_address(host, port)}: {exc.strerror or exc}") from None
@@ -294,6 +314,8 @@ async def serve_forever(
     drain_s: float = DEFAULT_DRAIN_S,
     reuse_port: bool = False,
     own_port: int | None = None,
+    uds: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop. SIGTERM (how Kubernetes and
     Docker stop a container) first drains for ``drain_s``; Ctrl-C does not wait."""
@@ -301,19 +323,19 @@ async def serve_forever(
     # buffers in the heap instead of mapping fresh pages for each copy.
     keep_large_buffers(2 * _message_limit(config))
     running = await start_server(
-        config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port
+        config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port, uds=uds, tls=tls
     )
-    print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
-    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, received.put_nowait, sig)
-    if await received.get() is signal.SIGTERM and drain_s > 0:
-        # Still answering, but health says NOT_SERVING: Envoy's health check and
-        # Kubernetes move new requests elsewhere before the server stops.
-        await running.health.draining()
-        log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
-        with contextlib.suppress(TimeoutError):
+    # SIGHUP is the reloader's (installed by start_server's watch). Handlers
+    # before the ready line: a signal sent as soon as it shows is ours.
+    with SignalQueue(*STOP_SIGNALS) as received:
+        if uds is not None:
+            print(f"archway ext_proc server listening on unix:{uds}", flush=True)
+        print(f"archway ext_proc server listening on {host}:{running.port}", flush=True)
+        if await received.get() is signal.SIGTERM and drain_s > 0:
+            # Still answering, but health says NOT_SERVING: Envoy's health check and
+            # Kubernetes move new requests elsewhere before the server stops.
+            await running.health.draining()
+            log.info("draining: health says NOT_SERVING for %gs before stopping", drain_s)
             # A second signal cuts the drain short.
-            await asyncio.wait_for(received.get(), drain_s)
-    await running.stop()
+            await received.get_within(drain_s)
+        await running.stop()

@@ -18,18 +18,18 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError
 from ext_proc.headers import TRANSLATE_HEADER
-from ext_proc.routing.catalog import WireAPI
 from ext_proc.server import messages
-from ext_proc.server.messages import ResponseBodyMode
+from ext_proc.server.modes import BodyMode
 from ext_proc.server.processor import internal_error
 from ext_proc.telemetry.observe import RequestTelemetry
 from ext_proc.translate import (
     StreamTranslator,
     TranslationContext,
-    stream_translator,
-    translate_error,
+    Translator,
+    context_from_header,
     translate_response,
 )
 from ext_proc.translate.sse import SSEError
@@ -42,15 +42,17 @@ _SSE_TYPE = "text/event-stream"
 class _ResponseTranslation:
     """The response side of one translated request."""
 
-    __slots__ = ("context", "created", "status", "stream")
+    __slots__ = ("context", "created", "status", "stream", "translator")
 
     def __init__(
         self,
+        translator: Translator,
         context: TranslationContext,
         status: int,
         created: int,
         stream: StreamTranslator | None = None,
     ) -> None:
+        self.translator = translator
         self.context = context
         self.status = status
         self.created = created
@@ -84,11 +86,12 @@ class TranslationProcessor:
 
     def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
-        context = TranslationContext.from_header(headers.get(TRANSLATE_HEADER))
-        if context is None:
+        found = context_from_header(headers.get(TRANSLATE_HEADER))
+        if found is None:
             # Nothing to translate: the route was picked on a client's forged
             # header before it was stripped. Leave the body alone.
             return messages.response_headers_response()
+        translator, context = found
         self._api = context.client
         remove = [TRANSLATE_HEADER]
         if msg.end_of_stream:
@@ -107,24 +110,24 @@ class TranslationProcessor:
         if status >= 300:
             # Errors are small JSON (or text) bodies: rewritten whole, in the
             # client's error shape, with the upstream's status kept.
-            self._response = _ResponseTranslation(context, status, created)
+            self._response = _ResponseTranslation(translator, context, status, created)
             return messages.response_headers_response(
                 [("content-type", "application/json")],
                 remove,
-                body_mode=ResponseBodyMode.BUFFERED,
+                body_mode=BodyMode.BUFFERED,
             )
         if media_type == _SSE_TYPE:
-            stream = stream_translator(context, created=created)
-            self._response = _ResponseTranslation(context, status, created, stream)
+            stream = translator.stream(context, created=created)
+            self._response = _ResponseTranslation(translator, context, status, created, stream)
             # The translated stream has another length; Envoy sends it chunked.
             remove.append("content-length")
             return messages.response_headers_response(
-                remove_headers=remove, body_mode=ResponseBodyMode.STREAMED
+                remove_headers=remove, body_mode=BodyMode.STREAMED
             )
         if media_type == "application/json" or media_type.endswith("+json"):
-            self._response = _ResponseTranslation(context, status, created)
+            self._response = _ResponseTranslation(translator, context, status, created)
             return messages.response_headers_response(
-                remove_headers=remove, body_mode=ResponseBodyMode.BUFFERED
+                remove_headers=remove, body_mode=BodyMode.BUFFERED
             )
         return messages.response_headers_response(remove_headers=remove)
 
@@ -144,9 +147,11 @@ class TranslationProcessor:
                 ) from None
             return messages.response_body_response(out)
         if translation.status >= 300:
-            body = translate_error(translation.context, translation.status, msg.body)
+            body = translation.translator.error(translation.status, msg.body)
         else:
-            body = translate_response(translation.context, msg.body, created=translation.created)
+            body = translate_response(
+                translation.translator, translation.context, msg.body, created=translation.created
+            )
         return messages.response_body_response(body, [("content-length", str(len(body)))])
 
     def _error(self, exc: GatewayError) -> ProcessingResponse:

@@ -60,7 +60,7 @@ class RequestTelemetry:
         translation = plan.translation
         pair = None
         if translation is not None:
-            pair = f"{translation.client.value}-to-{translation.provider.value}"
+            pair = translation.pair
             recorder.translated(pair)
         if affinity is not None:
             recorder.affinity_used(affinity)

@@ -1,5 +1,5 @@
-"""Helpers both translation directions share: compact JSON, data URLs, and
-reading an upstream error whatever shape it came in."""
+"""Helpers every translator shares: compact JSON, data URLs, and reading an
+upstream error whatever shape it came in."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ext_proc.apis import ErrorShape, WireAPI
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.routing.catalog import WireAPI
 
 __all__ = [
     "UpstreamError",
@@ -16,6 +16,8 @@ __all__ = [
     "as_list",
     "data_url",
     "dumps",
+    "encode_json",
+    "error_in_client_shape",
     "read_upstream_error",
     "split_data_url",
     "unsupported",
@@ -27,6 +29,18 @@ _ERROR_PREVIEW_CHARS = 500
 def dumps(value: Any) -> str:
     """Compact JSON that keeps non-ASCII text as is (smaller, and what providers send)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_json(value: Any) -> bytes:
+    """A body Archway writes, as ``dumps`` words it, in UTF-8.
+
+    A lone surrogate escape (``"\\ud800"``) is valid JSON but not encodable as
+    UTF-8; re-escaping everything then sends exactly what the other side wrote.
+    """
+    try:
+        return dumps(value).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def as_dict(value: object) -> dict[str, Any]:
@@ -64,8 +78,8 @@ class UpstreamError:
     message: str
     kind: str | None
     """OpenAI's ``code`` or ``type``, or Anthropic's ``error.type``."""
-    shape: str
-    """``openai``, ``anthropic`` or ``text`` (not a JSON error at all)."""
+    shape: ErrorShape | None
+    """``None`` when it was not a JSON error of either shape."""
 
 
 def read_upstream_error(status: int, body: bytes) -> UpstreamError:
@@ -85,22 +99,24 @@ def read_upstream_error(status: int, body: bytes) -> UpstreamError:
             text = message if isinstance(message, str) and message else f"HTTP {status}"
             if parsed.get("type") == "error":
                 kind = error.get("type")
-                return UpstreamError(text, kind if isinstance(kind, str) else None, "anthropic")
+                return UpstreamError(
+                    text, kind if isinstance(kind, str) else None, ErrorShape.ANTHROPIC
+                )
             kind = error.get("code") or error.get("type")
-            return UpstreamError(text, kind if isinstance(kind, str) else None, "openai")
+            return UpstreamError(text, kind if isinstance(kind, str) else None, ErrorShape.OPENAI)
         if isinstance(error, str) and error:
             # Several OpenAI-compatible servers (Ollama, vLLM) answer {"error": "..."}.
-            return UpstreamError(error, None, "text")
+            return UpstreamError(error, None, None)
     text = body.decode("utf-8", "replace").strip()[:_ERROR_PREVIEW_CHARS]
     message = f"The model provider answered HTTP {status}" + (f": {text}" if text else ".")
-    return UpstreamError(message, None, "text")
+    return UpstreamError(message, None, None)
 
 
 def error_in_client_shape(client: WireAPI, status: int, body: bytes) -> bytes:
     """An upstream error body in the client's API shape, the upstream status kept;
     Envoy's own replies, already in that shape, pass unchanged."""
     error = read_upstream_error(status, body)
-    if error.shape == client.value:
+    if error.shape is client.error_shape:
         return body
     return error_body(
         client, GatewayError(status, error.message, code=error.kind or "upstream_error")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
+from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError, error_body
-from ext_proc.routing.catalog import WireAPI
 from ext_proc.translate.common import error_in_client_shape
 
 __all__ = ["ERROR_TYPE_HEADER", "bedrock_error", "translate_error"]

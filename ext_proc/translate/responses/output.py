@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.routing.catalog import WireAPI
+from ext_proc.apis import WireAPI
 from ext_proc.translate.common import as_dict, error_in_client_shape
 from ext_proc.translate.responses.request import Item, ResponseContext
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ext_proc.errors import GatewayError
-from ext_proc.translate import openai_to_anthropic
 from ext_proc.translate.common import unsupported
+from ext_proc.translate.openai_anthropic.request import translate_request as chat_to_messages
 from ext_proc.translate.responses.request import Item, ResponsesRequest
 from ext_proc.translate.responses.request_to_chat import (
     chat_messages,
@@ -56,7 +56,7 @@ def translate_request(request: ResponsesRequest, history: Sequence[Item] = ()) -
     if request.stream:
         chat["stream"] = True
     try:
-        return openai_to_anthropic.translate_request(chat)
+        return chat_to_messages(chat)
     except GatewayError as error:
         # Its messages[i] are not the client's: the client sent 'input'.
         if error.param is not None and error.param.startswith("messages"):

@@ -1,13 +1,8 @@
-"""An OpenAI chat-completions client served by an Anthropic Messages provider.
+"""An OpenAI chat-completions request as an Anthropic Messages request.
 
-- ``translate_request``: OpenAI ``/v1/chat/completions`` body -> Anthropic ``/v1/messages`` body;
-- ``translate_response``: Anthropic ``message`` -> OpenAI ``chat.completion``;
-- ``StreamTranslator``: Anthropic SSE events -> ``chat.completion.chunk`` events and ``[DONE]``;
-- ``translate_error``: Anthropic error body -> OpenAI error body.
-
-Pure functions over dicts and bytes. Fields the Messages API cannot honour
-(``n > 1``, logprobs, audio, ``json_object``) are refused with a 400 naming them,
-rather than dropped so that the client silently gets something else.
+Fields the Messages API cannot honour (``n > 1``, logprobs, audio,
+``json_object``) are refused with a 400 naming them, rather than dropped so that
+the client silently gets something else.
 """
 
 from __future__ import annotations
@@ -17,47 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.errors import GatewayError
-from ext_proc.routing.catalog import WireAPI
-from ext_proc.translate.common import (
-    as_dict,
-    as_list,
-    dumps,
-    error_in_client_shape,
-    split_data_url,
-    text_and_tool_calls,
-    unsupported,
-)
-from ext_proc.translate.sse import SSEDecoder, SSEEvent, encode_event
+from ext_proc.translate.common import as_dict, as_list, split_data_url, unsupported
 
-__all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "FINISH_REASONS",
-    "StreamTranslator",
-    "translate_error",
-    "translate_request",
-    "translate_response",
-]
+__all__ = ["DEFAULT_MAX_TOKENS", "translate_request", "wants_stream_usage"]
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires ``max_tokens``; OpenAI clients often send none."""
 
-FINISH_REASONS: dict[str, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-"""Anthropic ``stop_reason`` -> OpenAI ``finish_reason``; anything else is ``stop``."""
-
 _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
-
-DONE = b"data: [DONE]\n\n"
-
-
-# --- request -----------------------------------------------------------------------
 
 
 def translate_request(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,202 +300,12 @@ def _tool_choice(choice: object, parallel: object) -> dict[str, Any] | None:
     return out
 
 
-# --- response ----------------------------------------------------------------------
-
-
-def translate_response(message: Mapping[str, Any], *, created: int) -> dict[str, Any]:
-    """The ``chat.completion`` for an Anthropic ``message``."""
-    texts, tool_calls = text_and_tool_calls(message.get("content"))
-    reply: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts or not tool_calls else None,
-        "refusal": None,
-    }
-    if tool_calls:
-        reply["tool_calls"] = tool_calls
-    return {
-        "id": message.get("id"),
-        "object": "chat.completion",
-        "created": created,
-        "model": message.get("model"),
-        "choices": [
-            {
-                "index": 0,
-                "message": reply,
-                "logprobs": None,
-                "finish_reason": _finish_reason(message.get("stop_reason")),
-            }
-        ],
-        "usage": openai_usage(as_dict(message.get("usage"))),
-    }
-
-
-def _finish_reason(stop_reason: object) -> str:
-    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
-
-
-def _count(usage: Mapping[str, Any], name: str) -> int:
-    value = usage.get(name)
-    return value if isinstance(value, int) else 0
-
-
-def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI counts cached prompt tokens inside ``prompt_tokens``; Anthropic apart."""
-    cached = _count(usage, "cache_read_input_tokens")
-    prompt = _count(usage, "input_tokens") + _count(usage, "cache_creation_input_tokens") + cached
-    completion = _count(usage, "output_tokens")
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
-
-
-def translate_error(status: int, body: bytes) -> bytes:
-    """An OpenAI error body for an upstream error; Envoy's own replies are already one."""
-    return error_in_client_shape(WireAPI.OPENAI, status, body)
-
-
-# --- stream ------------------------------------------------------------------------
-
-
-class StreamTranslator:
-    """Anthropic SSE in, OpenAI ``chat.completion.chunk`` SSE out, event by event.
-
-    ``feed`` takes body chunks as they arrive and returns what the client can
-    be sent now; ``finish`` flushes at end of stream.
-    """
-
-    __slots__ = (
-        "_created",
-        "_decoder",
-        "_done",
-        "_head",
-        "_id",
-        "_include_usage",
-        "_model",
-        "_tool_calls",
-        "_usage",
+def wants_stream_usage(body: Mapping[str, Any]) -> bool:
+    """Whether a streaming client asked for ``stream_options.include_usage``: OpenAI
+    sends usage in a last chunk only then, while Anthropic's stream always has it."""
+    options = body.get("stream_options")
+    return bool(
+        body.get("stream") is True
+        and isinstance(options, dict)
+        and options.get("include_usage") is True
     )
-
-    def __init__(self, *, created: int, include_usage: bool) -> None:
-        self._decoder = SSEDecoder()
-        self._created = created
-        self._include_usage = include_usage
-        self._id = ""
-        self._model = ""
-        self._head = self._chunk_head()
-        self._tool_calls: dict[int, int] = {}
-        """Anthropic content block index -> OpenAI ``tool_calls[].index``."""
-        self._usage: dict[str, Any] = {}
-        self._done = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self._translate(self._decoder.feed(chunk))
-
-    def finish(self) -> bytes:
-        return self._translate(self._decoder.flush())
-
-    def _translate(self, events: list[SSEEvent]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self._done:
-                break
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if isinstance(payload, dict):
-                self._event(payload, out)
-        return bytes(out)
-
-    def _chunk_head(self) -> str:
-        # Everything before the delta is the same in every chunk of a stream:
-        # built once, it keeps per-event work to one small dumps.
-        return (
-            f'{{"id":{dumps(self._id)},"object":"chat.completion.chunk",'
-            f'"created":{self._created},"model":{dumps(self._model)},'
-            '"choices":[{"index":0,"delta":'
-        )
-
-    def _emit(self, out: bytearray, delta: dict[str, Any], finish: str | None = None) -> None:
-        tail = ',"logprobs":null,"finish_reason":' + (dumps(finish) if finish else "null") + "}]}"
-        out += encode_event(self._head + dumps(delta) + tail)
-
-    def _event(self, payload: dict[str, Any], out: bytearray) -> None:
-        kind = payload.get("type")
-        if kind == "content_block_delta":
-            delta = as_dict(payload.get("delta"))
-            delta_type = delta.get("type")
-            if delta_type == "text_delta":
-                self._emit(out, {"content": delta.get("text", "")})
-            elif delta_type == "input_json_delta":
-                index = self._tool_calls.get(payload.get("index", -1))
-                if index is not None:
-                    arguments = delta.get("partial_json", "")
-                    call = {"index": index, "function": {"arguments": arguments}}
-                    self._emit(out, {"tool_calls": [call]})
-        elif kind == "content_block_start":
-            self._block_start(payload, out)
-        elif kind == "message_start":
-            message = as_dict(payload.get("message"))
-            self._id = str(message.get("id", ""))
-            self._model = str(message.get("model", ""))
-            self._head = self._chunk_head()
-            self._usage.update(as_dict(message.get("usage")))
-            self._emit(out, {"role": "assistant", "content": ""})
-        elif kind == "message_delta":
-            self._usage.update(
-                {k: v for k, v in as_dict(payload.get("usage")).items() if v is not None}
-            )
-            stop_reason = as_dict(payload.get("delta")).get("stop_reason")
-            self._emit(out, {}, _finish_reason(stop_reason))
-        elif kind == "message_stop":
-            if self._include_usage:
-                # As OpenAI does: one last chunk with no choices, carrying the usage.
-                final = {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": openai_usage(self._usage),
-                }
-                out += encode_event(dumps(final))
-            out += DONE
-            self._done = True
-        elif kind == "error":
-            error = as_dict(payload.get("error"))
-            message = error.get("message") or "The model provider reported an error mid-stream."
-            body = {
-                "error": {
-                    "message": message,
-                    "type": "server_error",
-                    "param": None,
-                    "code": error.get("type"),
-                }
-            }
-            out += encode_event(dumps(body))
-            self._done = True
-        # ping, content_block_stop and unknown events carry nothing for OpenAI.
-
-    def _block_start(self, payload: dict[str, Any], out: bytearray) -> None:
-        block = as_dict(payload.get("content_block"))
-        kind = block.get("type")
-        if kind == "tool_use":
-            index = len(self._tool_calls)
-            self._tool_calls[payload.get("index", index)] = index
-            tool_input = block.get("input")
-            call = {
-                "index": index,
-                "id": block.get("id"),
-                "type": "function",
-                "function": {
-                    "name": block.get("name"),
-                    "arguments": dumps(tool_input) if tool_input else "",
-                },
-            }
-            self._emit(out, {"tool_calls": [call]})
-        elif kind == "text" and block.get("text"):
-            self._emit(out, {"content": block["text"]})
