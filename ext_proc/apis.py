@@ -43,6 +43,9 @@ class WireAPI(StrEnum):
     """OpenAI chat completions, which most providers also serve."""
     ANTHROPIC = "anthropic"
     """Anthropic Messages."""
+    BEDROCK = "bedrock converse"
+    """Amazon Bedrock's Converse API (``/model/{id}/converse``, ``/converse-stream``):
+    a provider's API only, never a client's."""
 
     @property
     def upstream_path(self) -> str:
@@ -70,6 +73,9 @@ class _APIFacts:
 _FACTS: dict[WireAPI, _APIFacts] = {
     WireAPI.OPENAI: _APIFacts("/chat/completions", ErrorShape.OPENAI, "openai-"),
     WireAPI.ANTHROPIC: _APIFacts("/messages", ErrorShape.ANTHROPIC, "anthropic-"),
+    # The model id is part of the path (``routing.catalog.request_path``); no
+    # client speaks Converse, so its error shape is never a client's.
+    WireAPI.BEDROCK: _APIFacts("/model/{model_id}/converse", ErrorShape.OPENAI, "x-amz-"),
 }
 
 
@@ -95,6 +101,9 @@ class _Route:
     """Every path it is served on; the first is the one documented."""
     api: WireAPI
     """The API its clients speak: it picks the error shape and the translator."""
+    native_path: str | None = None
+    """For an endpoint served only by providers of its own API, never translated:
+    the path under a provider's base URL. ``None`` for the chat endpoints."""
 
 
 class Endpoint(Enum):
@@ -102,6 +111,10 @@ class Endpoint(Enum):
 
     CHAT_COMPLETIONS = _Route("POST", ("/v1/chat/completions", "/chat/completions"), WireAPI.OPENAI)
     MESSAGES = _Route("POST", ("/v1/messages",), WireAPI.ANTHROPIC)
+    COUNT_TOKENS = _Route(
+        "POST", ("/v1/messages/count_tokens",), WireAPI.ANTHROPIC, "/messages/count_tokens"
+    )
+    EMBEDDINGS = _Route("POST", ("/v1/embeddings", "/embeddings"), WireAPI.OPENAI, "/embeddings")
     MODELS = _Route("GET", ("/v1/models", "/models"), WireAPI.OPENAI)
     """Answered from the config (``ext_proc.routing.endpoints``), in the shape of
     the caller's SDK."""
@@ -117,6 +130,15 @@ class Endpoint(Enum):
     @property
     def api(self) -> WireAPI:
         return self.value.api
+
+    @property
+    def native_path(self) -> str | None:
+        return self.value.native_path
+
+    @property
+    def is_chat(self) -> bool:
+        """A conversation, which the preference router may read."""
+        return self.method == "POST" and self.native_path is None
 
 
 _BY_PATH: dict[str, Endpoint] = {path: e for e in Endpoint for path in e.paths}
@@ -140,7 +162,9 @@ def served_paths() -> tuple[str, ...]:
 def path_prefixes(shape: ErrorShape) -> tuple[str, ...]:
     """The client paths whose errors take ``shape``, as prefixes: Envoy's own
     error replies pick their shape by them."""
-    return tuple(p for e in Endpoint if e.api.error_shape is shape for p in e.paths)
+    paths = [p for e in Endpoint if e.api.error_shape is shape for p in e.paths]
+    # A path under another in the list (``/v1/messages/count_tokens``) is covered by it.
+    return tuple(p for p in paths if not any(p != q and p.startswith(q) for q in paths))
 
 
 def client_api(path: str) -> WireAPI:

@@ -306,7 +306,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK")
     print("listeners:")
     for lst in config.listeners:
-        print(f"  {lst.name}: {lst.address}:{lst.port}, timeout {lst.timeout_s:g}s")
+        retries = f", max_retries {lst.max_retries}" if lst.max_retries else ""
+        print(f"  {lst.name}: {lst.address}:{lst.port}, timeout {lst.timeout_s:g}s{retries}")
     print("models:")
     for p in config.providers:
         up = table.upstreams[p.model]
@@ -320,8 +321,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if config.routing_preferences:
         print("routing preferences:")
         for pref in config.routing_preferences:
-            print(f"  {pref.name} -> {', '.join(pref.models)}: {pref.description}")
+            chain = f" (then {', '.join(pref.fallbacks)})" if pref.fallbacks else ""
+            print(f"  {pref.name} -> {pref.models[0]}{chain}: {pref.description}")
         print(f"preference router: {_router_summary(config)}")
+    if config.state_storage is not None:
+        # The connection string holds a password: only the kind is shown.
+        print(f"state storage: {config.state_storage.kind}")
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

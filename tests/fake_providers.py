@@ -15,8 +15,10 @@ half-sent until it releases a gate.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -265,10 +267,48 @@ def _first_tool(payload: dict[str, Any]) -> str | None:
     return first.get("name") or first.get("function", {}).get("name")
 
 
+EMBEDDING_DIMENSIONS = 4
+
+
+def embedding_of(text: str) -> list[float]:
+    """A made-up but stable vector for ``text``, exact in float32."""
+    return [float(len(text) % 7), 0.5, -0.25, float(len(_words(text)))]
+
+
+def embeddings_reply(model: str, inputs: object, encoding: object) -> dict[str, Any]:
+    """``POST /v1/embeddings`` as OpenAI answers it, floats or base64 float32."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])  # type: ignore[call-overload]
+    data = []
+    for index, text in enumerate(texts):
+        vector = embedding_of(str(text))
+        value: object = vector
+        if encoding == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = sum(len(_words(str(t))) for t in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def count_tokens_reply(payload: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/messages/count_tokens`` as Anthropic answers it: one token a word."""
+    text = json.dumps([payload.get("system"), payload.get("messages")])
+    return {"input_tokens": len(_words(text))}
+
+
 def _native_reply(path: str, payload: dict[str, Any]) -> Reply:
     model = str(payload.get("model", ""))
     tool = _first_tool(payload)
     stream = payload.get("stream") is True
+    if path.endswith("/messages/count_tokens"):
+        return Reply(body=json.dumps(count_tokens_reply(payload)).encode())
+    if path.endswith("/embeddings"):
+        reply = embeddings_reply(model, payload.get("input"), payload.get("encoding_format"))
+        return Reply(body=json.dumps(reply).encode())
     if path.endswith("/messages"):
         if stream:
             return Reply(

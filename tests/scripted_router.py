@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ext_proc.router import RouteChoice, Turn
+from ext_proc.router import Route, RouteChoice, Turn
 from ext_proc.router.service import ConfiguredRouter
 
 ROUTE_NAMES = frozenset({"code generation", "creative writing"})
@@ -21,10 +21,14 @@ class ScriptedRouter:
     answer: Callable[[tuple[Turn, ...]], str | Exception] = lambda _: "creative writing"
     delay_s: float = 0.0
     calls: list[tuple[Turn, ...]] = field(default_factory=list)
+    routes_seen: list[tuple[Route, ...] | None] = field(default_factory=list)
     closed: bool = False
 
-    async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice:
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
         self.calls.append(conversation)
+        self.routes_seen.append(routes)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         result = self.answer(conversation)

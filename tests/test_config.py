@@ -23,6 +23,7 @@ from ext_proc.config import (
     load_config_text,
     parse_duration,
 )
+from ext_proc.state import StateStorageConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -200,7 +201,11 @@ def test_plano_current_example() -> None:
     tracing_line = next(
         n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith("tracing:")
     )
+    assert config.routing_preferences[0].fallbacks == ()
     assert config.warnings == (
+        f"{path}:40: routing_preferences[0].models[1]: 'openai/gpt-5' speaks the openai API "
+        "but 'anthropic/claude-sonnet-4-5' speaks anthropic; a failover retry cannot change "
+        "API, so it is not in this route's failover chain",
         f"{path}:{tracing_line}: tracing: Plano section not implemented by Archway; ignored",
     )
 
@@ -277,12 +282,10 @@ def test_prompt_and_agent_listeners_are_skipped_with_warnings(tmp_path: Path) ->
         + MINIMAL,
     )
     assert config.listeners == (
-        Listener(name="llm", address="127.0.0.1", port=12001, timeout_s=45.0),
+        Listener(name="llm", address="127.0.0.1", port=12001, timeout_s=45.0, max_retries=3),
     )
     assert config.warnings == (
         f"{where(tmp_path, 2, 'listeners[0]')}agent listener not implemented by Archway; skipped",
-        f"{where(tmp_path, 14, 'listeners[1].max_retries')}"
-        "Plano setting not used by Archway; ignored",
         f"{where(tmp_path, 15, 'listeners[2]')}prompt listener not implemented by Archway; skipped",
     )
 
@@ -469,18 +472,17 @@ def test_unknown_provider_with_interface_still_needs_base_url(tmp_path: Path) ->
 
 
 def test_provider_interface_must_be_in_the_catalog(tmp_path: Path) -> None:
-    # `xiaomi` is in Plano's schema but not in Archway's catalog.
     found = problem(
         tmp_path,
         """\
         llm_providers:
-          - model: mimo/mimo-v2
+          - model: co/command
             base_url: https://api.example.com/v1
-            provider_interface: xiaomi
+            provider_interface: cohere
         """,
     )
     assert found.startswith(where(tmp_path, 4, "llm_providers[0].provider_interface"))
-    assert "provider_interface 'xiaomi' is not supported by Archway; use one of: openai" in found
+    assert "provider_interface 'cohere' is not supported by Archway; use one of: openai" in found
 
 
 def test_base_url_must_be_http(tmp_path: Path) -> None:
@@ -759,16 +761,83 @@ def test_top_level_routing_preferences(tmp_path: Path) -> None:
         routing_preferences:
           - name: code
             description: writing code
-            models: [anthropic/claude-sonnet-4-5, gpt-5]
+            models: [gpt-5, openai/gpt-5.2]
             selection_policy: {prefer: cheapest}
         """),
     )
     assert config.routing_preferences == (
-        RoutingPreference("code", "writing code", ("anthropic/claude-sonnet-4-5", "openai/gpt-5")),
+        RoutingPreference(
+            "code",
+            "writing code",
+            ("openai/gpt-5", "openai/gpt-5.2"),
+            fallbacks=("openai/gpt-5.2",),
+        ),
     )
     assert config.warnings == (
         f"{where(tmp_path, 9, 'routing_preferences[0].selection_policy')}"
         "Plano setting not used by Archway; ignored",
+    )
+
+
+def test_route_models_of_another_api_are_warned_and_not_failed_over_to(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        PROVIDERS
+        + dedent("""        routing_preferences:
+          - name: code
+            description: writing code
+            models: [anthropic/claude-sonnet-4-5, gpt-5]
+        """),
+    )
+    (code,) = config.routing_preferences
+    assert code.models == ("anthropic/claude-sonnet-4-5", "openai/gpt-5")
+    assert code.fallbacks == ()
+    assert config.warnings == (
+        f"{where(tmp_path, 8, 'routing_preferences[0].models[1]')}'openai/gpt-5' speaks the "
+        "openai API but 'anthropic/claude-sonnet-4-5' speaks anthropic; a failover retry "
+        "cannot change API, so it is not in this route's failover chain",
+    )
+
+
+def test_route_fallbacks_beyond_four_are_warned(tmp_path: Path) -> None:
+    names = [f"openai/m{n}" for n in range(6)]
+    config = load(
+        tmp_path,
+        "llm_providers:\n"
+        + "".join(f"  - model: {n}\n" for n in names)
+        + f"routing_preferences:\n  - {{name: r, description: d, models: [{', '.join(names)}]}}\n",
+    )
+    assert config.routing_preferences[0].fallbacks == tuple(names[1:5])
+    assert len(config.warnings) == 1
+    assert "at most 4 fallbacks are tried; 'openai/m5' is left out" in config.warnings[0]
+
+
+def test_inline_preferences_of_one_name_merge_in_order_as_in_plano(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        model_providers:
+          - model: openai/gpt-5
+            routing_preferences:
+              - {name: code, description: writing code}
+          - model: openai/gpt-5.2
+            routing_preferences:
+              - {name: code, description: code again}
+              - {name: chat, description: small talk}
+        """,
+    )
+    assert config.routing_preferences == (
+        RoutingPreference(
+            "code",
+            "writing code",
+            ("openai/gpt-5", "openai/gpt-5.2"),
+            fallbacks=("openai/gpt-5.2",),
+        ),
+        RoutingPreference("chat", "small talk", ("openai/gpt-5.2",)),
+    )
+    assert config.warnings == (
+        f"{where(tmp_path, 7, 'model_providers[1].routing_preferences[0].name')}routing preference "
+        "'code' was described differently at line 4; the first description is kept, as in Plano",
     )
 
 
@@ -840,18 +909,43 @@ def test_duplicate_routing_preference_names(tmp_path: Path) -> None:
         """\
         llm_providers:
           - model: openai/gpt-5
-            routing_preferences:
-              - name: code
-                description: writing code
         routing_preferences:
+          - name: code
+            description: writing code
+            models: [openai/gpt-5]
           - name: code
             description: also code
             models: [openai/gpt-5]
         """,
     )
-    assert found.startswith(where(tmp_path, 7, "routing_preferences[0].name"))
+    assert found.startswith(where(tmp_path, 7, "routing_preferences[1].name"))
     assert "duplicate routing preference 'code' (also at line 4)" in found
     assert "give each routing preference its own name" in found
+
+
+def test_a_top_level_preference_replaces_an_inline_one_of_its_name(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """\
+        llm_providers:
+          - model: openai/gpt-5
+            routing_preferences:
+              - name: code
+                description: writing code
+          - model: openai/gpt-5.2
+        routing_preferences:
+          - name: code
+            description: also code
+            models: [openai/gpt-5.2]
+        """,
+    )
+    assert config.routing_preferences == (
+        RoutingPreference("code", "also code", ("openai/gpt-5.2",)),
+    )
+    assert config.warnings == (
+        f"{where(tmp_path, 4, 'llm_providers[0].routing_preferences[0].name')}routing preference "
+        "'code' is also defined top-level (line 8), which wins, as in Plano; this one is ignored",
+    )
 
 
 def test_inline_preference_misspelt_key(tmp_path: Path) -> None:
@@ -915,7 +1009,6 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         endpoints:
           app: {endpoint: "localhost:8000"}
         system_prompt: be nice
-        state_storage: {type: memory}
         agents: []
         filters: []
         prompt_targets: []
@@ -932,7 +1025,6 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         "prompt_guards",
         "endpoints",
         "system_prompt",
-        "state_storage",
         "agents",
         "filters",
         "prompt_targets",
@@ -948,10 +1040,44 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
 
 
 def test_plano_section_with_unset_variable_is_not_an_error(tmp_path: Path) -> None:
-    config = load(
-        tmp_path, MINIMAL + "state_storage:\n  type: postgres\n  connection_string: $PG\n"
-    )
+    config = load(tmp_path, MINIMAL + "tracing:\n  exporters:\n    - {api_key: $PH}\n")
     assert len(config.warnings) == 1
+
+
+def test_state_storage_is_loaded(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL).state_storage is None
+    memory = load(tmp_path, MINIMAL + "state_storage: {type: memory}\n")
+    assert memory.state_storage == StateStorageConfig("memory")
+    assert memory.warnings == ()
+    dsn = "postgresql://archway:pw-TOPSECRET@db:5432/state"
+    postgres = load(
+        tmp_path,
+        MINIMAL + "state_storage:\n  type: postgres\n  connection_string: $PG\n",
+        environ={**ENV, "PG": dsn},
+    )
+    assert postgres.state_storage == StateStorageConfig("postgres", dsn)
+    assert postgres.warnings == ()
+    assert "TOPSECRET" not in repr(postgres)
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "message"),
+    [
+        ("state_storage: {type: redis}", 4, "type 'redis' is not one of memory, postgres"),
+        ("state_storage: {type: postgres}", 4, "type postgres needs a connection_string"),
+        ("state_storage: {connection_string: x}", 4, "missing required key 'type'"),
+        ("state_storage: {type: memory, ttl: 1}", 4, "unknown key 'ttl'"),
+        (
+            "state_storage: {type: postgres, connection_string: $PG}",
+            4,
+            "environment variable PG is not set",
+        ),
+    ],
+)
+def test_bad_state_storage(tmp_path: Path, section: str, line: int, message: str) -> None:
+    found = problem(tmp_path, MINIMAL + section + "\n")
+    assert found.startswith(f"{tmp_path / 'config.yaml'}:{line}: state_storage")
+    assert message in found
 
 
 def test_overrides(tmp_path: Path) -> None:

@@ -293,7 +293,7 @@ def test_ambiguous_or_wrong_type_model(gw: Gateway) -> None:
             "unsupported_media_type",
         ),
         ("/v1/chat/completions", b"", None, "GET", 405, "method_not_allowed"),
-        ("/v1/embeddings", b'{"input": "x"}', None, "POST", 404, "unsupported_path"),
+        ("/v1/audio/speech", b'{"input": "x"}', None, "POST", 404, "unsupported_path"),
         ("/admin", b"", None, "GET", 404, "unsupported_path"),
         ("/v1/chat/completions", b"\xff\xfe\x00garbage", None, "POST", 400, "invalid_json"),
         ("/v1/chat/completions", b"[" * 100_000, None, "POST", 400, "invalid_json"),

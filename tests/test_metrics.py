@@ -67,7 +67,7 @@ def test_requests_count_by_resolution_provider_model_and_outcome(
     _route("")
     _route("anthropic/claude-sonnet-4-5")
     _route("openai/no-such-model")
-    _route("openai/gpt-5.2", path="/v1/embeddings")
+    _route("openai/gpt-5.2", path="/v1/audio/speech")
     after = scrape(endpoint.url)
     assert delta(before, after, requests_key("direct", "openai", "openai/gpt-5.2")) == 1
     assert delta(before, after, requests_key("alias", "openai", "openai/gpt-5.2")) == 1

@@ -307,7 +307,8 @@ def test_errors_on_messages_use_anthropic_shape() -> None:
     ("method", "path", "status"),
     [
         ("GET", "/v1/chat/completions", 405),
-        ("POST", "/v1/embeddings", 404),
+        ("POST", "/v1/audio/speech", 404),
+        ("GET", "/v1/embeddings", 405),
         ("DELETE", "/v1/models", 405),
     ],
 )

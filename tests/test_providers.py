@@ -22,6 +22,11 @@ REAL = {
     "xai": ("api.x.ai", "/v1/chat/completions"),
     "together_ai": ("api.together.xyz", "/v1/chat/completions"),
     "openrouter": ("openrouter.ai", "/api/v1/chat/completions"),
+    "xiaomi": ("api.xiaomimimo.com", "/v1/chat/completions"),
+    "zhipu": ("open.bigmodel.cn", "/api/paas/v4/chat/completions"),
+    "digitalocean": ("inference.do-ai.run", "/v1/chat/completions"),
+    "vercel": ("ai-gateway.vercel.sh", "/v1/chat/completions"),
+    "edenai": ("api.edenai.run", "/v3/chat/completions"),
 }
 
 
@@ -125,6 +130,46 @@ def test_every_catalog_entry_without_default_url_requires_one() -> None:
         "ollama",
         "azure_openai",
         "custom",
+        # Plano requires base_url for these too (config_generator's
+        # SUPPORTED_PROVIDERS_WITH_BASE_URL).
+        "amazon_bedrock",
+        "plano",
+        "qwen",
     }
     with pytest.raises(ValueError):
         upstream_for(provider("ollama/llama3"))
+
+
+def test_amazon_bedrock_converse_paths_and_bearer_key() -> None:
+    p = provider(
+        "amazon_bedrock/us.amazon.nova-pro-v1:0",
+        base_url="https://bedrock-runtime.us-west-2.amazonaws.com",
+    )
+    up = upstream_for(p)
+    assert (up.host, up.port, up.tls) == ("bedrock-runtime.us-west-2.amazonaws.com", 443, True)
+    assert CATALOG["amazon_bedrock"].api is WireAPI.BEDROCK
+    # The model id is one path segment: ':' and the '/' of ARNs are escaped.
+    assert request_path(p, up) == "/model/us.amazon.nova-pro-v1%3A0/converse"
+    assert request_path(p, up, stream=True) == "/model/us.amazon.nova-pro-v1%3A0/converse-stream"
+    arn = provider(
+        "amazon_bedrock/arn:aws:bedrock:us-east-1:1:inference-profile/x",
+        base_url="https://bedrock-runtime.us-east-1.amazonaws.com",
+    )
+    assert request_path(arn, upstream_for(arn)).startswith(
+        "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx/"
+    )
+    assert auth_headers(p)[0] == ("authorization", "Bearer sk-amazon_bedrock-secret")
+
+
+def test_qwen_base_url_without_path_gets_the_compatible_mode_prefix() -> None:
+    p = provider("qwen/qwen-max", base_url="https://dashscope-intl.aliyuncs.com")
+    up = upstream_for(p)
+    assert request_path(p, up) == "/compatible-mode/v1/chat/completions"
+
+
+def test_chatgpt_sends_codex_headers_to_its_backend() -> None:
+    p = provider("chatgpt/gpt-5.2", access_key=None, passthrough_auth=True)
+    up = upstream_for(p)
+    assert (up.host, up.path_prefix) == ("chatgpt.com", "/backend-api/codex")
+    assert dict(auth_headers(p))["originator"] == "codex_cli_rs"
+    assert "authorization" not in dict(auth_headers(p))

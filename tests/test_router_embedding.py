@@ -471,6 +471,20 @@ def test_embedding_router_needs_a_model_path() -> None:
         load_config_text(CONFIG.format(router="router: {backend: embedding}"))
 
 
+def test_factory_names_the_missing_extra(
+    tiny_encoder: TinyEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ext_proc.router.factory import RouterUnavailableError, build_router
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if it were not installed
+    section = f"router: {{backend: embedding, model_path: {tiny_encoder.ct2_dir}}}"
+    with pytest.raises(RouterUnavailableError) as caught:
+        build_router(load_config_text(CONFIG.format(router=section)))
+    assert str(caught.value) == (
+        "router backend embedding needs tokenizers: pip install 'archway[router]'"
+    )
+
+
 def test_factory_builds_the_embedding_router(tiny_encoder: TinyEncoder) -> None:
     from ext_proc.router.factory import build_router
 
@@ -504,3 +518,29 @@ def test_factory_builds_the_embedding_router(tiny_encoder: TinyEncoder) -> None:
     assert configured.backend.rule.classifier_weight == 0.0
     assert configured.backend.rule.context_margin == 0.5
     asyncio.run(configured.close())
+
+
+def test_a_requests_own_routes_are_embedded_once_and_decided_among() -> None:
+    encoder = FakeEncoder()
+    router = fake_router(encoder)
+    own = (Route("sums", "math", ("math math",)), Route("greeting", "hello"))
+
+    async def run() -> list[str]:
+        try:
+            turn = (Turn("user", "math homework"),)
+            first = await router.choose(turn, own)
+            again = await router.choose(turn, own)
+            configured = await router.choose(turn)
+            return [first.route, again.route, configured.route]
+        finally:
+            await router.close()
+
+    calls_before = len(encoder.calls)
+    first, again, configured = asyncio.run(run())
+    assert [first, again] == ["sums", "sums"]
+    # Without them, the configured routes are all there is.
+    assert configured in {"coding", "poetry", "other"}
+    encoded = [text for call in encoder.calls[calls_before:] for text in call]
+    # The routes' texts once, the turn once (then from the cache).
+    assert sum("math math" in t for t in encoded) == 1
+    assert list(router._request_indexes) == [own]

@@ -198,3 +198,46 @@ def test_incomplete_model_directory_is_a_clear_error(tiny_model: TinyModel, tmp_
     message = str(info.value)
     assert "model.bin" in message and "config.json" in message
     assert "archway router convert" in message
+
+
+def test_a_requests_own_routes_get_their_own_prompt_and_batch_group(
+    tiny_model: TinyModel,
+) -> None:
+    from ext_proc.router import Route
+
+    tokenizer = ModelTokenizer.from_dir(tiny_model.ct2_dir)
+    prompt = ArchRouterPrompt(tokenizer, ROUTES)
+    own = (Route("poetry", "writing poems"), Route("tax law", "questions about taxes"))
+    calls: list[tuple[list[tuple[str, ...]], object, int]] = []
+    answers = {"poetry": tokenizer.encode('poetry"}'), "config": tokenizer.encode('other"}')}
+
+    def generate(prompts, *, static_prompt, max_new_tokens, end_ids) -> list[list[int]]:
+        calls.append((list(prompts), static_prompt, max_new_tokens))
+        key = "config" if static_prompt else "poetry"
+        return [answers[key] for _ in prompts]
+
+    router = ArchRouter(prompt, generate, OPTIONS)
+
+    async def main():
+        try:
+            return await asyncio.gather(
+                router.choose(EXAMPLE_CONVERSATION),
+                router.choose(EXAMPLE_CONVERSATION, own),
+                router.choose(EXAMPLE_CONVERSATION, own),
+            )
+        finally:
+            await router.close()
+
+    config_choice, *own_choices = asyncio.run(main())
+    assert [c.route for c in own_choices] == ["poetry", "poetry"]
+    assert config_choice.route == "other"
+    # One batch, generated as two groups: the config's prompt with its cached
+    # prefix, and the request's routes whole.
+    assert router.batcher.batch_sizes == [3]
+    assert sorted(len(prompts) for prompts, _, _ in calls) == [1, 2]
+    own_call = next(c for c in calls if c[1] is None)
+    vocabulary = tokenizer.vocabulary()
+    text = tokenizer.decode([vocabulary[token] for token in own_call[0][0]])
+    assert "writing poems" in text and "tax law" in text
+    # The request's prompt is built once and kept.
+    assert list(router._request_prompts) == [own]

@@ -133,3 +133,30 @@ def test_config_reserves_the_routers_reason_names(reason: str) -> None:
     )
     with pytest.raises(ConfigError, match=f"'{reason}' is reserved"):
         load_config_text(text)
+
+
+def test_a_requests_own_routes_go_in_the_prompt(tmp_path: Path, server) -> None:
+    from ext_proc.router import Route, Turn
+    from ext_proc.router.prompt import route_prompt
+    from ext_proc.router.service import ConfiguredRouter
+
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    router = build_router(load_config(write_config(tmp_path, endpoint)))
+    assert isinstance(router, ConfiguredRouter)
+    own = (Route("poetry", "writing poems"),)
+    server.answer = '{"route": "poetry"}'
+
+    async def main() -> list[str]:
+        try:
+            body = {"messages": [{"role": "user", "content": "a sonnet please"}]}
+            mine = await router.decide(body, WireAPI.OPENAI, own)
+            # The configured routes know no "poetry": it is other there.
+            configured = await router.decide(body, WireAPI.OPENAI)
+            return [mine.route, configured.route]
+        finally:
+            await router.close()
+
+    assert asyncio.run(main()) == ["poetry", ROUTE_OTHER]
+    sent = server.received[0][2]["messages"][0]["content"]
+    assert "writing poems" in sent
+    assert sent == route_prompt(own, (Turn("user", "a sonnet please"),))

@@ -29,7 +29,7 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.transport.connection import Connection, Shared
@@ -215,6 +215,20 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
 
 @FUZZ
 @given(st.lists(frames(like_h2=True), max_size=12))
+# Found by the ten-minute run: :authority twice, the second in a CONTINUATION.
+@example(
+    [
+        b"\x00\x00\x16\x01\x00\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x03\t\x04\x00\x00\x00\x01\x01\x01y",
+    ]
+)
+# And DATA after END_STREAM on a stream answered UNIMPLEMENTED at once.
+@example(
+    [
+        b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x87\x84\x01\x01z",
+        b"\x00\x00\x00\x00\x00\x00\x00\x00\x01",
+    ]
+)
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
     data = PREFACE + SettingsFrame(0).serialize() + b"".join(sequence)
     # Where RFC 9113 makes an error a stream error, h2 sometimes makes it a

@@ -18,10 +18,8 @@ _LEGACY_LISTENERS_IGNORED = {
     "ingress_traffic": "ingress (prompt) listener not implemented by Archway; ignored"
 }
 _LEGACY_LISTENER_KEYS = ("address", "port", "message_format", "timeout")
-_LISTENER_KEYS = ("type", "name", "address", "port", "timeout")
-_LISTENER_IGNORED = dict.fromkeys(
-    ("router", "max_retries", "agents", "input_filters", "output_filters"), IGNORED
-)
+_LISTENER_KEYS = ("type", "name", "address", "port", "timeout", "max_retries")
+_LISTENER_IGNORED = dict.fromkeys(("router", "agents", "input_filters", "output_filters"), IGNORED)
 _LISTENER_TYPES = ("model", "prompt", "agent")
 
 Found = list[tuple[Listener, yaml.Node | None]]

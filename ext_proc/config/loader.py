@@ -17,7 +17,12 @@ from ext_proc.config.problems import ConfigError
 from ext_proc.config.providers import read_aliases, read_providers
 from ext_proc.config.reader import FLOAT_TAG, INT_TAG, Reader, describe, listing
 from ext_proc.config.router_settings import read_router
-from ext_proc.config.settings import read_affinity, read_gateway, read_overrides
+from ext_proc.config.settings import (
+    read_affinity,
+    read_gateway,
+    read_overrides,
+    read_state_storage,
+)
 from ext_proc.config.types import Config
 
 __all__ = ["load_config", "load_config_text"]
@@ -33,6 +38,7 @@ _TOP_KEYS = (
     "archway",
     "router",
     "routing",
+    "state_storage",
 )
 _PLANO_ONLY_SECTIONS = (
     "agents",
@@ -42,7 +48,6 @@ _PLANO_ONLY_SECTIONS = (
     "ratelimits",
     "tracing",
     "mode",
-    "state_storage",
     "prompt_guards",
     "model_metrics_sources",
     "prompt_caching",
@@ -124,6 +129,7 @@ def _build(r: Reader, root: yaml.MappingNode) -> Config | None:
     gateway = read_gateway(r, value("archway"))
     affinity = read_affinity(r, value("routing"))
     router = read_router(r, top.get("router"))
+    state_storage = read_state_storage(r, value("state_storage"))
     if router is not None and not preferences:
         r.warn(
             top["router"][0],
@@ -144,6 +150,7 @@ def _build(r: Reader, root: yaml.MappingNode) -> Config | None:
         gateway=gateway,
         router=router,
         affinity=affinity,
+        state_storage=state_storage,
         version=version,
         source=r.source.resolve() if r.source is not None else None,
         warnings=tuple(r.warnings.lines()),

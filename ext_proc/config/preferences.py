@@ -3,11 +3,12 @@ top-level (Plano's current form) or inline under a model (the spec's)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import yaml
 
-from ext_proc.config.providers import Models, model_ref
+from ext_proc.config.providers import MAX_FALLBACKS, Models, api_of, model_ref
 from ext_proc.config.reader import IGNORED, Reader, is_null, line_of
 from ext_proc.config.types import RoutingPreference
 from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT
@@ -31,21 +32,36 @@ class _Entry:
     path: str
     valid: bool
     """False when a model it names is unusable: kept only so duplicate names are found."""
+    model_lines: tuple[int | None, ...] = ()
+    """Where each of its models is named, for messages about one of them."""
 
 
 def read_preferences(
     r: Reader, node: yaml.Node | None, models: Models
 ) -> tuple[RoutingPreference, ...]:
-    """Every routing preference, inline ones first, each name once."""
-    entries: list[_Entry] = []
+    """Every routing preference, inline ones first, each name once.
+
+    As in Plano, inline preferences of one name under several models become one
+    route served by those models in the order they are listed, and a top-level
+    preference of the same name replaces them. A route's first model serves it;
+    the others are its failover chain."""
+    inline_entries: dict[str, _Entry] = {}
     for inline in models.inline:
         items = r.sequence(inline.node, f"{inline.path}.routing_preferences")
         for index, item in enumerate(items or []):
             path = f"{inline.path}.routing_preferences[{index}]"
             found = _fields(r, item, path, inline=True)
-            if found is not None:
-                served = (inline.model,) if inline.model is not None else ()
-                entries.append(_entry(found, served, item, path, inline.model is not None))
+            if found is None:
+                continue
+            served = (inline.model,) if inline.model is not None else ()
+            entry = _entry(found, served, item, path, inline.model is not None)
+            entry = dataclasses.replace(entry, model_lines=(line_of(item),))
+            first = inline_entries.get(entry.preference.name)
+            if first is None:
+                inline_entries[entry.preference.name] = entry
+            else:
+                inline_entries[entry.preference.name] = _merge(r, first, entry)
+    top_entries: list[_Entry] = []
     for index, item in enumerate(r.sequence(node, "routing_preferences") or []):
         path = f"routing_preferences[{index}]"
         found = _fields(r, item, path, inline=False)
@@ -53,18 +69,15 @@ def read_preferences(
             continue
         served = _models(r, item, path, models)
         if found is not None:
-            entries.append(_entry(found, tuple(served or ()), item, path, bool(served)))
+            entry = _entry(found, tuple(served or ()), item, path, bool(served))
+            items = r.pairs(item, path)["models"][1] if served else None
+            if isinstance(items, yaml.SequenceNode):
+                lines = tuple(line_of(node) for node in items.value)
+                entry = dataclasses.replace(entry, model_lines=lines)
+            top_entries.append(entry)
     seen: dict[str, _Entry] = {}
-    for entry in entries:
+    for entry in top_entries:
         name = entry.preference.name
-        if name in RESERVED_ROUTES:
-            r.error(
-                entry.line,
-                entry.path,
-                f"{name!r} is reserved: the router answers it when no route fits or it fails",
-                "rename the routing preference",
-            )
-            continue
         first = seen.get(name)
         if first is not None:
             r.error(
@@ -76,7 +89,82 @@ def read_preferences(
             )
             continue
         seen[name] = entry
-    return tuple(entry.preference for entry in seen.values() if entry.valid)
+    for name, entry in inline_entries.items():
+        top = seen.get(name)
+        if top is not None:
+            r.warn(
+                entry.line,
+                entry.path,
+                f"routing preference {name!r} is also defined top-level (line {top.line}), "
+                "which wins, as in Plano; this one is ignored",
+            )
+    ordered = [
+        *(e for n, e in inline_entries.items() if n not in seen),
+        *seen.values(),
+    ]
+    out: list[RoutingPreference] = []
+    for entry in ordered:
+        if entry.preference.name in RESERVED_ROUTES:
+            r.error(
+                entry.line,
+                entry.path,
+                f"{entry.preference.name!r} is reserved: the router answers it when no "
+                "route fits or it fails",
+                "rename the routing preference",
+            )
+        elif entry.valid:
+            out.append(_chain(r, entry, models))
+    return tuple(out)
+
+
+def _merge(r: Reader, first: _Entry, more: _Entry) -> _Entry:
+    """An inline preference named again under another model: one more model for it."""
+    if more.preference.description != first.preference.description:
+        r.warn(
+            more.line,
+            more.path,
+            f"routing preference {first.preference.name!r} was described differently at "
+            f"line {first.line}; the first description is kept, as in Plano",
+        )
+    served = first.preference.models + tuple(
+        m for m in more.preference.models if m not in first.preference.models
+    )
+    examples = first.preference.examples + more.preference.examples
+    preference = dataclasses.replace(first.preference, models=served, examples=examples)
+    lines = first.model_lines + tuple(
+        more.line for m in more.preference.models if m not in first.preference.models
+    )
+    return dataclasses.replace(
+        first, preference=preference, valid=first.valid and more.valid, model_lines=lines
+    )
+
+
+def _chain(r: Reader, entry: _Entry, models: Models) -> RoutingPreference:
+    """The preference with the models it can really fail over to: Envoy retries
+    the request as it was shaped for the first model, so a model of another API
+    cannot back it up (it is warned about, and stays in ``models``)."""
+    primary, *rest = entry.preference.models
+    kept: list[str] = []
+    for position, model in enumerate(rest, start=1):
+        where = f"{entry.path.removesuffix('.name')}.models[{position}]"
+        line = entry.model_lines[position] if position < len(entry.model_lines) else entry.line
+        if api_of(models, model) is not api_of(models, primary):
+            r.warn(
+                line,
+                where,
+                f"{model!r} speaks the {api_of(models, model).value} API but {primary!r} "
+                f"speaks {api_of(models, primary).value}; a failover retry cannot change "
+                "API, so it is not in this route's failover chain",
+            )
+        elif len(kept) >= MAX_FALLBACKS:
+            r.warn(
+                line,
+                where,
+                f"at most {MAX_FALLBACKS} fallbacks are tried; {model!r} is left out",
+            )
+        else:
+            kept.append(model)
+    return dataclasses.replace(entry.preference, fallbacks=tuple(kept))
 
 
 def _entry(

@@ -16,7 +16,15 @@ from ext_proc.config.reader import Reader, is_null, join, line_of, listing
 from ext_proc.config.types import ProviderConfig
 from ext_proc.routing.catalog import CATALOG, PROVIDERS_REQUIRING_BASE_URL, spec_for
 
-__all__ = ["InlinePreferences", "Models", "model_ref", "read_aliases", "read_providers"]
+__all__ = [
+    "MAX_FALLBACKS",
+    "InlinePreferences",
+    "Models",
+    "api_of",
+    "model_ref",
+    "read_aliases",
+    "read_providers",
+]
 
 _PROVIDER_KEYS = (
     "name",
@@ -32,11 +40,14 @@ _PROVIDER_KEYS = (
     "fallbacks",
     "timeout",
 )
-_MAX_FALLBACKS = 4
+MAX_FALLBACKS = 4
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BASE_URL_EXAMPLES = {
     "ollama": "http://localhost:11434",
     "azure_openai": "https://YOUR-RESOURCE.openai.azure.com",
+    "amazon_bedrock": "https://bedrock-runtime.us-west-2.amazonaws.com",
+    "plano": "http://localhost:8000 (the server hosting the model)",
+    "qwen": "https://dashscope-intl.aliyuncs.com",
 }
 
 
@@ -178,6 +189,9 @@ def _provider(
         inline.append(InlinePreferences(fields["routing_preferences"], path, model))
     if model is None:
         return None
+    if provider == "chatgpt" and access_key is None and "passthrough_auth" not in fields:
+        # Plano's meaning: a ChatGPT subscription is the client's own OAuth token.
+        values["passthrough_auth"] = True
     if r.error_count > errors_before:
         # Keep the model known despite its other faults (an unset key, a bad
         # URL), so aliases that name it do not report a second, false error.
@@ -346,19 +360,14 @@ def _fallbacks(
     items = r.sequence(node, path)
     if items is None:
         return ()
-    if len(items) > _MAX_FALLBACKS:
+    if len(items) > MAX_FALLBACKS:
         r.error(
             node,
             path,
-            f"{len(items)} fallbacks; at most {_MAX_FALLBACKS} are tried",
-            f"keep the best {_MAX_FALLBACKS}",
+            f"{len(items)} fallbacks; at most {MAX_FALLBACKS} are tried",
+            f"keep the best {MAX_FALLBACKS}",
         )
         return ()
-
-    def api_of(model: str) -> WireAPI:
-        served = models.index.provider_for(model)
-        spec = spec_for(served) if served is not None else None
-        return spec.api if spec is not None else WireAPI.OPENAI
 
     chain: list[str] = []
     for index, item in enumerate(items):
@@ -370,16 +379,23 @@ def _fallbacks(
         if model == primary or model in chain:
             r.error(item, item_path, f"{model!r} is already in this chain", "list it once")
             continue
-        if api_of(model) is not api_of(primary):
+        if api_of(models, model) is not api_of(models, primary):
             # The request body was shaped for the primary's API before the
             # first attempt; a retry cannot change the API it speaks.
             r.error(
                 item,
                 item_path,
-                f"fallback {model!r} speaks the {api_of(model).value} API but "
-                f"{primary!r} speaks {api_of(primary).value}",
+                f"fallback {model!r} speaks the {api_of(models, model).value} API but "
+                f"{primary!r} speaks {api_of(models, primary).value}",
                 "choose fallbacks that speak the same API as the model they back up",
             )
             continue
         chain.append(model)
     return tuple(chain)
+
+
+def api_of(models: Models, model: str) -> WireAPI:
+    """The API the configured model ``model`` (``provider/model``) speaks."""
+    served = models.index.provider_for(model)
+    spec = spec_for(served) if served is not None else None
+    return spec.api if spec is not None else WireAPI.OPENAI

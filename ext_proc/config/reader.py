@@ -126,8 +126,9 @@ class Reader:
         """Compare before and after reading a part, to tell whether it had a fault."""
         return len(self.errors.items)
 
-    def warn(self, node: yaml.Node | None, path: str, message: str) -> None:
-        self.warnings.add(line_of(node), path, message)
+    def warn(self, node: yaml.Node | int | None, path: str, message: str) -> None:
+        line = node if isinstance(node, int) or node is None else line_of(node)
+        self.warnings.add(line, path, message)
 
     def unknown_key(self, key_node: yaml.Node, path: str, key: str, allowed: Iterable[str]) -> None:
         choices = sorted(set(allowed))

@@ -1,5 +1,6 @@
-"""Sections of plain settings: Plano's ``overrides`` and ``routing`` (session
-affinity), and Archway's own ``archway:`` section (ports, limits, tracing)."""
+"""Sections of plain settings: Plano's ``overrides``, ``routing`` (session
+affinity) and ``state_storage``, and Archway's own ``archway:`` section (ports,
+limits, tracing)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from ext_proc.config.types import (
     Overrides,
     TracingSettings,
 )
+from ext_proc.state import StateStorageConfig, StateStorageError, parse_state_storage
 
-__all__ = ["ROUTER_HINT", "read_affinity", "read_gateway", "read_overrides"]
+__all__ = [
+    "ROUTER_HINT",
+    "read_affinity",
+    "read_gateway",
+    "read_overrides",
+    "read_state_storage",
+]
 
 ROUTER_HINT = (
     "Archway runs the preference router itself and ignores this; "
@@ -157,3 +165,39 @@ def read_affinity(r: Reader, node: yaml.Node | None) -> AffinitySettings | None:
             elif key not in _AFFINITY_KEYS:
                 r.warn(key_node, f"routing.{key}", IGNORED)
     return AffinitySettings(**(r.settings(AffinitySettings, fields, node, "routing") or {}))
+
+
+def read_state_storage(r: Reader, node: yaml.Node | None) -> StateStorageConfig | None:
+    """Plano's ``state_storage``: where Responses conversations are kept. ``None``
+    when the section is absent or unusable (reported)."""
+    if node is None:
+        return None
+    fields = r.mapping(node, "state_storage", ("type", "connection_string"))
+    if fields is None:
+        return None
+    if "type" not in fields:
+        r.missing_key(node, "state_storage", "type", "`type: memory` or `type: postgres`")
+        return None
+    section: dict[str, str | None] = {"type": r.text(fields["type"], "state_storage.type")}
+    if "connection_string" in fields:
+        # It usually holds a password: read like a key, never echoed.
+        dsn, _ = r.secret(fields["connection_string"], "state_storage.connection_string")
+        if dsn is None:
+            return None
+        section["connection_string"] = dsn
+    try:
+        return parse_state_storage(section)
+    except StateStorageError as exc:
+        r.error(
+            node,
+            "state_storage",
+            str(exc).removeprefix("state_storage: ").removeprefix("state_storage."),
+            _STATE_FIX,
+        )
+        return None
+
+
+_STATE_FIX = (
+    "write `state_storage: {type: memory}` or "
+    "`state_storage: {type: postgres, connection_string: $DATABASE_URL}`"
+)

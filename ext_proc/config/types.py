@@ -9,9 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ext_proc.config.fields import Kind, setting
 from ext_proc.config.models import ModelIndex
+
+if TYPE_CHECKING:
+    # ext_proc.state reaches the catalog, which reads these types.
+    from ext_proc.state import StateStorageConfig
 
 __all__ = [
     "CT2_COMPUTE_TYPES",
@@ -51,6 +56,9 @@ class Listener:
     port: int = setting(Kind.INTEGER, low=0, high=65535)
     timeout_s: float = setting(Kind.DURATION, key="timeout")
     message_format: str = setting(Kind.CHOICE, "openai", choices=MESSAGE_FORMATS, what="format")
+    max_retries: int | None = setting(Kind.INTEGER, None, low=0, high=10)
+    """Plano's: how often Envoy retries a request on a connect error, reset, 429 or
+    5xx; ``None``: only failover chains retry."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ class ProviderConfig:
 @dataclass(frozen=True)
 class RoutingPreference:
     """A route the preference router can choose, and the models that serve it
-    (in order of preference; the first is used)."""
+    (in order of preference; the first is used, the rest back it up)."""
 
     name: str
     description: str
@@ -106,6 +114,9 @@ class RoutingPreference:
     examples: tuple[str, ...] = ()
     """Example user requests for this route (an Archway extension, ``examples:``);
     the embedding router compares conversations with them."""
+    fallbacks: tuple[str, ...] = ()
+    """The models after the first that Envoy tries, in order, when the first fails
+    with a connect error, 429 or 5xx: those of ``models`` that speak its API."""
 
 
 CT2_DEVICES = ("auto", "cpu", "cuda")
@@ -281,6 +292,8 @@ class Config:
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    state_storage: StateStorageConfig | None = None
+    """Plano's ``state_storage``; ``None``: Responses conversation state is off."""
     version: str | None = None
     source: Path | None = None
     warnings: tuple[str, ...] = ()

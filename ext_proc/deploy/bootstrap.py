@@ -502,11 +502,12 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
     # the model that did on the response, and it must not be overwritten.
     echo = [_echo_request_header(name, "ADD_IF_ABSENT") for name in CLIENT_DECISION_HEADERS]
     chains = failover_chains(build_routing_table(config))
-    default_action = {
+    default_action: dict[str, Any] = {
         "cluster_header": ROUTE_HEADER,
         "timeout": _duration(listener.timeout_s),
         "auto_host_rewrite": True,
     }
+    _add_listener_retries(default_action, listener, listener.timeout_s)
     # Special clusters first (failover retries, per-provider timeouts), matched
     # on the cluster Archway chose; then every other cluster by the header.
     actions: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [
@@ -515,7 +516,7 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
             for name, chain in chains.items()
         ),
         *(
-            (_cluster_match(cluster), _timeout_action(cluster, timeout_s))
+            (_cluster_match(cluster), _timeout_action(cluster, timeout_s, listener))
             for cluster, timeout_s in _provider_timeouts(config).items()
         ),
         ([], default_action),
@@ -583,8 +584,30 @@ def _provider_timeouts(config: Config) -> dict[str, float]:
     return out
 
 
-def _timeout_action(cluster: str, timeout_s: float) -> dict[str, Any]:
-    return {"cluster": cluster, "timeout": _duration(timeout_s), "auto_host_rewrite": True}
+def _timeout_action(cluster: str, timeout_s: float, listener: Listener) -> dict[str, Any]:
+    action = {"cluster": cluster, "timeout": _duration(timeout_s), "auto_host_rewrite": True}
+    _add_listener_retries(action, listener, timeout_s)
+    return action
+
+
+_RETRY_ON = "connect-failure,refused-stream,reset,5xx,retriable-status-codes"
+"""Connect failures, resets, 5xx and 429: what another attempt can fix."""
+
+
+def _add_listener_retries(action: dict[str, Any], listener: Listener, per_try_s: float) -> None:
+    """Plano's listener ``max_retries``: the same upstream tried again, each
+    attempt with its full time."""
+    if not listener.max_retries:
+        return
+    action["timeout"] = _duration(per_try_s * (listener.max_retries + 1))
+    action["retry_policy"] = {
+        "retry_on": _RETRY_ON,
+        "retriable_status_codes": [429],
+        "num_retries": listener.max_retries,
+        "per_try_timeout": _duration(per_try_s),
+        # Plano's back-off: a provider that throttles needs a moment.
+        "retry_back_off": {"base_interval": "0.5s", "max_interval": "5s"},
+    }
 
 
 def _failover_action(
@@ -593,10 +616,11 @@ def _failover_action(
     """Retries that walk the failover cluster's priority levels, one per attempt."""
     timeouts = _provider_timeouts(config)
     retry: dict[str, Any] = {
-        # Connect failures, resets, 5xx and 429: what a fallback can fix.
-        "retry_on": "connect-failure,refused-stream,reset,5xx,retriable-status-codes",
+        "retry_on": _RETRY_ON,
         "retriable_status_codes": [429],
-        "num_retries": len(chain) - 1,
+        # A listener's max_retries may ask for more attempts than the chain has
+        # levels; the last model takes those.
+        "num_retries": max(len(chain) - 1, listener.max_retries or 0),
         "retry_priority": {
             "name": "envoy.retry_priorities.previous_priorities",
             "typed_config": {"@type": _T_PREVIOUS_PRIORITIES, "update_frequency": 1},
@@ -609,7 +633,7 @@ def _failover_action(
     return {
         "cluster": failover_cluster_name(tuple(u.cluster for u in chain)),
         # Every attempt may take its full time.
-        "timeout": _duration(listener.timeout_s * len(chain)),
+        "timeout": _duration(listener.timeout_s * (retry["num_retries"] + 1)),
         "auto_host_rewrite": True,
         "retry_policy": retry,
     }

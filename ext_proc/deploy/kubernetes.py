@@ -363,40 +363,52 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
             {"name": "tmp", "mountPath": TMP_DIR},
         ],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(ARCHWAY_NAME, options, "ext-proc"),
-        # No `replicas`: the autoscaler owns the count, and re-applying this file
-        # must not reset it.
+    # No `replicas`: the autoscaler owns the count, and re-applying this file
+    # must not reset it.
+    return _deployment(
+        _metadata(ARCHWAY_NAME, options, "ext-proc"),
+        replicas=None,
+        annotations=_checksum("config", config_text) | _scrape_annotations(metrics_port),
+        uid=_ARCHWAY_UID,
+        container=container,
+        volumes=[
+            {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
+            # A few MiB per process; a killed process leaves its directory
+            # behind until the pod goes, hence the headroom.
+            {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
+        ],
+    )
+
+
+def _deployment(
+    metadata: dict[str, Any],
+    *,
+    replicas: int | None,
+    annotations: dict[str, str],
+    uid: int,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+) -> Manifest:
+    """A Deployment of one container that rolls without ever dropping below its
+    count, in a non-root pod that never talks to the Kubernetes API."""
+    app = metadata["labels"]["app.kubernetes.io/name"]
+    spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
+    spec["selector"] = {"matchLabels": _selector(app)}
+    spec["strategy"] = {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    spec["template"] = {
+        "metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
         "spec": {
-            "selector": {"matchLabels": _selector(ARCHWAY_NAME)},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": {
-                "metadata": {
-                    "labels": _metadata(ARCHWAY_NAME, None, "ext-proc")["labels"],
-                    "annotations": _checksum("config", config_text)
-                    | _scrape_annotations(metrics_port),
-                },
-                "spec": {
-                    # Archway never talks to the Kubernetes API.
-                    "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
-                    "securityContext": _non_root_pod(_ARCHWAY_UID),
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
-                        # A few MiB per process; a killed process leaves its directory
-                        # behind until the pod goes, hence the headroom.
-                        {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
-                    ],
-                },
-            },
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
+            "securityContext": _non_root_pod(uid),
+            "containers": [container],
+            "volumes": volumes,
         },
     }
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
 def _metrics_port(config: Config) -> int | None:
@@ -608,38 +620,17 @@ def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
             "metadata": _metadata(f"{ENVOY_NAME}-bootstrap", options, "proxy", ENVOY_NAME),
             "data": {BOOTSTRAP_FILE: bootstrap},
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": _metadata(ENVOY_NAME, options, "proxy", ENVOY_NAME),
-            "spec": {
-                "replicas": _ENVOY_REPLICAS,
-                "selector": {"matchLabels": _selector(ENVOY_NAME)},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-                },
-                "template": {
-                    "metadata": {
-                        "labels": _metadata(ENVOY_NAME, None, "proxy", ENVOY_NAME)["labels"],
-                        "annotations": _checksum("bootstrap", bootstrap),
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
-                        "securityContext": _non_root_pod(_ENVOY_UID),
-                        "containers": [container],
-                        "volumes": [
-                            {
-                                "name": "bootstrap",
-                                "configMap": {"name": f"{ENVOY_NAME}-bootstrap"},
-                            },
-                            {"name": "tmp", "emptyDir": {}},
-                        ],
-                    },
-                },
-            },
-        },
+        _deployment(
+            _metadata(ENVOY_NAME, options, "proxy", ENVOY_NAME),
+            replicas=_ENVOY_REPLICAS,
+            annotations=_checksum("bootstrap", bootstrap),
+            uid=_ENVOY_UID,
+            container=container,
+            volumes=[
+                {"name": "bootstrap", "configMap": {"name": f"{ENVOY_NAME}-bootstrap"}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        ),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -863,42 +854,39 @@ def _upstream_route(
 ) -> Manifest:
     # Gateway API hostnames carry no port.
     hostname = urlsplit(f"//{upstream.host_header}").hostname or upstream.host
-    return {
-        "apiVersion": _GATEWAY_API_VERSION,
-        "kind": "HTTPRoute",
-        "metadata": _metadata(f"{backend}-{section}", options, "route"),
-        "spec": {
-            "parentRefs": [_parent_ref(section)],
-            "rules": [
-                {
-                    # More header matches win over fewer, so once Archway has set the
-                    # header and cleared the route cache, this rule beats the
-                    # listener's catch-all route.
-                    "matches": [
-                        {
-                            "path": {"type": "PathPrefix", "value": "/"},
-                            "headers": [
-                                {"type": "Exact", "name": ROUTE_HEADER, "value": upstream.cluster}
-                            ],
-                        }
-                    ],
-                    "filters": [
-                        {"type": "URLRewrite", "urlRewrite": {"hostname": hostname}},
-                        _decision_headers_filter(),
-                    ],
-                    "backendRefs": [
-                        {
-                            "group": _ENVOY_GATEWAY_GROUP,
-                            "kind": "Backend",
-                            "name": backend,
-                            "port": upstream.port,
-                        }
-                    ],
-                    "timeouts": {"request": _gateway_duration(listener.timeout_s)},
-                }
-            ],
-        },
-    }
+    return _http_route(
+        f"{backend}-{section}",
+        section,
+        options,
+        [
+            {
+                # More header matches win over fewer, so once Archway has set the
+                # header and cleared the route cache, this rule beats the
+                # listener's catch-all route.
+                "matches": [
+                    {
+                        "path": {"type": "PathPrefix", "value": "/"},
+                        "headers": [
+                            {"type": "Exact", "name": ROUTE_HEADER, "value": upstream.cluster}
+                        ],
+                    }
+                ],
+                "filters": [
+                    {"type": "URLRewrite", "urlRewrite": {"hostname": hostname}},
+                    _decision_headers_filter(),
+                ],
+                "backendRefs": [
+                    {
+                        "group": _ENVOY_GATEWAY_GROUP,
+                        "kind": "Backend",
+                        "name": backend,
+                        "port": upstream.port,
+                    }
+                ],
+                "timeouts": {"request": _gateway_duration(listener.timeout_s)},
+            }
+        ],
+    )
 
 
 def _unrouted_route(section: str, options: KubernetesOptions) -> Manifest:
@@ -906,14 +894,23 @@ def _unrouted_route(section: str, options: KubernetesOptions) -> Manifest:
     # and a client's request carries no (trustworthy) x-archway-cluster yet. This
     # route has no backend: Archway either sets the header (and the request moves
     # to an upstream's route) or answers itself, so nothing is ever forwarded here.
+    return _http_route(
+        f"{GATEWAY_NAME}-{section}",
+        section,
+        options,
+        [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}],
+    )
+
+
+def _http_route(
+    name: str, section: str, options: KubernetesOptions, rules: list[dict[str, Any]]
+) -> Manifest:
+    """An HTTPRoute on one listener (``section``) of Archway's Gateway."""
     return {
         "apiVersion": _GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": _metadata(f"{GATEWAY_NAME}-{section}", options, "route"),
-        "spec": {
-            "parentRefs": [_parent_ref(section)],
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}],
-        },
+        "metadata": _metadata(name, options, "route"),
+        "spec": {"parentRefs": [_parent_ref(section)], "rules": rules},
     }
 
 

@@ -59,8 +59,12 @@ class RouteChoice:
 
 
 class PreferenceRouter(Protocol):
-    """A backend that maps a conversation to one of its configured routes."""
+    """A backend that maps a conversation to one of its configured routes, or to
+    one of ``routes`` when a request brings its own (Plano's per-request
+    ``routing_preferences``)."""
 
-    async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice: ...
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice: ...
 
     async def close(self) -> None: ...

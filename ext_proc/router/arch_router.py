@@ -17,6 +17,7 @@ none of the answers, its text is parsed as before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ _PROBE = (
     Turn("user", "Now write code"),
 )
 _GPU_BATCH = 8
+_REQUEST_PROMPTS = 16
+"""Prompts for requests' own routes kept ready."""
 
 
 def decisive_length(answers: Sequence[Sequence[int]]) -> int:
@@ -69,6 +72,8 @@ class EncodedPrompt:
     """The config-only prefix (cached by CTranslate2); empty when not split."""
     tokens: tuple[str, ...]
     """The rest: the conversation and the template's tail (or everything)."""
+    max_new_tokens: int = 0
+    """What to generate for it; 0: the router's own setting."""
 
     @property
     def length(self) -> int:
@@ -167,6 +172,8 @@ class ArchRouter:
         device: str = "cpu",
     ) -> None:
         self.prompt = prompt
+        self._options = options
+        self._request_prompts: dict[tuple[Route, ...], ArchRouterPrompt] = {}
         self._generate = generate
         self._route_names = frozenset(r.name for r in prompt.routes)
         self.max_new_tokens = options.max_new_tokens or prompt.decisive_tokens
@@ -204,29 +211,61 @@ class ArchRouter:
     def count_tokens(self, text: str) -> int:
         return self.prompt.count_tokens(text)
 
-    async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice:
-        generated = await self.batcher.submit(self.prompt.encode(conversation))
-        name = self.prompt.answer_of(generated)
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
+        prompt, names = self.prompt, self._route_names
+        if routes is None or routes == prompt.routes:
+            encoded = prompt.encode(conversation)
+        else:
+            prompt = self._request_prompt(routes)
+            names = frozenset(r.name for r in routes)
+            # Its own prompt, uncached, and its own answer length.
+            encoded = dataclasses.replace(
+                prompt.encode(conversation),
+                max_new_tokens=self._options.max_new_tokens or prompt.decisive_tokens,
+            )
+        generated = await self.batcher.submit(encoded)
+        name = prompt.answer_of(generated)
         if name is not None:
             choice = RouteChoice(name)
         else:
             # Not one of the answers (the model wandered, or max_new_tokens was
             # set): read the text as it stands.
-            prefix = self.prompt.answer_prefix_ids
-            text = self.prompt.tokenizer.decode([*prefix, *generated])
-            choice = parse_route(text, self._route_names)
+            prefix = prompt.answer_prefix_ids
+            text = prompt.tokenizer.decode([*prefix, *generated])
+            choice = parse_route(text, names)
         log.debug("Arch-Router said %r -> %s", generated, choice.route)
         return choice
 
     async def close(self) -> None:
         await self.batcher.close()
 
+    def _request_prompt(self, routes: tuple[Route, ...]) -> ArchRouterPrompt:
+        """The prompt for a request's own routes; the last few are kept, since a
+        client that sends routes usually sends the same ones each time."""
+        prompt = self._request_prompts.pop(routes, None)
+        if prompt is None:
+            prompt = ArchRouterPrompt(self.prompt.tokenizer, routes, split=False)
+            while len(self._request_prompts) >= _REQUEST_PROMPTS:
+                self._request_prompts.pop(next(iter(self._request_prompts)))
+        self._request_prompts[routes] = prompt
+        return prompt
+
     def _run_batch(self, prompts: list[EncodedPrompt]) -> list[list[int]]:
-        # One router has one static prefix, so a batch always shares it.
-        static = prompts[0].static
-        return self._generate(
-            [p.tokens for p in prompts],
-            static_prompt=static or None,
-            max_new_tokens=self.max_new_tokens,
-            end_ids=self._end_ids,
-        )
+        # The config's prompts share one static prefix and answer length; a
+        # request's own routes make a group of their own.
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            groups.setdefault((prompt.static, prompt.max_new_tokens), []).append(index)
+        out: list[list[int]] = [[] for _ in prompts]
+        for (static, max_new), members in groups.items():
+            generated = self._generate(
+                [prompts[i].tokens for i in members],
+                static_prompt=static or None,
+                max_new_tokens=max_new or self.max_new_tokens,
+                end_ids=self._end_ids,
+            )
+            for index, tokens in zip(members, generated, strict=True):
+                out[index] = tokens
+        return out

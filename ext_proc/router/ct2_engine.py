@@ -14,7 +14,7 @@ from typing import Any
 
 from ext_proc.router.tokenizer import ModelFilesError
 
-__all__ = ["REQUIRED_FILES", "CT2Engine", "missing_model_files"]
+__all__ = ["REQUIRED_FILES", "CT2Engine", "missing_model_files", "resolve_device"]
 
 REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
 _VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt", "shared_vocabulary.json")
@@ -26,6 +26,15 @@ def missing_model_files(directory: Path) -> list[str]:
     if not any((directory / name).is_file() for name in _VOCABULARY_FILES):
         missing.append("vocabulary.json")
     return missing
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` as the device CTranslate2 will run on: a GPU when it sees one."""
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
 class CT2Engine:
@@ -46,8 +55,7 @@ class CT2Engine:
             )
         import ctranslate2
 
-        if device == "auto":
-            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        device = resolve_device(device)
         generator = ctranslate2.Generator(
             str(directory),
             device=device,

@@ -46,6 +46,7 @@ loop; CTranslate2 releases the GIL while it computes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -123,6 +124,8 @@ count 0.027, too little to pay for encoding it."""
 _CACHE_SIZE = 2048
 """Turn embeddings kept: clients resend the whole history every time, so a
 conversation's older turns are usually encoded already."""
+_REQUEST_INDEXES = 16
+"""Indexes for requests' own routes kept ready."""
 
 
 def route_texts(route: Route) -> tuple[str, ...]:
@@ -336,6 +339,7 @@ class SentenceEncoder:
         intra_threads: int = 0,
     ) -> SentenceEncoder:
         from ext_proc.router.convert import EncoderMeta
+        from ext_proc.router.ct2_engine import resolve_device
 
         missing = [n for n in ("model.bin", "tokenizer.json") if not (model_path / n).is_file()]
         if missing:
@@ -349,8 +353,7 @@ class SentenceEncoder:
 
         meta = EncoderMeta.read(model_path)
         max_length = meta.max_length if meta is not None else 256
-        if device == "auto":
-            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        device = resolve_device(device)
         encoder = ctranslate2.Encoder(
             str(model_path),
             device=device,
@@ -404,13 +407,14 @@ class EmbeddingRouter:
         background_texts = DEFAULT_OTHER_EXAMPLES if other_examples is None else other_examples
         background = encoder.embed(list(background_texts)) if background_texts else None
         dim = blocks[0].shape[1] if blocks else 0
-        self.index = RouteIndex(
-            routes,
-            blocks,
-            background if background is not None else np.zeros((0, dim), dtype=np.float32),
-            self.rule,
-            prune_background=other_examples is None,
+        self._background = (
+            background if background is not None else np.zeros((0, dim), dtype=np.float32)
         )
+        self._prune_background = other_examples is None
+        self.index = RouteIndex(
+            routes, blocks, self._background, self.rule, prune_background=self._prune_background
+        )
+        self._request_indexes: OrderedDict[tuple[Route, ...], RouteIndex] = OrderedDict()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self.batcher: MicroBatcher[tuple[str, ...], np.ndarray] = MicroBatcher(
@@ -454,20 +458,44 @@ class EmbeddingRouter:
     def count_tokens(self, text: str) -> int:
         return int(self._encoder.count_tokens(text))
 
-    async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice:
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
         weights = conversation_weights(conversation, self.rule.history_weight)
         read = [i for i, w in enumerate(weights) if w > 0]
         if not read:
             return RouteChoice(ROUTE_OTHER)
+        index = self.index
+        if routes is not None and routes != index.routes:
+            index = await self._request_index(routes)
         texts = tuple(conversation[i].content for i in read)
         latest = await self._embed(texts[-1:])
-        alone = self.index.decide_alone(latest[0])
+        alone = index.decide_alone(latest[0])
         if alone is not None:
             return alone
         if len(texts) == 1:
-            return self.index.decide(latest, [1.0])
+            return index.decide(latest, [1.0])
         history = await self._embed(texts[:-1])
-        return self.index.decide(np.concatenate([history, latest]), [weights[i] for i in read])
+        return index.decide(np.concatenate([history, latest]), [weights[i] for i in read])
+
+    async def _request_index(self, routes: tuple[Route, ...]) -> RouteIndex:
+        """The index for a request's own routes, against the same background;
+        the last few are kept, since a client usually sends the same routes."""
+        index = self._request_indexes.pop(routes, None)
+        if index is None:
+            blocks = [await self._embed(tuple(route_texts(r))) for r in routes]
+            index = await asyncio.to_thread(
+                RouteIndex,
+                routes,
+                blocks,
+                self._background,
+                self.rule,
+                prune_background=self._prune_background,
+            )
+            while len(self._request_indexes) >= _REQUEST_INDEXES:
+                self._request_indexes.popitem(last=False)
+        self._request_indexes[routes] = index
+        return index
 
     async def close(self) -> None:
         await self.batcher.close()

@@ -4,6 +4,7 @@ its options class (``setting`` fields, which the config loader reads)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,21 +46,24 @@ def routes_of(config: Config) -> tuple[Route, ...]:
     )
 
 
+def _require(backend: str, *modules: str) -> None:
+    """Imports a backend's extras now, to fail early with the fix rather than mid-load."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise RouterUnavailableError(
+                f"router backend {backend} needs {exc.name}: pip install 'archway[router]'"
+            ) from None
+
+
 def _arch_router(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
     options = settings.options
     assert isinstance(options, ArchRouterOptions) and settings.model_path is not None
-    try:
-        # Imported here to fail early, with the fix, rather than mid-load.
-        import ctranslate2  # noqa: F401
-        import jinja2  # noqa: F401
-        import tokenizers  # noqa: F401
+    _require("arch_router", "ctranslate2", "jinja2", "tokenizers", "ext_proc.router.arch_router")
+    from ext_proc.router.arch_router import ArchRouter
+    from ext_proc.router.tokenizer import ModelFilesError
 
-        from ext_proc.router.arch_router import ArchRouter
-        from ext_proc.router.tokenizer import ModelFilesError
-    except ImportError as exc:
-        raise RouterUnavailableError(
-            f"router backend arch_router needs {exc.name}: pip install 'archway[router]'"
-        ) from None
     try:
         router = ArchRouter.load(settings.model_path, routes, options)
     except ModelFilesError as exc:
@@ -91,18 +95,10 @@ def _remote(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
 def _embedding(settings: RouterSettings, routes: tuple[Route, ...]) -> Backend:
     options = settings.options
     assert isinstance(options, EmbeddingRouterOptions) and settings.model_path is not None
-    try:
-        # Imported here to fail early, with the fix, rather than mid-load.
-        import ctranslate2  # noqa: F401
-        import numpy  # noqa: F401
-        import tokenizers  # noqa: F401
+    _require("embedding", "ctranslate2", "numpy", "tokenizers", "ext_proc.router.embedding")
+    from ext_proc.router.embedding import DecisionRule, EmbeddingRouter
+    from ext_proc.router.tokenizer import ModelFilesError
 
-        from ext_proc.router.embedding import DecisionRule, EmbeddingRouter
-        from ext_proc.router.tokenizer import ModelFilesError
-    except ImportError as exc:
-        raise RouterUnavailableError(
-            f"router backend embedding needs {exc.name}: pip install 'archway[router]'"
-        ) from None
     rule = DecisionRule(
         threshold=options.threshold,
         margin=options.margin,

@@ -52,17 +52,21 @@ class RemoteArchRouter:
         self._timeout_s = timeout_s
         self.count_tokens = count_tokens
 
-    async def choose(self, conversation: tuple[Turn, ...]) -> RouteChoice:
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
+        chosen = routes or self.routes
+        names = self._names if routes is None else frozenset(r.name for r in routes)
         payload = {
             "model": self._options.model,
-            "messages": [{"role": "user", "content": route_prompt(self.routes, conversation)}],
+            "messages": [{"role": "user", "content": route_prompt(chosen, conversation)}],
             "temperature": 0,
             "max_tokens": self._options.max_new_tokens or _DEFAULT_MAX_NEW_TOKENS,
             "stream": False,
         }
         answer = await asyncio.to_thread(self._post, payload)
         text = _message_text(answer)
-        choice = parse_route(text, self._names)
+        choice = parse_route(text, names)
         log.debug("remote Arch-Router said %r -> %s", text, choice.route)
         return choice
 

@@ -21,6 +21,7 @@ from ext_proc.router import (
     ROUTE_OTHER,
     ROUTE_TIMEOUT,
     PreferenceRouter,
+    Route,
     RouteChoice,
 )
 from ext_proc.router.conversation import select_conversation
@@ -42,8 +43,11 @@ class ConfiguredRouter:
     max_messages: int = 16
     token_budget: int = 2048
 
-    async def decide(self, body: Mapping[str, Any], api: WireAPI) -> RouteChoice:
-        """The route for this request body; never raises."""
+    async def decide(
+        self, body: Mapping[str, Any], api: WireAPI, routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
+        """The route for this request body, among ``routes`` when the request
+        brings its own; never raises."""
         try:
             # Tokenizing (and trimming) up to a few MiB of messages takes milliseconds:
             # a worker thread keeps them off the event loop that serves every stream.
@@ -62,14 +66,17 @@ class ConfiguredRouter:
             # Nothing to read (an image-only or empty request): no route can fit.
             return RouteChoice(ROUTE_OTHER)
         try:
-            choice = await asyncio.wait_for(self.backend.choose(conversation), self.timeout_s)
+            choice = await asyncio.wait_for(
+                self.backend.choose(conversation, routes), self.timeout_s
+            )
         except TimeoutError:
             log.warning("the preference router took over %.3gs; using the default", self.timeout_s)
             return RouteChoice(ROUTE_TIMEOUT)
         except Exception as exc:
             log.warning("the preference router failed (%s); using the default", exc)
             return RouteChoice(ROUTE_ERROR)
-        if choice.route not in self.route_names and choice.route not in _REASONS:
+        names = self.route_names if routes is None else {r.name for r in routes}
+        if choice.route not in names and choice.route not in _REASONS:
             return RouteChoice(ROUTE_OTHER, choice.score)
         return choice
 

@@ -45,7 +45,7 @@ class ParsedBody:
     ``data`` is the whole object, decoded (and deep-checked) on first use.
     """
 
-    __slots__ = ("_data", "api", "body", "fields", "model_span", "text")
+    __slots__ = ("_data", "api", "body", "changed", "fields", "model_span", "text")
 
     def __init__(
         self,
@@ -56,6 +56,7 @@ class ParsedBody:
         body: bytes = b"",
         fields: Mapping[str, Any] | None = None,
         api: WireAPI = WireAPI.OPENAI,
+        changed: bool = False,
     ) -> None:
         self._data = data
         self.text = text
@@ -66,6 +67,9 @@ class ParsedBody:
         self.body = body
         self.fields: Mapping[str, Any] = data if fields is None else fields
         self.api = api
+        self.changed = changed
+        """``data`` no longer says what the client sent (a field was taken out): the
+        body is re-encoded even when its model stays."""
 
     @property
     def data(self) -> dict[str, Any]:
@@ -390,7 +394,7 @@ def with_model(parsed: ParsedBody, model: str) -> bytes | None:
     reach the provider untouched. Bodies the scan could not take are
     re-encoded.
     """
-    if parsed.fields.get("model") == model:
+    if parsed.fields.get("model") == model and not parsed.changed:
         return None
     span, text = parsed.model_span, parsed.text
     if span is not None:

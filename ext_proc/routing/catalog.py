@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ext_proc.apis import COMMON_DIALECT, Dialect, WireAPI
 from ext_proc.config.types import ProviderConfig
@@ -118,6 +118,32 @@ CATALOG: dict[str, ProviderSpec] = {
         ),
         # Plano's `provider_interface: openai` on a custom base_url lands here too.
         _openai_compatible("custom", None),
+        # The rest of Plano's provider list, so its configs load unchanged. Each
+        # deployment of Bedrock is regional, so Plano (and Archway) require base_url:
+        # https://bedrock-runtime.<region>.amazonaws.com; its API keys go as Bearer.
+        ProviderSpec("amazon_bedrock", WireAPI.BEDROCK, AuthStyle.BEARER, None, default_prefix=""),
+        # Plano's own router and orchestrator models, served OpenAI-style (vLLM,
+        # Ollama) at the base_url the config gives.
+        _openai_compatible("plano", None),
+        _openai_compatible("qwen", None, "/compatible-mode/v1"),
+        _openai_compatible("xiaomi", "https://api.xiaomimimo.com/v1"),
+        _openai_compatible("zhipu", "https://open.bigmodel.cn/api/paas/v4", "/api/paas/v4"),
+        _openai_compatible("digitalocean", "https://inference.do-ai.run/v1"),
+        _openai_compatible("vercel", "https://ai-gateway.vercel.sh/v1"),
+        _openai_compatible("edenai", "https://api.edenai.run/v3", "/v3"),
+        # ChatGPT subscriptions through Codex's backend: the client's own OAuth
+        # token is forwarded (see config.providers), with the headers Codex sends.
+        ProviderSpec(
+            "chatgpt",
+            WireAPI.OPENAI,
+            AuthStyle.BEARER,
+            "https://chatgpt.com/backend-api/codex",
+            "/backend-api/codex",
+            static_headers=(
+                ("originator", "codex_cli_rs"),
+                ("user-agent", "codex_cli_rs/0.0.0 (Unknown 0; unknown) unknown"),
+            ),
+        ),
     )
 }
 
@@ -194,13 +220,31 @@ def provider_dialect(provider: ProviderConfig) -> Dialect:
     return spec.dialect if spec is not None else COMMON_DIALECT
 
 
-def request_path(provider: ProviderConfig, upstream: Upstream) -> str:
+def request_path(
+    provider: ProviderConfig,
+    upstream: Upstream,
+    *,
+    stream: bool = False,
+    suffix: str | None = None,
+) -> str:
     """The upstream path for a chat request: in the provider's own API, since
-    requests from clients of another API are translated to it."""
+    requests from clients of another API are translated to it. ``suffix``:
+    another endpoint of that API (``/embeddings``) in place of chat's."""
     spec = spec_for(provider)
+    api = provider_api(provider)
     if spec is not None and spec.bare_path is not None and not upstream.path_prefix:
-        return spec.bare_path.format(model_id=provider.model_id)
-    return upstream.path_prefix + provider_api(provider).upstream_path
+        path = spec.bare_path.format(model_id=provider.model_id)
+        if suffix is not None:
+            path = path.replace(api.upstream_path, suffix, 1)
+        return path
+    if suffix is not None:
+        return upstream.path_prefix + suffix
+    if api is WireAPI.BEDROCK:
+        # The model id is one path segment: ':' and the '/' of inference-profile
+        # ARNs are escaped.
+        path = api.upstream_path.format(model_id=quote(provider.model_id, safe=""))
+        return upstream.path_prefix + path + ("-stream" if stream else "")
+    return upstream.path_prefix + api.upstream_path
 
 
 def auth_headers(provider: ProviderConfig) -> tuple[tuple[str, str], ...]:

@@ -18,10 +18,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from ext_proc.config import RoutingPreference
+from ext_proc.errors import GatewayError
 from ext_proc.headers import AFFINITY_NEW, AFFINITY_PINNED, CLIENT_AFFINITY_HEADER
-from ext_proc.router import RouteChoice
+from ext_proc.router import Route, RouteChoice
 from ext_proc.routing import affinity
 from ext_proc.routing.body import requested_model
+from ext_proc.routing.request_preferences import (
+    read_request_preferences,
+    resolve_request_route,
+    routes_for_router,
+)
 from ext_proc.routing.resolve import RoutingDecision, RoutingTable, resolve_named, resolve_open
 
 __all__ = [
@@ -53,11 +60,19 @@ class Look(NamedTuple):
     """The session key, for open-model requests that carry one: only those are pinned."""
     pinned: RoutingDecision | None
     """The session's pinned decision, resolved against the current table."""
+    own_routes: tuple[RoutingPreference, ...] | None = None
+    """Routes the request brought itself (Plano's per-request
+    ``routing_preferences``): for this request they replace the configured ones."""
 
     @property
     def asks_router(self) -> bool:
         """An open model with no pin: the preference router (when configured) picks."""
         return self.open_model and self.pinned is None
+
+    @property
+    def router_routes(self) -> tuple[Route, ...] | None:
+        """The routes to ask the router about, when not the configured ones."""
+        return None if self.own_routes is None else routes_for_router(self.own_routes)
 
 
 class Decision(NamedTuple):
@@ -76,17 +91,19 @@ def look(table: RoutingTable, body: Mapping[str, Any], headers: Mapping[str, str
     """Read the request's model and, for an open one, its session's pin."""
     requested = requested_model(body)
     open_model = is_open_model(requested)
+    own_routes = read_request_preferences(body, table)
     session: str | None = None
     pinned: RoutingDecision | None = None
-    # An explicit model or alias is the client's choice: never pinned.
-    if open_model:
+    # An explicit model or alias is the client's choice, and so are routes the
+    # request brings: neither is pinned.
+    if open_model and own_routes is None:
         header = headers.get(CLIENT_AFFINITY_HEADER)
         if header is not None:
             session = affinity.session_key(header)
         if session is not None:
             pins = affinity.process_pins(table.config.affinity)
             pinned = pins.recall(session, table, requested)
-    return Look(requested, open_model, session, pinned)
+    return Look(requested, open_model, session, pinned, own_routes)
 
 
 def decide(table: RoutingTable, seen: Look, choice: RouteChoice | None = None) -> Decision:
@@ -95,7 +112,17 @@ def decide(table: RoutingTable, seen: Look, choice: RouteChoice | None = None) -
     when no configured model serves the request."""
     if seen.pinned is not None:
         return Decision(seen.pinned, affinity=AFFINITY_PINNED)
-    if seen.open_model:
+    if seen.open_model and seen.own_routes is not None:
+        if choice is None:
+            raise GatewayError(
+                400,
+                "routing_preferences needs a preference router, and this gateway has "
+                "none configured; send a model instead.",
+                code="router_not_configured",
+                param="routing_preferences",
+            )
+        target = resolve_request_route(table, seen.requested, choice.route, seen.own_routes)
+    elif seen.open_model:
         target = resolve_open(table, seen.requested, choice.route if choice else None)
     else:
         assert seen.requested is not None

@@ -10,10 +10,13 @@ into a ProcessingResponse; ``archway explain`` prints it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ext_proc.apis import Endpoint, WireAPI
+from ext_proc.config import ProviderConfig
+from ext_proc.errors import GatewayError
 from ext_proc.headers import (
     DECISION_AFFINITY,
     DECISION_MODEL,
@@ -34,6 +37,7 @@ from ext_proc.routing.catalog import (
     spec_for,
 )
 from ext_proc.routing.decide import Decision
+from ext_proc.routing.request_preferences import without_request_preferences
 from ext_proc.routing.resolve import RoutingDecision
 from ext_proc.translate import TranslationContext, translator_for
 from ext_proc.translate.common import encode_json
@@ -101,10 +105,19 @@ def upstream_headers(
 
 
 def plan_request(
-    decision: Decision, parsed: ParsedBody, endpoint: Endpoint, headers: Mapping[str, str]
+    decision: Decision,
+    parsed: ParsedBody,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    configured: Sequence[ProviderConfig] = (),
 ) -> RequestPlan:
     """Everything to change about one LLM request, or a ``GatewayError`` (a body
-    the provider's API cannot express)."""
+    the provider's API cannot express). ``configured``: the config's models, to
+    name those that can serve an endpoint the chosen one cannot."""
+    # No provider knows a request's own routing preferences.
+    parsed = without_request_preferences(parsed)
+    if endpoint.native_path is not None:
+        return _plan_native(decision, parsed, endpoint, endpoint.native_path, headers, configured)
     target = decision.target
     provider = target.provider
     translator = translator_for(endpoint.api, provider_api(provider))
@@ -161,3 +174,43 @@ def _passthrough_credentials(
     if scheme.lower() == "bearer" and key and "x-api-key" not in headers:
         set_headers.append(("x-api-key", key))
         remove.append("authorization")
+
+
+def _plan_native(
+    decision: Decision,
+    parsed: ParsedBody,
+    endpoint: Endpoint,
+    native_path: str,
+    headers: Mapping[str, str],
+    configured: Sequence[ProviderConfig],
+) -> RequestPlan:
+    """An endpoint served only by providers of its own API (token counting,
+    embeddings): passed through with the path, credentials and model rewritten,
+    or refused with the models that could serve it."""
+    target = decision.target
+    api = provider_api(target.provider)
+    if api is not endpoint.api:
+        able = [p.model for p in configured if provider_api(p) is endpoint.api]
+        raise GatewayError(
+            400,
+            f"{target.model} cannot serve {endpoint.method} {endpoint.paths[0]}: it speaks "
+            f"the {api.value} API, and this endpoint is {endpoint.api.value}'s. "
+            + (f"Models that can: {', '.join(able)}." if able else "No configured model can."),
+            code="endpoint_not_supported",
+            param="model",
+        )
+    # Failover clusters rewrite each retry as a chat request: these go to the
+    # model's own cluster, once.
+    target = dataclasses.replace(target, fallbacks=(), cluster=target.upstream.cluster)
+    set_headers = list(decision_headers(target))
+    if decision.affinity is not None:
+        set_headers.append((DECISION_AFFINITY, decision.affinity))
+    upstream_set, remove = upstream_headers(target, headers)
+    path = request_path(target.provider, target.upstream, suffix=native_path)
+    set_headers.extend((name, path if name == ":path" else value) for name, value in upstream_set)
+    new_body = with_model(parsed, target.upstream_model)
+    if new_body is not None:
+        set_headers.append(("content-length", str(len(new_body))))
+    set_names = {name for name, _ in set_headers}
+    remove = [h for h in remove if h not in set_names]
+    return RequestPlan(target, tuple(set_headers), tuple(remove), new_body, None)

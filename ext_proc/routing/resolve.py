@@ -80,6 +80,9 @@ class RoutingTable:
     alias_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     routes: dict[str, str] = field(default_factory=dict)
     """Preference route name -> the model that serves it."""
+    route_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Preference route name -> the models after its first (Plano's ``models``
+    list), tried in order when the first fails."""
 
     @property
     def default(self) -> ProviderConfig | None:
@@ -92,6 +95,9 @@ class RoutingTable:
 
 def build_routing_table(config: Config) -> RoutingTable:
     routes = {pref.name: pref.models[0] for pref in config.routing_preferences if pref.models}
+    route_fallbacks = {
+        pref.name: pref.fallbacks for pref in config.routing_preferences if pref.fallbacks
+    }
     return RoutingTable(
         config=config,
         models=config.models,
@@ -99,6 +105,7 @@ def build_routing_table(config: Config) -> RoutingTable:
         aliases=dict(config.aliases),
         alias_fallbacks=dict(config.alias_fallbacks),
         routes=routes,
+        route_fallbacks=route_fallbacks,
     )
 
 
@@ -128,7 +135,12 @@ def resolve_pinned(
     removed it): the caller drops the pin and decides afresh.
     """
     provider, model_id = _lookup(table, model)
-    return _decision(table, provider, model_id, resolution, requested, route=route)
+    fallbacks = None
+    if route is not None and table.routes.get(route) == model:
+        fallbacks = table.route_fallbacks.get(route)
+    return _decision(
+        table, provider, model_id, resolution, requested, route=route, fallbacks=fallbacks
+    )
 
 
 def resolve_open(table: RoutingTable, requested: str | None, route: str | None) -> RoutingDecision:
@@ -137,7 +149,15 @@ def resolve_open(table: RoutingTable, requested: str | None, route: str | None) 
     gave none (``other``, ``error``, ``timeout``); it is reported either way."""
     if route is not None and route in table.routes:
         provider, model_id = _lookup(table, table.routes[route])
-        return _decision(table, provider, model_id, Resolution.ROUTER, requested, route=route)
+        return _decision(
+            table,
+            provider,
+            model_id,
+            Resolution.ROUTER,
+            requested,
+            route=route,
+            fallbacks=table.route_fallbacks.get(route),
+        )
     default = table.default
     if default is None:
         raise GatewayError(
@@ -236,6 +256,8 @@ def failover_chains(table: RoutingTable) -> dict[str, tuple[Upstream, ...]]:
     ]
     for alias, fallbacks in table.alias_fallbacks.items():
         heads.append((_lookup(table, table.aliases[alias])[0], fallbacks))
+    for route, fallbacks in table.route_fallbacks.items():
+        heads.append((_lookup(table, table.routes[route])[0], fallbacks))
     chains: dict[str, tuple[Upstream, ...]] = {}
     for provider, fallbacks in heads:
         chain = _chain(table, table.upstreams[provider.model], fallbacks)
@@ -260,11 +282,14 @@ def _decision(
     *,
     alias: str | None = None,
     route: str | None = None,
+    fallbacks: tuple[str, ...] | None = None,
 ) -> RoutingDecision:
+    """``fallbacks``: the chain a route declares, which wins over the model's own."""
     upstream = table.upstreams[provider.model]
-    fallbacks = (
-        table.alias_fallbacks.get(alias, provider.fallbacks) if alias else provider.fallbacks
-    )
+    if fallbacks is None:
+        fallbacks = (
+            table.alias_fallbacks.get(alias, provider.fallbacks) if alias else provider.fallbacks
+        )
     cluster = upstream.cluster
     if fallbacks:
         cluster = failover_cluster_name(

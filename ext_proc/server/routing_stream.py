@@ -125,12 +125,12 @@ class RoutingProcessor:
         parsed = parse_request(headers, msg.body, endpoint.api)
         seen = look(table, parsed.fields, headers)
         choice = None
-        if seen.asks_router and self._router is not None:
+        if seen.asks_router and self._router is not None and endpoint.is_chat:
             choice = await self._telemetry.router_call(
-                self._router.decide(parsed.data, endpoint.api)
+                self._router.decide(parsed.data, endpoint.api, seen.router_routes)
             )
         decision = decide(table, seen, choice)
-        plan = plan_request(decision, parsed, endpoint, headers)
+        plan = plan_request(decision, parsed, endpoint, headers, table.config.providers)
         self._telemetry.routed(table, plan, decision.affinity)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision

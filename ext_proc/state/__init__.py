@@ -11,7 +11,7 @@ with expiry) or ``postgres`` (``PostgresStore``). Both keep items as JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ext_proc.errors import GatewayError
@@ -55,7 +55,8 @@ class ConversationStore(Protocol):
 class StateStorageConfig:
     kind: str
     """``memory`` or ``postgres``."""
-    connection_string: str | None = None
+    connection_string: str | None = field(default=None, repr=False)
+    """Usually holds a password: kept out of ``repr`` and so out of logs."""
     ttl_s: float = DEFAULT_TTL_S
 
 

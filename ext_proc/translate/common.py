@@ -4,6 +4,7 @@ upstream error whatever shape it came in."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,14 +13,22 @@ from ext_proc.errors import GatewayError, error_body
 
 __all__ = [
     "UpstreamError",
+    "anthropic_client_tools",
     "as_dict",
     "as_list",
+    "chat_completion",
+    "chat_usage",
     "data_url",
     "dumps",
+    "each_anthropic_message",
+    "each_chat_message",
     "encode_json",
     "error_in_client_shape",
+    "function_tools",
+    "message_list",
     "read_upstream_error",
     "split_data_url",
+    "tool_call_input",
     "unsupported",
 ]
 
@@ -145,3 +154,129 @@ def text_and_tool_calls(content: object) -> tuple[list[str], list[dict[str, Any]
                 }
             )
     return texts, tool_calls
+
+
+def message_list(raw: object) -> list[Any]:
+    """A request's ``messages``, which both APIs require to be a list."""
+    if not isinstance(raw, list):
+        raise GatewayError(
+            400, "'messages' must be a list.", code="invalid_request", param="messages"
+        )
+    return raw
+
+
+def each_chat_message(raw: object) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(index, role, message)`` for each OpenAI chat message, checked as it comes."""
+    for i, message in enumerate(message_list(raw)):
+        if not isinstance(message, dict):
+            raise GatewayError(
+                400, f"messages[{i}] must be an object.", code="invalid_request", param="messages"
+            )
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise GatewayError(
+                400,
+                f"messages[{i}].role {role!r} is not one of system, developer, user, "
+                "assistant, tool.",
+                code="invalid_request",
+                param="messages",
+            )
+        yield i, role, message
+
+
+def each_anthropic_message(raw: object) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(index, role, message)`` for each Anthropic message, checked as it comes."""
+    for i, message in enumerate(message_list(raw)):
+        message = as_dict(message)
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise GatewayError(
+                400,
+                f"messages[{i}].role must be 'user' or 'assistant', not {role!r}.",
+                code="invalid_request",
+                param="messages",
+            )
+        yield i, role, message
+
+
+def tool_call_input(function: dict[str, Any], i: int, j: int, provider: str) -> dict[str, Any]:
+    """An OpenAI ``tool_calls[j].function.arguments`` (a JSON string) as the object
+    Anthropic and Converse want as tool input; a non-object value is wrapped."""
+    arguments = function.get("arguments") or "{}"
+    try:
+        tool_input = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        raise GatewayError(
+            400,
+            f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON; "
+            f"{provider} needs the tool input as an object.",
+            code="invalid_request",
+            param="messages",
+        ) from None
+    return tool_input if isinstance(tool_input, dict) else {"value": tool_input}
+
+
+def function_tools(raw: object) -> Iterator[dict[str, Any]]:
+    """The ``function`` of each OpenAI chat tool; any other tool type is refused."""
+    for i, tool in enumerate(as_list(raw)):
+        tool = as_dict(tool)
+        if tool.get("type") != "function":
+            raise unsupported(
+                "tools", f"tools[{i}] has type {tool.get('type')!r}; only function tools translate."
+            )
+        yield as_dict(tool.get("function"))
+
+
+def anthropic_client_tools(raw: object) -> Iterator[dict[str, Any]]:
+    """Each Anthropic client tool (``name`` + ``input_schema``, no type or ``custom``);
+    a server tool (web search, code execution) runs at Anthropic only, so it is refused."""
+    for i, tool in enumerate(as_list(raw)):
+        tool = as_dict(tool)
+        if tool.get("type") not in (None, "custom"):
+            raise unsupported(
+                "tools",
+                f"tools[{i}] is Anthropic's server tool {tool.get('type')!r}; "
+                "only client tools (name + input_schema) translate.",
+            )
+        yield tool
+
+
+def chat_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    """OpenAI's ``usage``: ``prompt`` already counts the ``cached`` tokens."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def chat_completion(
+    *,
+    response_id: object,
+    created: int,
+    model: object,
+    texts: list[str],
+    tool_calls: list[dict[str, Any]],
+    finish_reason: str,
+    usage: dict[str, Any],
+) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` with one choice; ``content`` is ``null`` only
+    when the model answered with tool calls alone, as OpenAI sends it."""
+    reply: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish_reason}
+        ],
+        "usage": usage,
+    }

@@ -11,9 +11,20 @@ with ``\\n``). Comments (``: ping``), ``id`` and ``retry`` are dropped.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MAX_PENDING_BYTES", "SSEDecoder", "SSEError", "SSEEvent", "encode_event"]
+__all__ = [
+    "MAX_PENDING_BYTES",
+    "SSEDecoder",
+    "SSEError",
+    "SSEEvent",
+    "chunk_error",
+    "encode_event",
+    "json_objects",
+]
 
 MAX_PENDING_BYTES = 16 * 1024 * 1024
 """The longest unfinished event kept between chunks. A stream that never ends
@@ -122,3 +133,29 @@ def encode_event(data: str, event: str | None = None) -> bytes:
     if event is None:
         return f"data: {data}\n\n".encode()
     return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+def json_objects(events: Iterable[SSEEvent]) -> Iterator[dict[str, Any] | None]:
+    """The JSON object each event carries, in order, and ``None`` for OpenAI's
+    ``[DONE]``; an event whose data is no JSON object carries nothing to translate."""
+    for event in events:
+        if event.data == "[DONE]":
+            yield None
+            continue
+        try:
+            payload = json.loads(event.data)
+        except ValueError:
+            continue
+        if isinstance(payload, dict):
+            yield payload
+
+
+def chunk_error(chunk: dict[str, Any]) -> str | None:
+    """The message of an error an OpenAI-compatible server sent in place of a chunk
+    (``{"error": {...}}``, or ``{"error": "..."}`` from some), ``""`` when it gave
+    none; ``None`` for an ordinary chunk."""
+    error = chunk.get("error")
+    if error is None:
+        return None
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or "")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
+from ext_proc.transport.fields import malformed_request, malformed_trailers
 from ext_proc.transport.frames import (
     ACK,
     COMPRESSION_ERROR,
@@ -533,7 +534,7 @@ class Connection(asyncio.BufferedProtocol):
         if stream is not None:  # trailers from the client end its half
             if stream.remote_closed:
                 self._reset(stream, STREAM_CLOSED)
-            elif not end_stream:
+            elif not end_stream or malformed_trailers(headers) is not None:
                 self._reset(stream, PROTOCOL_ERROR)
             else:
                 self._remote_close(stream)
@@ -553,6 +554,9 @@ class Connection(asyncio.BufferedProtocol):
             # Over the advertised limit, a stream is refused, not the connection
             # (RFC 9113, 5.1.2): the client may retry it once others finish.
             self._out.append(rst_stream(stream_id, REFUSED_STREAM))
+            return
+        if malformed_request(headers) is not None:  # 8.1.1: a stream error
+            self._out.append(rst_stream(stream_id, PROTOCOL_ERROR))
             return
         path = next((v for k, v in headers if k == b":path"), None)
         if path is not None and not path.isascii():
@@ -578,6 +582,8 @@ class Connection(asyncio.BufferedProtocol):
         self._streams[stream_id] = stream
         self.idle.clear()
         if failure is not None:
+            # Its END_STREAM still counts: DATA after it is an error (5.1).
+            stream.remote_closed = end_stream
             self._finish(stream, *failure)
             return
         if end_stream:

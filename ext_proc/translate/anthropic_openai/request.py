@@ -10,19 +10,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.apis import COMMON_DIALECT, Dialect
-from ext_proc.errors import GatewayError
 from ext_proc.translate.common import (
+    anthropic_client_tools,
     as_dict,
     as_list,
     data_url,
+    each_anthropic_message,
     text_and_tool_calls,
     unsupported,
 )
 
 __all__ = ["translate_request"]
-
-_CLIENT_TOOL_TYPES = (None, "custom")
-"""Anthropic tools the client runs itself; every other type is a server tool."""
 
 
 def translate_request(body: Mapping[str, Any], dialect: Dialect = COMMON_DIALECT) -> dict[str, Any]:
@@ -78,26 +76,13 @@ def _system(system: object) -> list[dict[str, Any]]:
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        raise GatewayError(
-            400, "'messages' must be a list.", code="invalid_request", param="messages"
-        )
     out: list[dict[str, Any]] = []
-    for i, message in enumerate(raw):
-        message = as_dict(message)
-        role = message.get("role")
+    for i, role, message in each_anthropic_message(raw):
         content = message.get("content")
         if role == "user":
             out.extend(_user_messages(content, i))
-        elif role == "assistant":
-            out.append(_assistant_message(content))
         else:
-            raise GatewayError(
-                400,
-                f"messages[{i}].role must be 'user' or 'assistant', not {role!r}.",
-                code="invalid_request",
-                param="messages",
-            )
+            out.append(_assistant_message(content))
     return out
 
 
@@ -190,14 +175,7 @@ def _assistant_message(content: object) -> dict[str, Any]:
 
 def _tools(raw: object) -> list[dict[str, Any]]:
     tools = []
-    for i, tool in enumerate(as_list(raw)):
-        tool = as_dict(tool)
-        if tool.get("type") not in _CLIENT_TOOL_TYPES:
-            raise unsupported(
-                "tools",
-                f"tools[{i}] is Anthropic's server tool {tool.get('type')!r}; "
-                "only client tools (name + input_schema) translate.",
-            )
+    for tool in anthropic_client_tools(raw):
         function: dict[str, Any] = {"name": tool.get("name")}
         if tool.get("description"):
             function["description"] = tool["description"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ext_proc.translate.anthropic_openai.response import anthropic_usage, stop_reason
 from ext_proc.translate.common import as_dict, as_list, dumps
-from ext_proc.translate.sse import SSEDecoder, SSEEvent, encode_event
+from ext_proc.translate.sse import SSEDecoder, SSEEvent, chunk_error, encode_event, json_objects
 
 __all__ = ["StreamTranslator"]
 
@@ -61,22 +60,13 @@ class StreamTranslator:
 
     def _translate(self, events: list[SSEEvent]) -> bytes:
         out = bytearray()
-        for event in events:
+        for payload in json_objects(events):
             if self._done:
                 break
-            if event.data == "[DONE]":
+            if payload is None:
                 self._close(out)
-                continue
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if not isinstance(payload, dict):
-                continue
-            error = payload.get("error")
-            if error is not None:
-                message = as_dict(error).get("message") if isinstance(error, dict) else error
-                self._error(out, str(message or "The model provider reported an error mid-stream."))
+            elif (message := chunk_error(payload)) is not None:
+                self._error(out, message or "The model provider reported an error mid-stream.")
             else:
                 self._chunk(payload, out)
         return bytes(out)

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ext_proc.errors import GatewayError
-from ext_proc.translate.common import as_dict
+from ext_proc.translate.common import as_dict, chat_usage
 from ext_proc.translate.eventstream import EventStreamDecoder, EventStreamError, Message
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "STREAM_CONTENT_TYPE",
     "ConverseEvents",
     "ConverseRequest",
+    "ConverseStream",
     "StreamEvent",
     "StreamFailure",
     "anthropic_usage",
@@ -111,13 +112,7 @@ def openai_usage(usage: object) -> dict[str, Any]:
     usage = as_dict(usage)
     cached = _count(usage, "cacheReadInputTokens")
     prompt = _count(usage, "inputTokens") + _count(usage, "cacheWriteInputTokens") + cached
-    completion = _count(usage, "outputTokens")
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    return chat_usage(prompt, _count(usage, "outputTokens"), cached)
 
 
 def anthropic_usage(usage: object) -> dict[str, Any]:
@@ -242,3 +237,47 @@ class ConverseEvents:
             self._failed = True
             return [StreamFailure(502, "invalid_event_stream", f"Bedrock's stream is bad: {error}")]
         return []
+
+
+class ConverseStream:
+    """What both ConverseStream translators share: Bedrock's body chunks in, the
+    client's SSE bytes out, nothing more once the stream has ended (``_done``).
+
+    A subclass writes an event (``_event``), a failure (``_failure``), and how a
+    stream that stops before it ended is closed (``_end``).
+    """
+
+    __slots__ = ("_done", "_events")
+
+    def __init__(self) -> None:
+        self._events = ConverseEvents()
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._translate(self._events.feed(chunk))
+
+    def finish(self) -> bytes:
+        out = bytearray(self._translate(self._events.finish()))
+        if not self._done:
+            self._end(out)
+        return bytes(out)
+
+    def _translate(self, events: list[StreamEvent | StreamFailure]) -> bytes:
+        out = bytearray()
+        for event in events:
+            if self._done:
+                break
+            if isinstance(event, StreamFailure):
+                self._failure(event, out)
+            else:
+                self._event(event, out)
+        return bytes(out)
+
+    def _event(self, event: StreamEvent, out: bytearray) -> None:
+        raise NotImplementedError
+
+    def _failure(self, failure: StreamFailure, out: bytearray) -> None:
+        raise NotImplementedError
+
+    def _end(self, out: bytearray) -> None:
+        raise NotImplementedError

@@ -18,7 +18,6 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.errors import GatewayError
 from ext_proc.translate.bedrock.converse import ConverseRequest
 from ext_proc.translate.bedrock.request_parts import (
     NO_TOOL_CHOICE,
@@ -31,11 +30,16 @@ from ext_proc.translate.bedrock.request_parts import (
     tool_result_part,
     tool_spec,
 )
-from ext_proc.translate.common import as_dict, as_list, unsupported
+from ext_proc.translate.common import (
+    anthropic_client_tools,
+    as_dict,
+    as_list,
+    each_anthropic_message,
+    unsupported,
+)
 
 __all__ = ["translate_request"]
 
-_CLIENT_TOOL_TYPES = (None, "custom")
 _CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 
@@ -105,21 +109,8 @@ def _cache_point(block: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
-    if not isinstance(raw, list):
-        raise GatewayError(
-            400, "'messages' must be a list.", code="invalid_request", param="messages"
-        )
     turns: list[dict[str, Any]] = []
-    for i, message in enumerate(raw):
-        message = as_dict(message)
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise GatewayError(
-                400,
-                f"messages[{i}].role must be 'user' or 'assistant', not {role!r}.",
-                code="invalid_request",
-                param="messages",
-            )
+    for i, role, message in each_anthropic_message(raw):
         append_turn(turns, role, _blocks(message.get("content"), f"messages[{i}].content"))
     return turns
 
@@ -214,14 +205,7 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _tools(raw: object) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
-    for i, tool in enumerate(as_list(raw)):
-        tool = as_dict(tool)
-        if tool.get("type") not in _CLIENT_TOOL_TYPES:
-            raise unsupported(
-                "tools",
-                f"tools[{i}] is Anthropic's server tool {tool.get('type')!r}; "
-                "only client tools (name + input_schema) translate.",
-            )
+    for tool in anthropic_client_tools(raw):
         tools.append(
             tool_spec(
                 tool.get("name"),

@@ -12,11 +12,9 @@ between providers should not start failing): ``seed``, penalties, ``logit_bias``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.errors import GatewayError
 from ext_proc.translate.bedrock.converse import ConverseRequest
 from ext_proc.translate.bedrock.request_parts import (
     NO_TOOL_CHOICE,
@@ -29,7 +27,15 @@ from ext_proc.translate.bedrock.request_parts import (
     tool_result_part,
     tool_spec,
 )
-from ext_proc.translate.common import as_dict, as_list, split_data_url, unsupported
+from ext_proc.translate.common import (
+    as_dict,
+    as_list,
+    each_chat_message,
+    function_tools,
+    split_data_url,
+    tool_call_input,
+    unsupported,
+)
 
 __all__ = ["translate_request"]
 
@@ -105,18 +111,9 @@ def _stop(stop: object) -> list[str]:
 
 
 def _messages(raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    if not isinstance(raw, list):
-        raise GatewayError(
-            400, "'messages' must be a list.", code="invalid_request", param="messages"
-        )
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
-    for i, message in enumerate(raw):
-        if not isinstance(message, dict):
-            raise GatewayError(
-                400, f"messages[{i}] must be an object.", code="invalid_request", param="messages"
-            )
-        role = message.get("role")
+    for i, role, message in each_chat_message(raw):
         where = f"messages[{i}].content"
         if role in ("system", "developer"):
             system.extend(_text_blocks(message.get("content"), where))
@@ -124,16 +121,8 @@ def _messages(raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             append_turn(turns, "user", _user_blocks(message.get("content"), where))
         elif role == "assistant":
             append_turn(turns, "assistant", _assistant_blocks(message, i))
-        elif role == "tool":
-            append_turn(turns, "user", [_tool_result(message, where)])
         else:
-            raise GatewayError(
-                400,
-                f"messages[{i}].role {role!r} is not one of system, developer, user, "
-                "assistant, tool.",
-                code="invalid_request",
-                param="messages",
-            )
+            append_turn(turns, "user", [_tool_result(message, where)])
     return system, turns
 
 
@@ -189,23 +178,12 @@ def _assistant_blocks(message: Mapping[str, Any], i: int) -> list[dict[str, Any]
     for j, call in enumerate(as_list(message.get("tool_calls"))):
         call = as_dict(call)
         function = as_dict(call.get("function"))
-        arguments = function.get("arguments") or "{}"
-        try:
-            tool_input = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            raise GatewayError(
-                400,
-                f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON; "
-                "Bedrock needs the tool input as an object.",
-                code="invalid_request",
-                param="messages",
-            ) from None
         blocks.append(
             {
                 "toolUse": {
                     "toolUseId": call.get("id"),
                     "name": function.get("name"),
-                    "input": tool_input if isinstance(tool_input, dict) else {"value": tool_input},
+                    "input": tool_call_input(function, i, j, "Bedrock"),
                 }
             }
         )
@@ -226,13 +204,7 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _tools(raw: object) -> list[dict[str, Any]]:
     tools = []
-    for i, tool in enumerate(as_list(raw)):
-        tool = as_dict(tool)
-        if tool.get("type") != "function":
-            raise unsupported(
-                "tools", f"tools[{i}] has type {tool.get('type')!r}; only function tools translate."
-            )
-        function = as_dict(tool.get("function"))
+    for function in function_tools(raw):
         tools.append(
             tool_spec(
                 function.get("name"),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.translate.bedrock.converse import finish_reason, openai_usage, tool_input_json
-from ext_proc.translate.common import as_dict, as_list, dumps
+from ext_proc.translate.common import as_dict, as_list, chat_completion, dumps
 
 __all__ = ["translate_response"]
 
@@ -39,25 +39,12 @@ def translate_response(
                     },
                 }
             )
-    reply: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts or not tool_calls else None,
-        "refusal": None,
-    }
-    if tool_calls:
-        reply["tool_calls"] = tool_calls
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": reply,
-                "logprobs": None,
-                "finish_reason": finish_reason(answer.get("stopReason")),
-            }
-        ],
-        "usage": openai_usage(answer.get("usage")),
-    }
+    return chat_completion(
+        response_id=response_id,
+        created=created,
+        model=model,
+        texts=texts,
+        tool_calls=tool_calls,
+        finish_reason=finish_reason(answer.get("stopReason")),
+        usage=openai_usage(answer.get("usage")),
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 from ext_proc.errors import GatewayError
 from ext_proc.translate.bedrock.converse import (
-    ConverseEvents,
+    ConverseStream,
     StreamEvent,
     StreamFailure,
     anthropic_usage,
@@ -27,13 +27,11 @@ from ext_proc.translate.sse import encode_event
 __all__ = ["StreamTranslator"]
 
 
-class StreamTranslator:
-    """Feed Bedrock's body chunks; get the client's SSE bytes back."""
+class StreamTranslator(ConverseStream):
+    """ConverseStream in, Anthropic Messages SSE out."""
 
     __slots__ = (
         "_blocks",
-        "_done",
-        "_events",
         "_id",
         "_model",
         "_next_block",
@@ -44,7 +42,7 @@ class StreamTranslator:
     )
 
     def __init__(self, *, model: str, message_id: str) -> None:
-        self._events = ConverseEvents()
+        super().__init__()
         self._model = model
         self._id = message_id
         self._started = False
@@ -55,30 +53,15 @@ class StreamTranslator:
         """The Anthropic block now open, and its type."""
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
-        self._done = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        return self._translate(self._events.feed(chunk))
+    def _end(self, out: bytearray) -> None:
+        if self._stop_reason is not None:
+            self._close(out, {})
+        else:
+            self._error(out, 500, "Bedrock's stream ended before the answer did.")
 
-    def finish(self) -> bytes:
-        out = bytearray(self._translate(self._events.finish()))
-        if not self._done:
-            if self._stop_reason is not None:
-                self._close(out, {})
-            else:
-                self._error(out, 500, "Bedrock's stream ended before the answer did.")
-        return bytes(out)
-
-    def _translate(self, events: list[StreamEvent | StreamFailure]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self._done:
-                break
-            if isinstance(event, StreamFailure):
-                self._error(out, event.status, event.message)
-            else:
-                self._event(event, out)
-        return bytes(out)
+    def _failure(self, failure: StreamFailure, out: bytearray) -> None:
+        self._error(out, failure.status, failure.message)
 
     def _event(self, event: StreamEvent, out: bytearray) -> None:
         body = event.body

@@ -12,27 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 from ext_proc.translate.bedrock.converse import (
-    ConverseEvents,
+    ConverseStream,
     StreamEvent,
     StreamFailure,
     finish_reason,
     openai_usage,
 )
-from ext_proc.translate.common import as_dict, dumps
-from ext_proc.translate.sse import encode_event
+from ext_proc.translate.chunks import DONE, chunk_event, chunk_head, error_event, usage_event
+from ext_proc.translate.common import as_dict
 
 __all__ = ["DONE", "StreamTranslator"]
 
-DONE = b"data: [DONE]\n\n"
 
-
-class StreamTranslator:
-    """Feed Bedrock's body chunks; get the client's SSE bytes back."""
+class StreamTranslator(ConverseStream):
+    """ConverseStream in, OpenAI ``chat.completion.chunk`` SSE out."""
 
     __slots__ = (
         "_created",
-        "_done",
-        "_events",
         "_head",
         "_id",
         "_include_usage",
@@ -42,50 +38,31 @@ class StreamTranslator:
     )
 
     def __init__(self, *, model: str, response_id: str, created: int, include_usage: bool) -> None:
-        self._events = ConverseEvents()
+        super().__init__()
         self._model = model
         self._id = response_id
         self._created = created
         self._include_usage = include_usage
         # Everything before the delta is the same in every chunk: built once.
-        self._head = (
-            f'{{"id":{dumps(response_id)},"object":"chat.completion.chunk",'
-            f'"created":{created},"model":{dumps(model)},"choices":[{{"index":0,"delta":'
-        )
+        self._head = chunk_head(response_id, created, model)
         self._tool_calls: dict[int, int] = {}
         """Converse ``contentBlockIndex`` -> OpenAI ``tool_calls[].index``."""
         self._stopped = False
-        self._done = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        return self._translate(self._events.feed(chunk))
+    def _end(self, out: bytearray) -> None:
+        if self._stopped:
+            # The usage never came; the answer itself is whole.
+            out += DONE
+        else:
+            self._error(out, "upstream_error", "Bedrock's stream ended before the answer did.")
+        self._done = True
 
-    def finish(self) -> bytes:
-        out = bytearray(self._translate(self._events.finish()))
-        if not self._done:
-            if self._stopped:
-                # The usage never came; the answer itself is whole.
-                out += DONE
-            else:
-                self._error(out, "upstream_error", "Bedrock's stream ended before the answer did.")
-            self._done = True
-        return bytes(out)
-
-    def _translate(self, events: list[StreamEvent | StreamFailure]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self._done:
-                break
-            if isinstance(event, StreamFailure):
-                error = event.as_gateway_error()
-                self._error(out, event.code, event.message, error.openai_type)
-            else:
-                self._event(event, out)
-        return bytes(out)
+    def _failure(self, failure: StreamFailure, out: bytearray) -> None:
+        error = failure.as_gateway_error()
+        self._error(out, failure.code, failure.message, error.openai_type)
 
     def _emit(self, out: bytearray, delta: dict[str, Any], finish: str | None = None) -> None:
-        tail = ',"logprobs":null,"finish_reason":' + (dumps(finish) if finish else "null") + "}]}"
-        out += encode_event(self._head + dumps(delta) + tail)
+        out += chunk_event(self._head, delta, finish)
 
     def _event(self, event: StreamEvent, out: bytearray) -> None:
         body = event.body
@@ -122,21 +99,12 @@ class StreamTranslator:
             self._emit(out, {}, finish_reason(body.get("stopReason")))
         elif kind == "metadata":
             if self._include_usage:
-                # As OpenAI does: one last chunk with no choices, carrying the usage.
-                final = {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": openai_usage(body.get("usage")),
-                }
-                out += encode_event(dumps(final))
+                usage = openai_usage(body.get("usage"))
+                out += usage_event(self._id, self._created, self._model, usage)
             out += DONE
             self._done = True
         # contentBlockStop and unknown events carry nothing for OpenAI.
 
     def _error(self, out: bytearray, code: str, message: str, kind: str = "server_error") -> None:
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        out += encode_event(dumps(body))
+        out += error_event(message, code, kind)
         self._done = True

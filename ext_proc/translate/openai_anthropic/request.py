@@ -7,12 +7,19 @@ the client silently gets something else.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.errors import GatewayError
-from ext_proc.translate.common import as_dict, as_list, split_data_url, unsupported
+from ext_proc.translate.common import (
+    as_dict,
+    as_list,
+    each_chat_message,
+    function_tools,
+    split_data_url,
+    tool_call_input,
+    unsupported,
+)
 
 __all__ = ["DEFAULT_MAX_TOKENS", "translate_request", "wants_stream_usage"]
 
@@ -108,18 +115,9 @@ def _messages(raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(system blocks, messages)``: system and developer messages are lifted out
     wherever they appear, and consecutive turns of one role are merged because
     the Messages API wants user and assistant to alternate."""
-    if not isinstance(raw, list):
-        raise GatewayError(
-            400, "'messages' must be a list.", code="invalid_request", param="messages"
-        )
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
-    for i, message in enumerate(raw):
-        if not isinstance(message, dict):
-            raise GatewayError(
-                400, f"messages[{i}] must be an object.", code="invalid_request", param="messages"
-            )
-        role = message.get("role")
+    for i, role, message in each_chat_message(raw):
         content = message.get("content")
         if role in ("system", "developer"):
             system.extend(_text_blocks(content, f"messages[{i}].content"))
@@ -129,16 +127,8 @@ def _messages(raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             blocks = _assistant_blocks(message, i)
             if blocks:
                 _append_turn(turns, "assistant", blocks)
-        elif role == "tool":
-            _append_turn(turns, "user", [_tool_result(message, i)])
         else:
-            raise GatewayError(
-                400,
-                f"messages[{i}].role {role!r} is not one of system, developer, user, "
-                "assistant, tool.",
-                code="invalid_request",
-                param="messages",
-            )
+            _append_turn(turns, "user", [_tool_result(message, i)])
     return system, turns
 
 
@@ -232,23 +222,12 @@ def _assistant_blocks(message: Mapping[str, Any], i: int) -> list[dict[str, Any]
     for j, call in enumerate(as_list(message.get("tool_calls"))):
         call = as_dict(call)
         function = as_dict(call.get("function"))
-        arguments = function.get("arguments") or "{}"
-        try:
-            tool_input = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            raise GatewayError(
-                400,
-                f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON; "
-                "Anthropic needs the tool input as an object.",
-                code="invalid_request",
-                param="messages",
-            ) from None
         blocks.append(
             {
                 "type": "tool_use",
                 "id": call.get("id"),
                 "name": function.get("name"),
-                "input": tool_input if isinstance(tool_input, dict) else {"value": tool_input},
+                "input": tool_call_input(function, i, j, "Anthropic"),
             }
         )
     return blocks
@@ -266,13 +245,7 @@ def _tool_result(message: Mapping[str, Any], i: int) -> dict[str, Any]:
 
 def _tools(raw: object) -> list[dict[str, Any]]:
     tools = []
-    for i, tool in enumerate(as_list(raw)):
-        tool = as_dict(tool)
-        if tool.get("type") != "function":
-            raise unsupported(
-                "tools", f"tools[{i}] has type {tool.get('type')!r}; only function tools translate."
-            )
-        function = as_dict(tool.get("function"))
+    for function in function_tools(raw):
         out: dict[str, Any] = {"name": function.get("name")}
         if function.get("description"):
             out["description"] = function["description"]

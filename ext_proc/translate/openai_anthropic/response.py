@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.translate.common import as_dict, text_and_tool_calls
+from ext_proc.translate.common import as_dict, chat_completion, chat_usage, text_and_tool_calls
 
 __all__ = ["FINISH_REASONS", "finish_reason", "openai_usage", "translate_response"]
 
@@ -24,28 +24,15 @@ FINISH_REASONS: dict[str, str] = {
 def translate_response(message: Mapping[str, Any], *, created: int) -> dict[str, Any]:
     """The ``chat.completion`` for an Anthropic ``message``."""
     texts, tool_calls = text_and_tool_calls(message.get("content"))
-    reply: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts or not tool_calls else None,
-        "refusal": None,
-    }
-    if tool_calls:
-        reply["tool_calls"] = tool_calls
-    return {
-        "id": message.get("id"),
-        "object": "chat.completion",
-        "created": created,
-        "model": message.get("model"),
-        "choices": [
-            {
-                "index": 0,
-                "message": reply,
-                "logprobs": None,
-                "finish_reason": finish_reason(message.get("stop_reason")),
-            }
-        ],
-        "usage": openai_usage(as_dict(message.get("usage"))),
-    }
+    return chat_completion(
+        response_id=message.get("id"),
+        created=created,
+        model=message.get("model"),
+        texts=texts,
+        tool_calls=tool_calls,
+        finish_reason=finish_reason(message.get("stop_reason")),
+        usage=openai_usage(as_dict(message.get("usage"))),
+    )
 
 
 def finish_reason(stop_reason: object) -> str:
@@ -61,10 +48,4 @@ def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI counts cached prompt tokens inside ``prompt_tokens``; Anthropic apart."""
     cached = _count(usage, "cache_read_input_tokens")
     prompt = _count(usage, "input_tokens") + _count(usage, "cache_creation_input_tokens") + cached
-    completion = _count(usage, "output_tokens")
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    return chat_usage(prompt, _count(usage, "output_tokens"), cached)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ext_proc.translate.chunks import DONE, chunk_event, chunk_head, error_event, usage_event
 from ext_proc.translate.common import as_dict, dumps
 from ext_proc.translate.openai_anthropic.response import finish_reason, openai_usage
-from ext_proc.translate.sse import SSEDecoder, SSEEvent, encode_event
+from ext_proc.translate.sse import SSEDecoder, SSEEvent, json_objects
 
 __all__ = ["DONE", "StreamTranslator"]
-
-DONE = b"data: [DONE]\n\n"
 
 
 class StreamTranslator:
@@ -39,7 +37,7 @@ class StreamTranslator:
         self._include_usage = include_usage
         self._id = ""
         self._model = ""
-        self._head = self._chunk_head()
+        self._head = chunk_head(self._id, created, self._model)
         self._tool_calls: dict[int, int] = {}
         """Anthropic content block index -> OpenAI ``tool_calls[].index``."""
         self._usage: dict[str, Any] = {}
@@ -53,29 +51,15 @@ class StreamTranslator:
 
     def _translate(self, events: list[SSEEvent]) -> bytes:
         out = bytearray()
-        for event in events:
+        for payload in json_objects(events):
             if self._done:
                 break
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if isinstance(payload, dict):
+            if payload is not None:  # Anthropic never sends [DONE]; one that does ends nothing
                 self._event(payload, out)
         return bytes(out)
 
-    def _chunk_head(self) -> str:
-        # Everything before the delta is the same in every chunk of a stream:
-        # built once, it keeps per-event work to one small dumps.
-        return (
-            f'{{"id":{dumps(self._id)},"object":"chat.completion.chunk",'
-            f'"created":{self._created},"model":{dumps(self._model)},'
-            '"choices":[{"index":0,"delta":'
-        )
-
     def _emit(self, out: bytearray, delta: dict[str, Any], finish: str | None = None) -> None:
-        tail = ',"logprobs":null,"finish_reason":' + (dumps(finish) if finish else "null") + "}]}"
-        out += encode_event(self._head + dumps(delta) + tail)
+        out += chunk_event(self._head, delta, finish)
 
     def _event(self, payload: dict[str, Any], out: bytearray) -> None:
         kind = payload.get("type")
@@ -96,7 +80,7 @@ class StreamTranslator:
             message = as_dict(payload.get("message"))
             self._id = str(message.get("id", ""))
             self._model = str(message.get("model", ""))
-            self._head = self._chunk_head()
+            self._head = chunk_head(self._id, self._created, self._model)
             self._usage.update(as_dict(message.get("usage")))
             self._emit(out, {"role": "assistant", "content": ""})
         elif kind == "message_delta":
@@ -107,30 +91,14 @@ class StreamTranslator:
             self._emit(out, {}, finish_reason(stop_reason))
         elif kind == "message_stop":
             if self._include_usage:
-                # As OpenAI does: one last chunk with no choices, carrying the usage.
-                final = {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": openai_usage(self._usage),
-                }
-                out += encode_event(dumps(final))
+                usage = openai_usage(self._usage)
+                out += usage_event(self._id, self._created, self._model, usage)
             out += DONE
             self._done = True
         elif kind == "error":
             error = as_dict(payload.get("error"))
             message = error.get("message") or "The model provider reported an error mid-stream."
-            body = {
-                "error": {
-                    "message": message,
-                    "type": "server_error",
-                    "param": None,
-                    "code": error.get("type"),
-                }
-            }
-            out += encode_event(dumps(body))
+            out += error_event(message, error.get("type"))
             self._done = True
         # ping, content_block_stop and unknown events carry nothing for OpenAI.
 

@@ -21,10 +21,8 @@ from ext_proc.translate.common import unsupported
 from ext_proc.translate.openai_anthropic.request import translate_request as chat_to_messages
 from ext_proc.translate.responses.request import Item, ResponsesRequest
 from ext_proc.translate.responses.request_to_chat import (
+    add_format_and_tools,
     chat_messages,
-    chat_response_format,
-    chat_tool_choice,
-    chat_tools,
 )
 
 __all__ = ["translate_request"]
@@ -43,16 +41,7 @@ def translate_request(request: ResponsesRequest, history: Sequence[Item] = ()) -
         value = getattr(request, name)
         if value is not None:
             chat[name] = value
-    response_format = chat_response_format(request.text_format)
-    if response_format is not None:
-        chat["response_format"] = response_format
-    if request.tools:
-        chat["tools"] = chat_tools(request.tools)
-        chat["tool_choice"] = chat_tool_choice(request.tool_choice)
-        if request.parallel_tool_calls is not None:
-            chat["parallel_tool_calls"] = request.parallel_tool_calls
-    elif request.tool_choice not in ("auto", "none"):
-        raise unsupported("tool_choice", "tool_choice requires a tool, and 'tools' is empty.")
+    add_format_and_tools(chat, request)
     if request.stream:
         chat["stream"] = True
     try:

@@ -14,7 +14,13 @@ from typing import Any
 from ext_proc.translate.common import unsupported
 from ext_proc.translate.responses.request import Item, ResponsesRequest
 
-__all__ = ["chat_messages", "chat_tool_choice", "chat_tools", "translate_request"]
+__all__ = [
+    "add_format_and_tools",
+    "chat_messages",
+    "chat_tool_choice",
+    "chat_tools",
+    "translate_request",
+]
 
 
 def translate_request(
@@ -45,21 +51,26 @@ def translate_request(
         out["reasoning_effort"] = request.reasoning_effort
     if request.verbosity is not None:
         out["verbosity"] = request.verbosity
-    response_format = chat_response_format(request.text_format)
-    if response_format is not None:
-        out["response_format"] = response_format
-    if request.tools:
-        out["tools"] = chat_tools(request.tools)
-        out["tool_choice"] = chat_tool_choice(request.tool_choice)
-        if request.parallel_tool_calls is not None:
-            out["parallel_tool_calls"] = request.parallel_tool_calls
-    elif request.tool_choice not in ("auto", "none"):
-        raise unsupported("tool_choice", "tool_choice requires a tool, and 'tools' is empty.")
+    add_format_and_tools(out, request)
     if request.stream:
         out["stream"] = True
         # A Response ends with its usage; a chat stream carries it only when asked.
         out["stream_options"] = {"include_usage": True}
     return out
+
+
+def add_format_and_tools(chat: dict[str, Any], request: ResponsesRequest) -> None:
+    """``text.format`` and the tools, as a chat request carries them."""
+    response_format = chat_response_format(request.text_format)
+    if response_format is not None:
+        chat["response_format"] = response_format
+    if request.tools:
+        chat["tools"] = chat_tools(request.tools)
+        chat["tool_choice"] = chat_tool_choice(request.tool_choice)
+        if request.parallel_tool_calls is not None:
+            chat["parallel_tool_calls"] = request.parallel_tool_calls
+    elif request.tool_choice not in ("auto", "none"):
+        raise unsupported("tool_choice", "tool_choice requires a tool, and 'tools' is empty.")
 
 
 def chat_response_format(text_format: Item) -> dict[str, Any] | None:

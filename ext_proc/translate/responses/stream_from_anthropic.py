@@ -9,56 +9,28 @@ stream that ends before ``message_stop``, fails it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ext_proc.translate.common import as_dict, dumps
-from ext_proc.translate.responses.events import EventWriter
 from ext_proc.translate.responses.output import anthropic_outcome, usage_from_anthropic
-from ext_proc.translate.responses.request import Item, ResponseContext
-from ext_proc.translate.sse import SSEDecoder, SSEEvent
+from ext_proc.translate.responses.request import ResponseContext
+from ext_proc.translate.responses.stream_base import ResponsesStream
 
 __all__ = ["StreamTranslator"]
 
-_CUT_OFF = "The model provider's stream ended before the answer did."
 
+class StreamTranslator(ResponsesStream):
+    """Anthropic Messages SSE in, Responses SSE out."""
 
-class StreamTranslator:
-    """Feed upstream body chunks in order; get back the client's SSE bytes."""
-
-    __slots__ = ("_decoder", "_stop_reason", "_usage", "_writer")
+    __slots__ = ("_stop_reason",)
 
     def __init__(self, ctx: ResponseContext) -> None:
-        self._decoder = SSEDecoder()
-        self._writer = EventWriter(ctx)
+        super().__init__(ctx)
         self._stop_reason: str | None = None
-        self._usage: dict[str, Any] = {}
 
-    def feed(self, chunk: bytes) -> bytes:
-        return self._translate(self._decoder.feed(chunk))
-
-    def finish(self) -> bytes:
-        out = bytearray(self._translate(self._decoder.flush()))
-        if not self._writer.done:
-            self._writer.fail(out, _CUT_OFF)
-        return bytes(out)
-
-    def output_items(self) -> list[Item]:
-        """The Response's output items, for conversation state, once the stream is done."""
-        return self._writer.output_items()
-
-    def _translate(self, events: list[SSEEvent]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self._writer.done:
-                break
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if isinstance(payload, dict):
-                self._event(payload, out)
-        return bytes(out)
+    def _payload(self, payload: dict[str, Any] | None, out: bytearray) -> None:
+        if payload is not None:  # Anthropic never sends [DONE]; one that did ends nothing
+            self._event(payload, out)
 
     def _event(self, payload: dict[str, Any], out: bytearray) -> None:
         writer = self._writer

@@ -8,68 +8,40 @@ a chunk after the one with ``finish_reason``: the Response completes at
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ext_proc.translate.common import as_dict, as_list
-from ext_proc.translate.responses.events import EventWriter
 from ext_proc.translate.responses.output import chat_outcome, usage_from_chat
-from ext_proc.translate.responses.request import Item, ResponseContext
-from ext_proc.translate.sse import SSEDecoder, SSEEvent
+from ext_proc.translate.responses.request import ResponseContext
+from ext_proc.translate.responses.stream_base import ResponsesStream
+from ext_proc.translate.sse import chunk_error
 
 __all__ = ["StreamTranslator"]
 
-_CUT_OFF = "The model provider's stream ended before the answer did."
 
+class StreamTranslator(ResponsesStream):
+    """``chat.completion.chunk`` SSE in, Responses SSE out."""
 
-class StreamTranslator:
-    """Feed upstream body chunks in order; get back the client's SSE bytes."""
-
-    __slots__ = ("_decoder", "_finish_reason", "_usage", "_writer")
+    __slots__ = ("_finish_reason",)
 
     def __init__(self, ctx: ResponseContext) -> None:
-        self._decoder = SSEDecoder()
-        self._writer = EventWriter(ctx)
+        super().__init__(ctx)
         self._finish_reason: str | None = None
-        self._usage: dict[str, Any] = {}
 
-    def feed(self, chunk: bytes) -> bytes:
-        return self._translate(self._decoder.feed(chunk))
+    def _payload(self, payload: dict[str, Any] | None, out: bytearray) -> None:
+        if payload is None:
+            self._close(out)
+        elif (message := chunk_error(payload)) is not None:
+            self._writer.fail(out, message or "The model provider reported an error.")
+        else:
+            self._chunk(payload, out)
 
-    def finish(self) -> bytes:
-        out = bytearray(self._translate(self._decoder.flush()))
-        if not self._writer.done:
-            if self._finish_reason is not None:
-                self._close(out)
-            else:
-                self._writer.fail(out, _CUT_OFF)
-        return bytes(out)
-
-    def output_items(self) -> list[Item]:
-        """The Response's output items, for conversation state, once the stream is done."""
-        return self._writer.output_items()
-
-    def _translate(self, events: list[SSEEvent]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self._writer.done:
-                break
-            if event.data == "[DONE]":
-                self._close(out)
-                continue
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                continue
-            if not isinstance(payload, dict):
-                continue
-            error = payload.get("error")
-            if error is not None:
-                message = as_dict(error).get("message") if isinstance(error, dict) else error
-                self._writer.fail(out, str(message or "The model provider reported an error."))
-            else:
-                self._chunk(payload, out)
-        return bytes(out)
+    def _end(self, out: bytearray) -> None:
+        # The usage chunk may never come; the answer itself is whole.
+        if self._finish_reason is not None:
+            self._close(out)
+        else:
+            super()._end(out)
 
     def _chunk(self, chunk: dict[str, Any], out: bytearray) -> None:
         writer = self._writer
