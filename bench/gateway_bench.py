@@ -2,7 +2,8 @@
 """Side by side: plain Envoy, Envoy + Archway, and (optionally) LiteLLM's proxy.
 
     python bench/gateway_bench.py [--duration 8] [--rounds 3] [--workers 1,2]
-                                  [--soak 100000] [--with-litellm] [--json out.json]
+                                  [--hops tcp,uds] [--soak 100000] [--with-litellm]
+                                  [--json out.json] [--features usage,keys,limits,redis]
 
 Every setup serves the same 2 KB chat body from the same fast OpenAI-shaped
 upstream (``bench/upstream.py``, its own process):
@@ -10,6 +11,15 @@ upstream (``bench/upstream.py``, its own process):
 - ``envoy``: Envoy with one static route to the upstream, no ext_proc;
 - ``archway``: ``archway up`` on an alias-routing config (the client asks for
   ``fast-model``, Archway rewrites it to ``gpt-5.2``), one setup per ``--workers``;
+- ``archway-<feature>`` (``--features``): the ``archway`` setup with one more
+  feature of docs/usage-and-limits.md configured, to read what each adds per
+  request: ``usage`` (every answer's tokens counted: the response passes through
+  Archway), ``keys`` (the client's key checked), ``limits`` (the key's client
+  under a token limit never reached: estimate, admission, usage settled), and
+  ``redis`` (the same limit, its counter in a local ``redis-server``).
+- ``hop-tcp``, ``hop-uds`` (``--hops``): ``archway serve`` in one process behind
+  an Envoy with one worker thread, the ext_proc hop on TCP loopback or a Unix
+  socket (the sidecar setups' default);
 - ``litellm``: LiteLLM's proxy, one worker, installed into ``bench/.venv-litellm``.
 
 ``wrk`` drives each at 1 and 16 connections. Passes alternate between the
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -47,7 +58,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from ext_proc.config import load_config  # noqa: E402
-from ext_proc.deploy.bootstrap import bootstrap_dict  # noqa: E402
+from ext_proc.deploy.bootstrap import bootstrap_dict, render_bootstrap  # noqa: E402
 from ext_proc.deploy.envoy_process import EnvoyProcess, find_envoy_binary  # noqa: E402
 from ext_proc.server.service import GRPC_SERVER_ENV  # noqa: E402
 
@@ -60,6 +71,9 @@ LITELLM_REQUIREMENT = "litellm[proxy]==1.108.0"
 BODY_BYTES = 2048
 ALIAS = "fast-model"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+FEATURES = ("usage", "keys", "limits", "redis")
+"""``--features``: what docs/usage-and-limits.md's configuration adds, one setup each."""
 
 _T_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
@@ -224,8 +238,9 @@ class Bench:
         wait_for("upstream", lambda: _connects(port), 10, proc)
         return port
 
-    def write_config(self, upstream_port: int, name: str) -> Path:
-        """An alias-routing Archway config for the upstream, on free ports."""
+    def write_config(self, upstream_port: int, name: str, feature: str | None = None) -> Path:
+        """An alias-routing Archway config for the upstream, on free ports, with
+        ``feature`` (see ``FEATURES``) configured."""
         text = f"""
 version: v0.4.0
 listeners:
@@ -246,9 +261,36 @@ archway:
   admin_port: {free_port()}
   ext_proc_port: {free_port()}
 """
+        if feature is not None:
+            text += self.feature_config(feature)
         path = self.tmp / f"{name}.yaml"
         path.write_text(text)
         return path
+
+    def feature_config(self, feature: str) -> str:
+        """The ``archway:`` keys that turn ``feature`` on."""
+        digest = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
+        client = f"  clients:\n    - name: bench\n      key_sha256: {digest}\n"
+        never_reached = "      limit: {tokens: 1000000000000, unit: hour}\n"
+        if feature == "usage":
+            return "  usage: true\n"
+        if feature == "keys":
+            return client
+        if feature == "limits":
+            return client + never_reached
+        if feature == "redis":
+            return client + never_reached + f"  redis: {self.start_redis()}\n"
+        raise ValueError(f"unknown feature {feature!r}; known: {', '.join(FEATURES)}")
+
+    def start_redis(self) -> str:
+        port = free_port()
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        self.cleanups.append(lambda: stop_process(proc))
+        wait_for("redis-server", lambda: _connects(port), 10, proc)
+        return f"redis://127.0.0.1:{port}/0"
 
     def start_plain_envoy(self, config_path: Path, concurrency: int) -> Setup:
         """Envoy with a static route to the upstream: no ext_proc, no access log."""
@@ -325,7 +367,12 @@ archway:
         )
 
     def start_archway(
-        self, config_path: Path, workers: int | None, *, transport: str = "h2"
+        self,
+        config_path: Path,
+        workers: int | None,
+        *,
+        transport: str = "h2",
+        feature: str | None = None,
     ) -> Setup:
         """``archway up`` as a user runs it, its output (Envoy's access log) in a file."""
         config = load_config(config_path)
@@ -371,6 +418,8 @@ archway:
         name = "archway" if workers is None else f"archway-w{workers}"
         if transport != "h2":
             name += f"-{transport}"
+        if feature is not None:
+            name += f"-{feature}"
         return Setup(
             name=name,
             url=f"http://127.0.0.1:{listener.port}/v1/chat/completions",
@@ -378,6 +427,43 @@ archway:
             proxy_pids=proxy_pids,
             workers=workers or 0,
             admin_url=f"http://127.0.0.1:{config.gateway.admin_port}",
+        )
+
+    def start_hop(self, config_path: Path, hop: str) -> Setup:
+        """``archway serve`` (one process) behind its own Envoy (one worker thread),
+        as the sidecar setups run them: the hop on TCP loopback or a Unix socket."""
+        if hop == "uds":
+            socket_path = self.tmp / f"{config_path.stem}.sock"
+            with config_path.open("a") as f:
+                f.write(f"  ext_proc_uds: {socket_path}\n")
+        config = load_config(config_path)
+        log_path = self.tmp / f"{config_path.stem}.log"
+        command = [sys.executable, "-m", "ext_proc.cli", "serve", str(config_path)]
+        command += ["--workers", "1", "--metrics-port", "0"]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+        self.cleanups.append(lambda: stop_process(proc, 20))
+        wait_for(
+            f"archway serve ({hop})",
+            lambda: "server listening on 127" in log_path.read_text(errors="replace"),
+            120,
+            proc,
+        )
+        envoy = EnvoyProcess(output=str(self.tmp / f"{config_path.stem}-envoy.log"))
+        self.cleanups.append(envoy.stop)
+        envoy.start(render_bootstrap(config), concurrency=1)
+        envoy.wait_ready(30)
+        envoy_pid, serve_pid = envoy.pid, proc.pid
+        assert envoy_pid is not None
+        return Setup(
+            name=f"hop-{hop}",
+            url=f"http://127.0.0.1:{config.listeners[0].port}/v1/chat/completions",
+            envoy_pids=lambda: [envoy_pid],
+            proxy_pids=lambda: [serve_pid],
+            workers=1,
+            admin_url=envoy.admin_url,
         )
 
     def start_litellm(self, upstream_port: int) -> Setup:
@@ -535,7 +621,13 @@ def measure(
 def reference_setup(setups: Sequence[Setup]) -> Setup:
     """The Archway setup the targets are judged on: archway up's default, one
     worker per core, when it is among them."""
-    archways = [s for s in setups if s.name.startswith("archway") and "grpcio" not in s.name]
+    archways = [
+        s
+        for s in setups
+        if s.name.startswith("archway")
+        and "grpcio" not in s.name
+        and not s.name.endswith(tuple(f"-{f}" for f in FEATURES))
+    ]
     cores = len(os.sched_getaffinity(0))
     return next((s for s in archways if s.workers in (0, cores)), archways[-1])
 
@@ -760,6 +852,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="add Archway on its grpc.aio fallback transport (the prototype's server)",
     )
     parser.add_argument(
+        "--hops",
+        default="",
+        help="comma-separated ext_proc hops (tcp, uds): archway serve with one process "
+        "behind an Envoy with one thread each, as the sidecar setups run",
+    )
+    parser.add_argument(
         "--soak", type=int, default=0, metavar="N", help="after the passes, RSS over N requests"
     )
     parser.add_argument(
@@ -769,7 +867,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="request body size in KiB (2); coding agents send 100-1024",
     )
     parser.add_argument("--json", type=Path, help="write every pass and the summary here")
+    parser.add_argument(
+        "--features",
+        default="",
+        help=f"comma-separated, one more Archway setup each: {', '.join(FEATURES)}",
+    )
     args = parser.parse_args(argv)
+    features = [f for f in args.features.split(",") if f]
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        parser.error(f"unknown feature {unknown[0]!r}; choose from {', '.join(FEATURES)}")
+    if "redis" in features and shutil.which("redis-server") is None:
+        parser.error("--features redis needs redis-server (apt-get install -y redis-server)")
 
     if shutil.which("wrk") is None:
         print(
@@ -808,6 +917,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for w in worker_counts:
                 name = "archway" if w is None else f"archway-w{w}"
                 setups.append(bench.start_archway(bench.write_config(upstream_port, name), w))
+            for feature in features:
+                path = bench.write_config(upstream_port, f"archway-{feature}", feature)
+                setups.append(bench.start_archway(path, worker_counts[0], feature=feature))
+            for hop in filter(None, args.hops.split(",")):
+                if hop not in ("tcp", "uds"):
+                    parser.error(f"--hops: {hop!r} is not tcp or uds")
+                setups.append(bench.start_hop(bench.write_config(upstream_port, f"hop-{hop}"), hop))
             if args.with_grpcio:
                 path = bench.write_config(upstream_port, "grpcio")
                 setups.append(bench.start_archway(path, None, transport="grpcio"))

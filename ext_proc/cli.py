@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where Envoy reaches the ext_proc server (default: the config's archway section)",
     )
+    render.add_argument(
+        "--ext-proc-uds",
+        metavar="PATH",
+        help="Envoy reaches the ext_proc server on this Unix socket "
+        "(default: the config's archway.ext_proc_uds)",
+    )
     render.add_argument("--admin-port", type=_port, help="Envoy admin port (default: the config's)")
     render.add_argument(
         "--kubernetes",
@@ -200,7 +206,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     # A worker's second, private port (see ext_proc.server.workers); set by its parent.
     serve.add_argument("--own-port", type=_port, help=argparse.SUPPRESS)
-    serve.add_argument("--uds", help="also serve on a Unix domain socket at this path (one worker)")
+    serve.add_argument(
+        "--uds",
+        metavar="PATH",
+        help="also serve on a Unix domain socket at this path, from one process "
+        "(default: the config's archway.ext_proc_uds)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve TLS (ALPN h2) with this certificate chain (default: archway.ext_proc_tls)",
+    )
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
     _add_ready_timeout_argument(serve, "each ext_proc worker (with --workers above 1)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_cmd_serve)
@@ -367,9 +384,17 @@ def _cmd_render(args: argparse.Namespace) -> int:
     config = load_config(args.config, allow_missing_env=True)
     host, port = (None, None)
     if args.ext_proc_address:
+        if args.ext_proc_uds:
+            raise SystemExit("archway: give --ext-proc-address or --ext-proc-uds, not both")
         host, port = _split_address(args.ext_proc_address)
+    # An address on the command line means TCP, whatever the config's socket.
+    uds = args.ext_proc_uds if args.ext_proc_uds else ("" if args.ext_proc_address else None)
     text = render_bootstrap(
-        config, ext_proc_host=host, ext_proc_port=port, admin_port=args.admin_port
+        config,
+        ext_proc_host=host,
+        ext_proc_port=port,
+        admin_port=args.admin_port,
+        ext_proc_uds=uds,
     )
     if args.output:
         args.output.write_text(text)
@@ -390,8 +415,11 @@ def _render_kubernetes(args: argparse.Namespace) -> int:
 
     if args.output is None:
         raise SystemExit("archway: --kubernetes writes several files; name a directory: -o DIR")
-    if args.ext_proc_address or args.admin_port is not None:
-        raise SystemExit("archway: --ext-proc-address and --admin-port do not go with --kubernetes")
+    if args.ext_proc_address or args.ext_proc_uds or args.admin_port is not None:
+        raise SystemExit(
+            "archway: --ext-proc-address, --ext-proc-uds and --admin-port do not go with "
+            "--kubernetes"
+        )
     # Manifests carry no keys (the pods read them from a Secret), so none are needed here.
     config = load_config(args.config, allow_missing_env=True)
     text = args.config.read_text(encoding="utf-8")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import signal
@@ -28,6 +29,7 @@ from ext_proc.server.signals import STOP_SIGNALS, SignalQueue
 
 if TYPE_CHECKING:
     from ext_proc.deploy.envoy_process import EnvoyProcess
+    from ext_proc.server.service import TlsFiles
     from ext_proc.server.workers import WorkerPool
     from ext_proc.telemetry.observe import ProcessObservability
 
@@ -95,18 +97,57 @@ def start_observability(config: Config, args: argparse.Namespace) -> ProcessObse
 # --- serve -------------------------------------------------------------------
 
 
+def _tls_files(args: argparse.Namespace, config: Config | None) -> TlsFiles | None:
+    """The hop's TLS: the flags, else ``archway.ext_proc_tls``; a missing file
+    is a start error that names it."""
+    from ext_proc.server.service import TlsFiles
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise StartError("--tls-cert and --tls-key go together: give both")
+    if args.tls_cert:
+        files = TlsFiles(args.tls_cert, args.tls_key)
+    elif config is not None and config.gateway.ext_proc_tls is not None:
+        tls = config.gateway.ext_proc_tls
+        files = TlsFiles(tls.cert, tls.key)
+    else:
+        return None
+    from ext_proc.transport import tls_context
+
+    try:
+        tls_context(files.cert, files.key)
+    except OSError as exc:  # ssl.SSLError included: not a PEM, or a key of another cert
+        raise StartError(
+            f"cannot load the TLS certificate {files.cert} and key {files.key} "
+            f"({exc.strerror or exc}); check --tls-cert/--tls-key or archway.ext_proc_tls"
+        ) from None
+    return files
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ext_proc.server.health import DEFAULT_DRAIN_S
-    from ext_proc.server.service import serve_forever
+    from ext_proc.server.service import UnixSocketError, serve_forever
     from ext_proc.server.workers import default_workers
 
     config = load_config(args.config)
-    workers = default_workers() if args.workers is None else args.workers
+    # A pool's worker (--reuse-port) serves the pool's TCP port, whatever the
+    # config says the hop is: archway up runs its workers behind its own Envoy.
+    pooled = bool(args.reuse_port)
+    uds = args.uds or (None if pooled else config.gateway.ext_proc_uds)
+    tls = _tls_files(args, None if pooled else config)
+    # A socket is one path, so one process serves it; a pod or container scales
+    # by replicas instead (its CPU limit is one core anyway).
+    workers = (1 if uds else default_workers()) if args.workers is None else args.workers
     host = args.address or config.gateway.ext_proc_address
     port = config.gateway.ext_proc_port if args.port is None else args.port
     drain_s = DEFAULT_DRAIN_S if args.drain_seconds is None else max(0.0, args.drain_seconds)
-    if workers > 1 and args.uds:
-        raise StartError("--uds serves from one process: add --workers 1")
+    if workers > 1 and uds:
+        where = "--uds" if args.uds else "archway.ext_proc_uds"
+        raise StartError(
+            f"a Unix socket ({where}) is served by one process: drop --workers or give "
+            "--workers 1, and run more replicas for more cores"
+        )
+    if workers > 1 and tls is not None:
+        raise StartError("TLS is served by one process: drop --workers or give --workers 1")
     if not args.reuse_port:  # a pool's worker: its parent already warned
         for warning in config.warnings:
             log.warning("%s", warning)
@@ -129,9 +170,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     drain_s=drain_s,
                     reuse_port=args.reuse_port,
                     own_port=args.own_port,
-                    uds=args.uds,
+                    uds=uds,
+                    tls=tls,
                 )
             )
+        except UnixSocketError as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(
                 f"{exc}; pick another port with --port or archway.ext_proc_port"
@@ -267,8 +311,14 @@ async def _up(
             ) from None
         envoy = EnvoyProcess()
         stack.callback(envoy.stop)
-        bootstrap = render_bootstrap(
+        # up's hop is always its own workers on loopback ports: a socket or TLS
+        # in the config are for serve behind a separate Envoy.
+        local = dataclasses.replace(
             config,
+            gateway=dataclasses.replace(config.gateway, ext_proc_uds=None, ext_proc_tls=None),
+        )
+        bootstrap = render_bootstrap(
+            local,
             ext_proc_host=ext_host,
             ext_proc_port=ext_port,
             ext_proc_ports=pool.worker_ports,

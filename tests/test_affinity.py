@@ -10,57 +10,22 @@ import pytest
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from ext_proc.config import AffinitySettings, RoutingPreference, load_config_text
-from ext_proc.routing import affinity
-from ext_proc.routing.affinity import AffinityCache, Pin, session_key
+from ext_proc.routing.affinity import Pin, session_key
 from ext_proc.routing.resolve import Resolution, RoutingTable, build_routing_table
 from ext_proc.server.routing_stream import RoutingProcessor
+from ext_proc.state.process import process_state, reset_process_state
+from ext_proc.state.shared import LocalState
 from tests.factories import config, provider
 from tests.metrics_worker import chat_messages
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _pin(model: str) -> Pin:
-    return Pin(model, Resolution.DEFAULT, None)
-
-
-def test_a_pin_lasts_its_ttl() -> None:
-    clock = Clock()
-    cache = AffinityCache(ttl_s=600, max_entries=10, clock=clock)
-    cache.put("a", _pin("openai/gpt-5"))
-    clock.now += 599
-    assert cache.get("a") == _pin("openai/gpt-5")
-    clock.now += 1
-    assert cache.get("a") is None
-    assert len(cache) == 0
-
-
-def test_reuse_does_not_extend_a_pin() -> None:
-    clock = Clock()
-    cache = AffinityCache(ttl_s=10, max_entries=10, clock=clock)
-    cache.put("a", _pin("openai/gpt-5"))
-    clock.now += 9
-    assert cache.get("a") is not None
-    clock.now += 2
-    assert cache.get("a") is None
-
-
-def test_the_least_recently_used_pin_goes_first() -> None:
-    cache = AffinityCache(ttl_s=600, max_entries=2, clock=Clock())
-    cache.put("a", _pin("m/a"))
-    cache.put("b", _pin("m/b"))
-    assert cache.get("a") is not None  # "b" is now the least recently used
-    cache.put("c", _pin("m/c"))
-    assert cache.get("b") is None
-    assert cache.get("a") is not None and cache.get("c") is not None
-    cache.resize(600, 1)
-    assert len(cache) == 1 and cache.get("c") is not None
+def test_a_pin_round_trips_as_text() -> None:
+    pin = Pin("openai/gpt-5", Resolution.ROUTER, "code")
+    assert Pin.decode(pin.encode()) == pin
+    assert Pin.decode(Pin("m/x", Resolution.DEFAULT, None).encode()) == Pin(
+        "m/x", Resolution.DEFAULT, None
+    )
+    assert Pin.decode("garbage") is None
 
 
 def test_session_keys_are_bounded() -> None:
@@ -69,13 +34,8 @@ def test_session_keys_are_bounded() -> None:
     long = session_key("x" * 10_000)
     assert long is not None and long.startswith("sha256:") and len(long) < 80
     assert session_key("x" * 10_000) == long != session_key("x" * 9_999)
-
-
-def test_the_process_cache_follows_the_config() -> None:
-    pins = affinity.process_pins(AffinitySettings(ttl_s=30, max_entries=5))
-    assert (pins.ttl_s, pins.max_entries) == (30, 5)
-    again = affinity.process_pins(AffinitySettings(ttl_s=60, max_entries=7))
-    assert again is pins and (pins.ttl_s, pins.max_entries) == (60, 7)
+    # Plano's tenant_header scopes keys by tenant.
+    assert session_key("conv-1", "acme") == "acme:conv-1" != session_key("conv-1", "other")
 
 
 def test_plano_routing_settings_size_the_cache() -> None:
@@ -106,10 +66,16 @@ def _table(*models: str, default: str = "openai/gpt-5") -> RoutingTable:
 
 @pytest.fixture(autouse=True)
 def fresh_pins() -> Iterator[None]:
-    # Pins are per process; each test starts with none.
-    affinity._process_pins = None
+    # Pins are per process (no workers, no Redis here); each test starts with none.
+    reset_process_state()
     yield
-    affinity._process_pins = None
+    reset_process_state()
+
+
+def _pins() -> LocalState:
+    state = process_state(None, 10_000)
+    assert isinstance(state, LocalState)
+    return state
 
 
 def _route(table: RoutingTable, model: str | None, key: str | None) -> dict[str, str]:
@@ -147,7 +113,7 @@ def test_explicit_models_and_aliases_are_never_pinned() -> None:
     for model in ("mistral/mistral-large", "fast"):
         headers = _route(table, model, "conv-1")
         assert "x-archway-affinity" not in headers
-    assert affinity._process_pins is None or len(affinity._process_pins) == 0
+    assert not _pins()._pins
     # Without a key nothing is pinned either.
     assert "x-archway-affinity" not in _route(table, None, None)
 
@@ -156,8 +122,8 @@ def test_a_pinned_router_decision_keeps_its_route() -> None:
     """What the preference router decided for the first turn serves the next ones,
     without asking it again (this is where the router's call is skipped)."""
     table = _table("openai/gpt-5", "anthropic/claude-sonnet-4-5")
-    pins = affinity.process_pins(table.config.affinity)
-    pins.put("conv-1", Pin("anthropic/claude-sonnet-4-5", Resolution.ROUTER, "code"))
+    pin = Pin("anthropic/claude-sonnet-4-5", Resolution.ROUTER, "code")
+    asyncio.run(_pins().claim_pin("conv-1", pin.encode(), ttl_s=60))
     headers = _route(table, None, "conv-1")
     assert headers["x-archway-affinity"] == "pinned"
     assert headers["x-archway-model"] == "anthropic/claude-sonnet-4-5"

@@ -9,6 +9,7 @@ import zlib
 from datetime import UTC, datetime
 
 import pytest
+from botocore import eventstream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,7 +228,6 @@ def test_round_trip_in_any_chunking(
 @given(frames=_frames)
 def test_botocore_reads_what_we_write(frames: list[tuple[dict[str, object], bytes]]) -> None:
     """botocore's parser (what boto3 uses against Bedrock) as the oracle."""
-    eventstream = pytest.importorskip("botocore.eventstream")
     buffer = eventstream.EventStreamBuffer()
     buffer.add_data(b"".join(encode_message(h, p) for h, p in frames))  # type: ignore[arg-type]
     parsed = list(buffer)
@@ -242,7 +242,6 @@ def test_botocore_reads_what_we_write(frames: list[tuple[dict[str, object], byte
 
 
 def test_botocore_and_we_agree_on_every_header_type() -> None:
-    eventstream = pytest.importorskip("botocore.eventstream")
     section = b"".join(
         [
             _header(b"byte", 2, struct.pack(">b", -5)),

@@ -1013,7 +1013,7 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         filters: []
         prompt_targets: []
         ratelimits: []
-        routing: {session_ttl_seconds: 60, session_cache: {type: redis}}
+        routing: {session_ttl_seconds: 60, session_cache: {type: memory}}
         model_metrics_sources: []
         prompt_caching: {enabled: true}
         """),
@@ -1028,8 +1028,6 @@ def test_plano_sections_warn_once_each(tmp_path: Path) -> None:
         "agents",
         "filters",
         "prompt_targets",
-        "ratelimits",
-        "routing.session_cache",
         "model_metrics_sources",
         "prompt_caching",
     ]

@@ -18,13 +18,13 @@ of the pod without that volume is skipped.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from collections.abc import Iterator
@@ -41,7 +41,6 @@ from ext_proc.config import load_config
 from ext_proc.deploy.bootstrap import EXT_PROC_CLUSTER
 from ext_proc.deploy.envoy_process import EnvoyProcess
 from ext_proc.deploy.kubernetes import KubernetesOptions, archway_manifests
-from ext_proc.server.health import wait_until_serving
 from ext_proc.server.workers import READY_LINE
 from tests.fake_providers import FakeProvider
 from tests.installed import ROOT, Installation, Process, clean_env
@@ -50,6 +49,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+IMAGE_GID = 10001
 KEYS = {"OPENAI_API_KEY": "sk-openai-container-test", "ANTHROPIC_API_KEY": "sk-ant-container-test"}
 
 
@@ -106,9 +106,11 @@ def test_the_image_runs_archway_unprivileged_as_the_pod_expects() -> None:
     user = last(steps, "USER").value
     assert user not in ("root", "0")
     (useradd,) = [i for i in steps if i.name == "RUN" and "useradd" in i.value]
-    words = shlex.split(useradd.value)
+    words = shlex.split(useradd.value.split("useradd", 1)[1].split("&&")[0])
     assert words[-1] == user
     uid = int(words[words.index("--uid") + 1])
+    # A fixed gid: Envoy joins it to reach the socket (compose's user, the pod's fsGroup).
+    assert int(words[words.index("--gid") + 1]) == IMAGE_GID
     # The Deployment runs as that uid (runAsNonRoot checks a numeric one).
     config = load_config(EXAMPLE_CONFIG, environ=KEYS)
     manifests = archway_manifests(config, EXAMPLE_CONFIG.read_text(), KubernetesOptions())
@@ -187,9 +189,10 @@ def providers() -> Iterator[dict[str, FakeProvider]]:
 
 
 def on_loopback(
-    bootstrap: dict[str, Any], ext_proc_port: int, providers: dict[str, FakeProvider]
+    bootstrap: dict[str, Any], ext_proc: int | Path, providers: dict[str, FakeProvider]
 ) -> dict[str, Any]:
-    """The shipped bootstrap with its addresses moved to this machine's loopback."""
+    """The shipped bootstrap with its addresses moved to this machine's loopback;
+    ``ext_proc`` is Archway's port, or where its socket's volume lies here."""
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
     for listener in bootstrap["static_resources"]["listeners"]:
         listener["address"]["socket_address"] |= {"address": "127.0.0.1", "port_value": 0}
@@ -198,10 +201,15 @@ def on_loopback(
         (lb_endpoint,) = group["lb_endpoints"]
         endpoint = lb_endpoint["endpoint"]
         if cluster["name"] == EXT_PROC_CLUSTER:
-            endpoint["address"]["socket_address"] = {
-                "address": "127.0.0.1",
-                "port_value": ext_proc_port,
-            }
+            if isinstance(ext_proc, Path):
+                # A sidecar: the same socket, only its volume is elsewhere here.
+                assert "socket_address" not in endpoint["address"], endpoint
+                endpoint["address"]["pipe"]["path"] = str(ext_proc)
+            else:
+                endpoint["address"]["socket_address"] = {
+                    "address": "127.0.0.1",
+                    "port_value": ext_proc,
+                }
             continue
         # A provider: its real Host (the endpoint's hostname) to a plain-HTTP fake.
         fake = providers[cluster["name"]]
@@ -256,10 +264,10 @@ def assert_routes_through(envoy: EnvoyProcess, providers: dict[str, FakeProvider
 
 
 def start_envoy(
-    bootstrap: dict[str, Any], tmp_path: Path, ext_proc_port: int, providers: dict[str, Any]
+    bootstrap: dict[str, Any], tmp_path: Path, ext_proc: int | Path, providers: dict[str, Any]
 ) -> EnvoyProcess:
     envoy = EnvoyProcess(output=tmp_path / "envoy.log")
-    envoy.start(yaml.safe_dump(on_loopback(bootstrap, ext_proc_port, providers), sort_keys=False))
+    envoy.start(yaml.safe_dump(on_loopback(bootstrap, ext_proc, providers), sort_keys=False))
     try:
         envoy.wait_ready(30.0)
     except Exception:
@@ -269,8 +277,22 @@ def start_envoy(
 
 
 def ready_port(process: Process) -> int:
-    line = process.wait_for(lambda s: s.startswith(READY_LINE))
+    line = process.wait_for(lambda s: s.startswith(READY_LINE) and " unix:" not in s)
     return int(line.rsplit(":", 1)[1])
+
+
+def ready_socket(process: Process) -> Path:
+    line = process.wait_for(lambda s: s.startswith(f"{READY_LINE} unix:"))
+    return Path(line.split(" unix:", 1)[1])
+
+
+def _pipe_path(bootstrap: dict[str, Any]) -> str:
+    (cluster,) = [
+        c for c in bootstrap["static_resources"]["clusters"] if c["name"] == EXT_PROC_CLUSTER
+    ]
+    (group,) = cluster["load_assignment"]["endpoints"]
+    (lb_endpoint,) = group["lb_endpoints"]
+    return str(lb_endpoint["endpoint"]["address"]["pipe"]["path"])
 
 
 # --- docker-compose ---------------------------------------------------------------------
@@ -281,30 +303,45 @@ def test_the_compose_setup_routes(
 ) -> None:
     compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
     archway = compose["services"]["archway"]
+    envoy_service = compose["services"]["envoy"]
     assert archway["build"] == "."
     # No command of its own: the image's ENTRYPOINT and CMD run.
     assert "command" not in archway and "entrypoint" not in archway
-    volumes = dict(_volume(v) for v in archway["volumes"])
-    argv = [volumes.get(arg, arg) for arg in image_command()]
+    # A sidecar pair: Archway publishes and exposes nothing on the compose network;
+    # the two meet in a named volume that holds the socket.
+    assert not {"ports", "expose", "network_mode"} & set(archway)
+    archway_volumes = dict(_volume(v) for v in archway["volumes"])
+    envoy_volumes = dict(_volume(v) for v in envoy_service["volumes"])
+    (shared,) = [v for v in archway_volumes if archway_volumes[v] in compose["volumes"]]
+    assert envoy_volumes[shared] == archway_volumes[shared]
+    # Envoy joins the group the image gives the socket (see the Dockerfile test).
+    assert envoy_service["user"].split(":")[1] == str(IMAGE_GID)
+    volume_dir = tmp_path / "archway-socket"
+    volume_dir.mkdir()
+    paths = {**archway_volumes, shared: str(volume_dir)}
+    argv = [_in_volume(arg, paths) for arg in image_command()]
     assert str(ROOT / "examples" / "config.yaml") in argv
-    argv = replace_value(argv, "--address", "127.0.0.1")
-    argv = replace_value(argv, "--port", str(free_port()))
+    assert "--address" not in argv, "Archway's TCP port stays on the container's loopback"
     argv[0] = str(installed_archway.archway)
     server = Process(
-        [*argv, "--metrics-port", "0"],
+        # The TCP port is loopback-only but must not collide on a shared machine.
+        [*argv, "--port", str(free_port()), "--metrics-port", "0"],
         cwd=tmp_path,
         env=clean_env(**KEYS),
         log=tmp_path / "archway.log",
     )
     try:
-        port = ready_port(server)
-        envoy_service = compose["services"]["envoy"]
-        (bootstrap_volume,) = envoy_service["volumes"]
+        socket_path = ready_socket(server)
+        assert socket_path.parent == volume_dir
+        assert socket_path.stat().st_mode & 0o777 == 0o660
+        (bootstrap_volume,) = [v for v in envoy_service["volumes"] if "envoy.yaml" in v]
         mounted, host_path = _volume(bootstrap_volume)
         assert envoy_service["command"][envoy_service["command"].index("-c") + 1] == mounted
         assert "--disable-hot-restart" in envoy_service["command"]
         bootstrap = yaml.safe_load(Path(host_path).read_text(encoding="utf-8"))
-        envoy = start_envoy(bootstrap, tmp_path, port, providers)
+        # Envoy's bootstrap names the socket where Envoy's mount of the volume puts it.
+        assert _in_volume(_pipe_path(bootstrap), {shared: str(volume_dir)}) == str(socket_path)
+        envoy = start_envoy(bootstrap, tmp_path, socket_path, providers)
         try:
             assert_routes_through(envoy, providers)
         finally:
@@ -315,9 +352,22 @@ def test_the_compose_setup_routes(
     assert "Traceback" not in server.stderr()
 
 
+def _in_volume(arg: str, mounts: dict[str, str]) -> str:
+    """A path inside a container as it lies here, through the mounts (container -> host)."""
+    for inside, here in mounts.items():
+        if arg == inside:
+            return here
+        if arg.startswith(inside.rstrip("/") + "/"):
+            return here + arg[len(inside.rstrip("/")) :]
+    return arg
+
+
 def _volume(spec: str) -> tuple[str, str]:
-    """A compose bind mount (``./host:/container[:ro]``): (container path, host path)."""
+    """A compose mount (``./host:/container[:ro]`` or ``volume:/container``):
+    (container path, host path, or the named volume's name)."""
     host, container, *_ = spec.split(":")
+    if not host.startswith((".", "/")):
+        return container, host
     return container, str((COMPOSE_FILE.parent / host).resolve())
 
 
@@ -341,22 +391,33 @@ USERNS = _userns_available()
 
 @dataclass(frozen=True)
 class Pod:
-    """The rendered Archway Deployment's one container, as files on this machine."""
+    """The rendered pod's Archway container (Envoy's sidecar), as files on this machine."""
 
     argv: list[str]
     env: dict[str, str]
     config_dir: Path
     """What the ConfigMap volume holds."""
+    socket_dir: Path
+    """What the socket's emptyDir is here: Archway writes its socket, Envoy connects."""
     metrics_port: int
     envoy_bootstrap: dict[str, Any]
     deployment: dict[str, Any]
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (archway,) = [
+            c
+            for c in self.deployment["spec"]["template"]["spec"]["containers"]
+            if c["name"] == "archway"
+        ]
+        return archway
 
     @property
     def tmp_size(self) -> str | None:
         """The sizeLimit of the emptyDir on /tmp as a tmpfs size (``64Mi`` -> ``64m``);
         ``None`` when the Deployment mounts none there."""
         spec = self.deployment["spec"]["template"]["spec"]
-        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        mounts = {m["name"]: m["mountPath"] for m in self.container["volumeMounts"]}
         volumes = [v for v in spec["volumes"] if mounts.get(v["name"]) == "/tmp"]
         if not volumes or "emptyDir" not in volumes[0]:
             return None
@@ -387,9 +448,10 @@ def pod(installed_archway: Installation, tmp_path: Path) -> Pod:
     assert rendered.returncode == 0, rendered.stderr
     archway = list(yaml.safe_load_all((out / "plain" / "archway.yaml").read_text()))
     envoy = list(yaml.safe_load_all((out / "plain" / "envoy.yaml").read_text()))
-    deployment = _one(archway, "Deployment")
+    deployment = _one(envoy, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
+    (container,) = [c for c in spec["containers"] if c["name"] == "archway"]
+    (envoy_container,) = [c for c in spec["containers"] if c["name"] == "envoy"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     # The ConfigMap volume, as the kubelet lays it out.
@@ -403,24 +465,29 @@ def pod(installed_archway: Installation, tmp_path: Path) -> Pod:
     )
     for name, text in config_map["data"].items():
         (config_dir / name).write_text(text, encoding="utf-8")
+    # The socket's emptyDir: mounted by both containers at the same path.
+    bootstrap = yaml.safe_load(_one(envoy, "ConfigMap")["data"]["envoy.yaml"])
+    socket_mount = str(Path(_pipe_path(bootstrap)).parent)
+    assert "emptyDir" in volumes[mounts[socket_mount]["name"]]
+    assert any(m["mountPath"] == socket_mount for m in envoy_container["volumeMounts"])
+    socket_dir = tmp_path / "socket-emptydir"
+    socket_dir.mkdir()
     # No `command`: the image's ENTRYPOINT with the Deployment's args.
     assert "command" not in container
     argv = [*last(dockerfile(), "ENTRYPOINT").exec_form(), *container["args"]]
     argv = [
-        str(config_dir / arg.removeprefix(config_mount + "/"))
-        if arg.startswith(config_mount + "/")
-        else arg
+        _in_volume(arg, {config_mount: str(config_dir), socket_mount: str(socket_dir)})
         for arg in argv
     ]
     argv[0] = str(installed_archway.archway)
-    argv = replace_value(argv, "--address", "127.0.0.1")
-    argv = replace_value(argv, "--port", str(free_port()))
+    assert "--address" not in argv and "--port" not in argv, "ext_proc stays off the pod network"
+    # The TCP port is on the pod's loopback, but must not collide on a shared machine.
+    argv += ["--port", str(free_port())]
     metrics_port = free_port()
     argv = replace_value(argv, "--metrics-address", "127.0.0.1")
     argv = replace_value(argv, "--metrics-port", str(metrics_port))
     env = {e["name"]: KEYS[e["valueFrom"]["secretKeyRef"]["key"]] for e in container["env"]}
-    bootstrap = yaml.safe_load(_one(envoy, "ConfigMap")["data"]["envoy.yaml"])
-    return Pod(argv, env, config_dir, metrics_port, bootstrap, deployment)
+    return Pod(argv, env, config_dir, socket_dir, metrics_port, bootstrap, deployment)
 
 
 def _one(manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -438,6 +505,7 @@ def _sandboxed(pod: Pod, installation: Installation, *, tmp_volume: bool = True)
     # The venv and the ConfigMap copy may sit under /tmp, which the emptyDir
     # hides: they are bound back in, read-only, through a holding mount.
     keep = [installation.venv, pod.config_dir]
+    writable = [pod.socket_dir]
     hold = next(p for p in ("/mnt", "/srv", "/media", "/opt", "/home") if Path(p).is_dir())
     script = ["set -e"]
     if size is not None:
@@ -445,15 +513,20 @@ def _sandboxed(pod: Pod, installation: Installation, *, tmp_volume: bool = True)
             f"mount --rbind /tmp {hold}",
             f"mount -t tmpfs -o size={size},mode=1777 emptydir /tmp",
         ]
-        for path in keep:
+        for path in [*keep, *writable]:
             if path.is_relative_to("/tmp"):
                 inside = path.relative_to("/tmp")
                 script += [
                     f"mkdir -p {shlex.quote(str(path))}",
                     f"mount --bind {shlex.quote(f'{hold}/{inside}')} {shlex.quote(str(path))}",
-                    f"mount -o remount,bind,ro {shlex.quote(str(path))}",
                 ]
+                if path not in writable:
+                    script.append(f"mount -o remount,bind,ro {shlex.quote(str(path))}")
         script.append(f"mount -o remount,bind,ro {hold}")
+    # The socket's emptyDir stays writable, as the volume is in the pod.
+    for path in writable:
+        if not path.is_relative_to("/tmp") or size is None:
+            script.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(path))}")
     script += ["mount -o remount,bind,ro /", 'exec "$@"']
     return [
         "unshare",
@@ -467,6 +540,21 @@ def _sandboxed(pod: Pod, installation: Installation, *, tmp_volume: bool = True)
         "pod",
         *pod.argv,
     ]
+
+
+def _ready_within(url: str, timeout_s: float) -> bool:
+    """Whether ``url`` answers 200 within the time (Envoy's first health check of
+    Archway lands a moment after Envoy itself is ready)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as ready:
+                if ready.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def _pod_env(pod: Pod, tmp_path: Path) -> dict[str, str]:
@@ -485,7 +573,7 @@ def test_the_plain_kubernetes_setup_routes_from_a_read_only_root(
     providers: dict[str, FakeProvider],
     tmp_path: Path,
 ) -> None:
-    container = pod.deployment["spec"]["template"]["spec"]["containers"][0]
+    container = pod.container
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     server = Process(
         _sandboxed(pod, installed_archway),
@@ -494,15 +582,14 @@ def test_the_plain_kubernetes_setup_routes_from_a_read_only_root(
         log=tmp_path / "archway.log",
     )
     try:
-        port = ready_port(server)
-        # The readiness probe's question: the ext_proc service's gRPC health.
-        probe = container["readinessProbe"]["grpc"]
-        asyncio.run(wait_until_serving(f"127.0.0.1:{port}", service=probe["service"]))
-        envoy = start_envoy(pod.envoy_bootstrap, tmp_path, port, providers)
+        socket_path = ready_socket(server)
+        assert socket_path.parent == pod.socket_dir
+        envoy = start_envoy(pod.envoy_bootstrap, tmp_path, socket_path, providers)
         try:
+            # The kubelet's readiness question, which now includes Archway's
+            # health as Envoy sees it through the socket.
             probes = envoy.listener_addresses()["kubernetes_probes"][1]
-            with urllib.request.urlopen(f"http://127.0.0.1:{probes}/ready", timeout=5) as ready:
-                assert ready.status == 200
+            assert _ready_within(f"http://127.0.0.1:{probes}/ready", 20.0)
             assert_routes_through(envoy, providers)
         finally:
             envoy.stop()

@@ -18,7 +18,6 @@ from ext_proc.config import RoutingPreference
 from ext_proc.errors import GatewayError
 from ext_proc.headers import FALLBACK_CHAIN, UPSTREAM_PHASE_KEY
 from ext_proc.router import RouteChoice
-from ext_proc.routing import affinity
 from ext_proc.routing.body import parse_json, with_model
 from ext_proc.routing.decide import Decision, decide, is_open_model, look, resolve_model
 from ext_proc.routing.resolve import Resolution, build_routing_table, configured_entry
@@ -26,6 +25,7 @@ from ext_proc.server.attempt import ATTEMPT_HEADER, AttemptProcessor
 from ext_proc.server.routing_stream import RoutingProcessor
 from ext_proc.server.service import ExternalProcessor
 from ext_proc.server.translation_stream import TranslationProcessor
+from ext_proc.state.process import reset_process_state
 from tests.factories import config, provider
 
 TABLE = build_routing_table(
@@ -41,9 +41,9 @@ TABLE = build_routing_table(
 
 @pytest.fixture(autouse=True)
 def fresh_pins() -> Iterator[None]:
-    affinity._process_pins = None
+    reset_process_state()
     yield
-    affinity._process_pins = None
+    reset_process_state()
 
 
 @pytest.mark.parametrize(
@@ -76,13 +76,14 @@ def test_the_routers_answer_and_score_become_the_decision() -> None:
     assert decide(TABLE, seen) == Decision(decide(TABLE, seen).target)
 
 
-def test_a_session_is_pinned_by_decide_and_recalled_by_look() -> None:
+def test_a_session_gets_a_new_decision_then_its_pinned_one() -> None:
     headers = {"x-model-affinity": "conv-1"}
     first = look(TABLE, {"model": "auto"}, headers)
     assert first.asks_router and first.session == "conv-1" and first.pinned is None
     pinned = decide(TABLE, first, RouteChoice("code"))
     assert pinned.affinity == "new"
-    again = look(TABLE, {}, headers)
+    # The processor reads the pin from the shared store into the look.
+    again = look(TABLE, {}, headers)._replace(pinned=pinned.target)
     assert not again.asks_router
     reused = decide(TABLE, again, RouteChoice("other"))
     assert reused.affinity == "pinned"

@@ -19,15 +19,15 @@ from ext_proc.deploy.envoy_process import validate_bootstrap
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "config.yaml"
 COMPOSE_BOOTSTRAP = ROOT / "envoy" / "envoy.yaml"
-# The archway service's name and port in docker-compose.yml.
-EXT_PROC_HOST = "archway"
-EXT_PROC_PORT = 9002
+# Where the socket volume both services mount in docker-compose.yml holds
+# Archway's socket (the image's CMD serves it).
+EXT_PROC_SOCKET = "/run/archway/ext_proc.sock"
 
 
 def expected_bootstrap() -> str:
     # No environment: the bootstrap never holds keys, so it must not depend on them.
     config = load_config(EXAMPLE_CONFIG, environ={}, allow_missing_env=True)
-    return render_bootstrap(config, ext_proc_host=EXT_PROC_HOST, ext_proc_port=EXT_PROC_PORT)
+    return render_bootstrap(config, ext_proc_uds=EXT_PROC_SOCKET)
 
 
 def regenerate() -> None:
@@ -53,7 +53,6 @@ def test_compose_bootstrap_serves_other_containers_only_where_meant() -> None:
     assert data["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     clusters = {c["name"]: c for c in data["static_resources"]["clusters"]}
     endpoint = clusters[EXT_PROC_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert endpoint["endpoint"]["address"]["socket_address"] == {
-        "address": EXT_PROC_HOST,
-        "port_value": EXT_PROC_PORT,
-    }
+    # The ext_proc hop never touches the compose network: a shared Unix socket.
+    assert endpoint["endpoint"]["address"] == {"pipe": {"path": EXT_PROC_SOCKET}}
+    assert clusters[EXT_PROC_CLUSTER]["type"] == "STATIC"

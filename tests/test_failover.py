@@ -231,7 +231,7 @@ def test_translated_requests_fail_over_too(gw: Gateway) -> None:
 
 TIMEOUTS = """
 listeners:
-  egress_traffic: {{address: 127.0.0.1, port: 0, timeout: 30s}}
+  egress_traffic: {{address: 127.0.0.1, port: 0, timeout: 300s}}
 llm_providers:
   - model: openai/gpt-5
     base_url: {primary}
@@ -268,12 +268,14 @@ def test_per_provider_timeout(tmp_path: Path) -> None:
     try:
         gw = start_gateway(TIMEOUTS.format(primary=url), tmp_path, {})
         try:
+            # The client gives up after 20 s: an answer at all shows the provider's
+            # 1 s timeout ended the request, not the listener's 300 s.
             start = time.monotonic()
             status, _, body = _chat(gw, "openai/gpt-5")
-            elapsed = time.monotonic() - start
             assert status == 504, body
             assert body["error"]["code"] == "upstream_timeout"
-            assert 0.9 < elapsed < 5.0  # the provider's 1s, not the listener's 30s
+            # Not before the provider's timeout (load only makes it later).
+            assert time.monotonic() - start >= 0.9
         finally:
             stop_gateway(gw)
     finally:

@@ -185,7 +185,7 @@ def test_serve_drains_on_sigterm_and_stops_at_once_on_a_second_signal(tmp_path: 
         port = int(line.rsplit(":", 1)[1])
         assert health_status(port, EXT_PROC_SERVICE) == "SERVING"
         proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 15.0
         while health_status(port, EXT_PROC_SERVICE) != "NOT_SERVING":
             assert time.monotonic() < deadline
             time.sleep(0.05)

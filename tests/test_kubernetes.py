@@ -37,6 +37,7 @@ from ext_proc.deploy.kubernetes import (
     ARCHWAY_NAME,
     ENVOY_PROBE_PORT,
     SECRET_NAME,
+    SOCKET_PATH,
     KubernetesOptions,
     Manifest,
     dump_manifests,
@@ -226,7 +227,7 @@ llm_providers:
         "MYCORP_TOKEN": "token-secret",
     }
     files = render(text, environ)
-    deployment = only(files["plain/archway.yaml"], "Deployment")
+    deployment = only(files["envoy-gateway/archway.yaml"], "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
     assert env == {name: {"name": SECRET_NAME, "key": name} for name in environ}
@@ -274,8 +275,9 @@ def test_a_spelled_out_key_is_refused_without_being_shown(provider: str) -> None
 
 
 def test_archway_runs_probed_scaled_and_unprivileged(example: dict[str, list[Manifest]]) -> None:
-    manifests = example["plain/archway.yaml"]
-    assert example["envoy-gateway/archway.yaml"] == manifests
+    manifests = example["envoy-gateway/archway.yaml"]
+    # Setup (a) shares only the config; its Archway runs in Envoy's pods.
+    assert example["plain/archway.yaml"] == [only(manifests, "ConfigMap")]
     pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["grpc"] == {"port": 9002, "service": EXT_PROC_SERVICE}
@@ -295,7 +297,7 @@ def test_archway_runs_probed_scaled_and_unprivileged(example: dict[str, list[Man
 
 
 def test_metrics_are_scrapable_from_other_pods(example: dict[str, list[Manifest]]) -> None:
-    manifests = example["plain/archway.yaml"]
+    manifests = example["envoy-gateway/archway.yaml"]
     template = only(manifests, "Deployment")["spec"]["template"]
     (container,) = template["spec"]["containers"]
     args = container["args"]
@@ -314,7 +316,8 @@ def test_metrics_are_scrapable_from_other_pods(example: dict[str, list[Manifest]
 
 def test_a_pod_without_metrics_exposes_none_and_a_free_port_is_refused() -> None:
     text = EXAMPLE_CONFIG.read_text() + "\narchway:\n  metrics_port: {}\n"
-    pod = only(render(text.format("off"))["plain/archway.yaml"], "Deployment")["spec"]["template"]
+    files = render(text.format("off"))
+    pod = only(files["envoy-gateway/archway.yaml"], "Deployment")["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert "--metrics-port" not in container["args"]
     assert [p["name"] for p in container["ports"]] == ["grpc"]
@@ -324,7 +327,7 @@ def test_a_pod_without_metrics_exposes_none_and_a_free_port_is_refused() -> None
 
 
 def test_archway_writes_only_to_its_tmp_volume(example: dict[str, list[Manifest]]) -> None:
-    pod = only(example["plain/archway.yaml"], "Deployment")["spec"]["template"]["spec"]
+    pod = only(example["envoy-gateway/archway.yaml"], "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -338,26 +341,58 @@ def test_archway_writes_only_to_its_tmp_volume(example: dict[str, list[Manifest]
     )
 
 
-def test_envoy_reaches_archway_through_its_service_dns_name(
+def _sidecar_pod(files: dict[str, list[Manifest]]) -> dict[str, Any]:
+    return only(files["plain/envoy.yaml"], "Deployment")["spec"]["template"]["spec"]
+
+
+def test_envoy_reaches_archway_in_its_own_pod_through_a_socket(
     example: dict[str, list[Manifest]],
 ) -> None:
     bootstrap = yaml.safe_load(only(example["plain/envoy.yaml"], "ConfigMap")["data"]["envoy.yaml"])
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     ext_proc = clusters[EXT_PROC_CLUSTER]
     address = ext_proc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-    assert address["socket_address"] == {
-        "address": "archway.archway.svc.cluster.local",
-        "port_value": 9002,
-    }
-    # One DNS answer per ready pod: Envoy balances and health-checks each.
-    assert ext_proc["type"] == "STRICT_DNS"
+    assert address == {"pipe": {"path": SOCKET_PATH}}
+    assert ext_proc["type"] == "STATIC"
     assert ext_proc["health_checks"][0]["grpc_health_check"]["service_name"] == EXT_PROC_SERVICE
     listeners = {lst["name"]: lst for lst in bootstrap["static_resources"]["listeners"]}
     assert listeners["egress_traffic"]["address"]["socket_address"]["address"] == "0.0.0.0"
     assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    deployment = only(example["plain/envoy.yaml"], "Deployment")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert {p["containerPort"] for p in container["ports"]} == {12000, ENVOY_PROBE_PORT}
+
+    pod = _sidecar_pod(example)
+    envoy, archway = pod["containers"]
+    assert (envoy["name"], archway["name"]) == ("envoy", ARCHWAY_NAME)
+    # Both mount the socket's emptyDir where the bootstrap and the args name it.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    socket_dir = SOCKET_PATH.rsplit("/", 1)[0]
+    for container in (envoy, archway):
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == socket_dir]
+        assert "emptyDir" in volumes[mount["name"]]
+    args = archway["args"]
+    assert args[args.index("--uds") + 1] == SOCKET_PATH
+    # The ext_proc server is on no pod port and behind no Service: only the
+    # listeners, Envoy's probes and Archway's metrics are.
+    assert "--address" not in args
+    assert {p["name"] for p in archway["ports"]} == {"metrics"}
+    assert {p["containerPort"] for p in envoy["ports"]} == {12000, ENVOY_PROBE_PORT}
+    assert not any(
+        m["kind"] == "Service" and m["metadata"]["name"] == ARCHWAY_NAME
+        for manifests in (example["plain/archway.yaml"], example["plain/envoy.yaml"])
+        for m in manifests
+    )
+    # The socket is 0660 in Archway's group: the pod's fsGroup puts Envoy in it.
+    assert pod["securityContext"]["fsGroup"] == archway["securityContext"]["runAsGroup"]
+    assert archway["securityContext"]["readOnlyRootFilesystem"] is True
+    # Archway has no probe (the kubelet's gRPC probe needs a pod port); Envoy's
+    # readiness needs Archway healthy instead, and its liveness does not.
+    assert "readinessProbe" not in archway and "livenessProbe" not in archway
+    probe_filter = yaml.safe_dump(listeners["kubernetes_probes"])
+    assert "cluster_min_healthy_percentages" in probe_filter and EXT_PROC_CLUSTER in probe_filter
+    assert "httpGet" not in envoy["livenessProbe"]
+    # The pair scales together, and Archway stops with Envoy, not before it.
+    hpa = only(example["plain/envoy.yaml"], "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "archway-envoy"
+    assert archway["lifecycle"] == envoy["lifecycle"]
 
 
 def test_namespace_and_image_options_reach_every_manifest() -> None:
@@ -365,10 +400,9 @@ def test_namespace_and_image_options_reach_every_manifest() -> None:
     for manifest in all_manifests(files):
         if manifest["kind"] != "GatewayClass":
             assert manifest["metadata"]["namespace"] == "llm"
-    pod = only(files["plain/archway.yaml"], "Deployment")["spec"]["template"]["spec"]
+    pod = only(files["envoy-gateway/archway.yaml"], "Deployment")["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example/archway:1"
-    bootstrap = only(files["plain/envoy.yaml"], "ConfigMap")["data"]["envoy.yaml"]
-    assert "archway.llm.svc.cluster.local" in bootstrap
+    assert _sidecar_pod(files)["containers"][1]["image"] == "registry.example/archway:1"
     with pytest.raises(ValueError, match="DNS label"):
         KubernetesOptions(namespace="Not_A_Namespace")
 
@@ -414,9 +448,8 @@ def _on_loopback(config: Config, ext_proc_port: int) -> dict[str, Any]:
     for cluster in data["static_resources"]["clusters"]:
         if cluster["name"] == EXT_PROC_CLUSTER:
             endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-            endpoint["address"]["socket_address"] = {
-                "address": "127.0.0.1",
-                "port_value": ext_proc_port,
+            endpoint["address"] = {
+                "socket_address": {"address": "127.0.0.1", "port_value": ext_proc_port}
             }
     return data
 
@@ -471,6 +504,70 @@ def test_the_extension_policy_sends_headers_and_buffered_bodies_to_archway(
     assert active["type"] == "GRPC" and active["grpc"] == {"service": EXT_PROC_SERVICE}
     limit = str(buffer_limit_bytes(load_config(EXAMPLE_CONFIG, environ=KEYS).gateway))
     assert only(gateway, "ClientTrafficPolicy")["spec"]["connection"]["bufferLimit"] == limit
+
+
+_PROVIDERS = """
+listeners:
+  egress_traffic: {address: 0.0.0.0, port: 12000, timeout: 60s}
+llm_providers:
+  - model: openai/gpt-5
+    access_key: $OPENAI_API_KEY
+    default: true
+"""
+_PREFERENCE_ROUTING = """
+  - model: openai/gpt-5-mini
+    access_key: $OPENAI_API_KEY
+    routing_preferences:
+      - {{name: quick, description: short questions}}
+router:
+  model_path: {model_path}
+  timeout: 8s
+"""
+
+
+@pytest.mark.parametrize(
+    ("message_timeout", "router", "expected"),
+    [
+        # The router may take 8 s before the default model answers: Envoy waits 9 s.
+        ("2s", True, "9s"),
+        # A longer setting stands.
+        ("12s", True, "12s"),
+        # No preference routing: nothing waits on a router.
+        ("2500ms", False, "2s500ms"),
+    ],
+)
+def test_the_extension_policy_waits_longer_than_the_router(
+    tmp_path: Path, message_timeout: str, router: bool, expected: str
+) -> None:
+    text = _PROVIDERS.lstrip("\n")
+    if router:
+        text += _PREFERENCE_ROUTING.format(model_path=tmp_path).lstrip("\n")
+    text += f"archway:\n  message_timeout: {message_timeout}\n"
+    files = render(text)
+    (ext_proc,) = only(files["envoy-gateway/gateway.yaml"], "EnvoyExtensionPolicy")["spec"][
+        "extProc"
+    ]
+    assert ext_proc["messageTimeout"] == expected
+    # The plain setup's Envoy waits exactly as long.
+    config_map = only(files["plain/envoy.yaml"], "ConfigMap")
+    bootstrap = yaml.safe_load(config_map["data"]["envoy.yaml"])
+    (routing,) = [
+        f["typed_config"]
+        for listener in bootstrap["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for hcm in chain["filters"]
+        for f in hcm["typed_config"].get("http_filters", [])
+        if f["name"] == "envoy.filters.http.ext_proc"
+    ]
+    assert _seconds(routing["message_timeout"]) == _seconds(expected)
+
+
+def _seconds(duration: str) -> float:
+    """Envoy's ``9.000s`` or the Gateway API's ``2s500ms``, in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"([0-9.]+)(ms|h|m|s)", duration)
+    assert "".join(f"{n}{u}" for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 def test_every_upstream_cluster_has_a_route_on_archways_header(

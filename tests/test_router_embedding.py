@@ -12,16 +12,13 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-np = pytest.importorskip("numpy")
-pytest.importorskip("ctranslate2")
-pytest.importorskip("tokenizers")
-
-from ext_proc.config import ConfigError, EmbeddingRouterOptions, load_config_text  # noqa: E402
-from ext_proc.router import ROUTE_OTHER, Route, RouteChoice, Turn  # noqa: E402
-from ext_proc.router.convert import ENCODER_META, EncoderMeta, read_safetensors  # noqa: E402
-from ext_proc.router.embedding import (  # noqa: E402
+from ext_proc.config import ConfigError, EmbeddingRouterOptions, load_config_text
+from ext_proc.router import ROUTE_OTHER, Route, RouteChoice, Turn
+from ext_proc.router.convert import ENCODER_META, EncoderMeta, read_safetensors
+from ext_proc.router.embedding import (
     DecisionRule,
     EmbeddingRouter,
     RouteIndex,
@@ -30,8 +27,8 @@ from ext_proc.router.embedding import (  # noqa: E402
     fit_classifier,
     route_texts,
 )
-from ext_proc.router.tokenizer import ModelFilesError  # noqa: E402
-from tests.conftest import TinyEncoder  # noqa: E402
+from ext_proc.router.tokenizer import ModelFilesError
+from tests.conftest import TinyEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["write python code", "Hello there!", "explain what this function does", "a"]

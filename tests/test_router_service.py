@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from ext_proc.apis import WireAPI
-from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, Turn
+from ext_proc.router import ROUTE_ERROR, ROUTE_OTHER, ROUTE_TIMEOUT, Route, RouteChoice, Turn
 from tests.scripted_router import ScriptedRouter, by_keyword, configured
 
 
@@ -38,11 +37,35 @@ def test_backend_sees_the_selected_conversation_only() -> None:
     assert router.calls == [(Turn("user", "write code"),)]
 
 
+class _Unanswering(ScriptedRouter):
+    """Never answers on its own; says whether the call was abandoned (cancelled)."""
+
+    cancelled: bool = False
+
+    async def choose(
+        self, conversation: tuple[Turn, ...], routes: tuple[Route, ...] | None = None
+    ) -> RouteChoice:
+        self.calls.append(conversation)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("unreachable")
+
+
 def test_slow_backend_times_out_to_the_default() -> None:
-    router = ScriptedRouter(by_keyword, delay_s=5.0)
-    started = time.perf_counter()
-    assert decide(router, "write code", timeout_s=0.05) == ROUTE_TIMEOUT
-    assert time.perf_counter() - started < 1.0
+    router = _Unanswering(by_keyword)
+    body = {"messages": [{"role": "user", "content": "write code"}]}
+
+    async def run() -> str:
+        decision = configured(router, timeout_s=0.05).decide(body, WireAPI.OPENAI)
+        # Only a backstop, far above the router's timeout: without one, a broken
+        # timeout would hang until pytest-timeout.
+        return (await asyncio.wait_for(decision, 30)).route
+
+    assert asyncio.run(run()) == ROUTE_TIMEOUT
+    assert router.calls and router.cancelled, "the backend's call was not abandoned"
 
 
 def test_no_conversation_text_never_asks_the_backend() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ext_proc.transport import Limits
+from tests.processes import read_until
 from tests.transport_peer import (
     CONTINUATION,
     DATA,
@@ -94,16 +95,11 @@ def child(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
             preexec_fn=few_descriptors,
         )
     try:
-        assert proc.stdout is not None
-        port = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not port:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "listening on" in line:
-                port = int(line.rsplit(":", 1)[1])
-        assert port, f"archway serve did not start: {log.read_text()[-2000:]}"
+        try:
+            line = read_until(proc, "listening on", 60)[-1]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nstderr: {log.read_text()[-2000:]}") from None
+        port = int(line.rsplit(":", 1)[1])
         yield proc, port, log
     finally:
         proc.terminate()

@@ -7,13 +7,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from ext_proc.transport import H2GrpcServer, tls_context
+from tests.processes import read_until
 from tests.transport_peer import PATH, Echo
 
 
@@ -101,14 +101,7 @@ def test_archway_serve_listens_on_a_unix_socket(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        seen = ""
-        while time.monotonic() < deadline and "unix:" not in seen:
-            seen += proc.stdout.readline() or "EOF"
-            if seen.endswith("EOF"):
-                break
-        assert f"listening on unix:{sock}" in seen
+        assert f"listening on unix:{sock}" in read_until(proc, "unix:", 60)[-1]
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=10

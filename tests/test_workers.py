@@ -20,6 +20,8 @@ from ext_proc.server.workers import HealthWatch, WorkerError, WorkerPool, defaul
 from tests.processes import alive, children, read_until
 
 SERVE = [sys.executable, "-m", "ext_proc.cli", "serve"]
+# No metrics endpoint: the default port (9003) would collide with another run's.
+NO_METRICS = ("--metrics-port", "off")
 CONFIG = "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
 
 
@@ -65,7 +67,7 @@ def test_serve_workers_share_a_port_restart_and_stop_together(tmp_path: Path) ->
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG)
     proc = subprocess.Popen(
-        [*SERVE, str(path), "--port", "0", "--workers", "3"],
+        [*SERVE, str(path), "--port", "0", "--workers", "3", *NO_METRICS],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -107,7 +109,7 @@ def test_workers_die_with_their_parent(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG)
     proc = subprocess.Popen(
-        [*SERVE, str(path), "--port", "0", "--workers", "2"],
+        [*SERVE, str(path), "--port", "0", "--workers", "2", *NO_METRICS],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -168,7 +170,9 @@ def test_each_worker_also_answers_on_its_own_port(tmp_path: Path) -> None:
 def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG)
-    watch = HealthWatch(interval_s=0.2, timeout_s=0.5, misses=2)
+    # Checked often, but each check as patient as the default: the healthy
+    # sibling, starved of CPU on a loaded machine, must not be taken for hung.
+    watch = HealthWatch(interval_s=0.2, timeout_s=2.0, misses=2)
 
     async def run() -> None:
         pool = WorkerPool(path, "127.0.0.1", 0, 2, health=watch)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from ext_proc.config.access import read_access
 from ext_proc.config.listeners import check_ports, read_listeners
 from ext_proc.config.preferences import read_preferences
 from ext_proc.config.problems import ConfigError
@@ -38,6 +39,7 @@ _TOP_KEYS = (
     "archway",
     "router",
     "routing",
+    "ratelimits",
     "state_storage",
 )
 _PLANO_ONLY_SECTIONS = (
@@ -45,7 +47,6 @@ _PLANO_ONLY_SECTIONS = (
     "filters",
     "endpoints",
     "prompt_targets",
-    "ratelimits",
     "tracing",
     "mode",
     "prompt_guards",
@@ -138,7 +139,21 @@ def _build(r: Reader, root: yaml.MappingNode) -> Config | None:
         )
     if listeners is not None and gateway is not None:
         check_ports(r, top, listeners, gateway)
-    if listeners is None or overrides is None or gateway is None or affinity is None:
+    access = read_access(
+        r,
+        value("ratelimits"),
+        _entry(r, value("routing"), "routing", "session_cache"),
+        _entries(r, value("archway"), "archway"),
+        [p.model for p in models.providers],
+        aliases,
+    )
+    if (
+        listeners is None
+        or overrides is None
+        or gateway is None
+        or affinity is None
+        or access is None
+    ):
         return None
     return Config(
         listeners=tuple(listener for listener, _ in listeners),
@@ -150,11 +165,23 @@ def _build(r: Reader, root: yaml.MappingNode) -> Config | None:
         gateway=gateway,
         router=router,
         affinity=affinity,
+        access=access,
         state_storage=state_storage,
         version=version,
         source=r.source.resolve() if r.source is not None else None,
         warnings=tuple(r.warnings.lines()),
     )
+
+
+def _entries(r: Reader, node: yaml.Node | None, path: str) -> dict[str, yaml.Node]:
+    """A section's keys for a second reader (the first reported any problem)."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key: value for key, (_, value) in r.pairs(node, path).items()}
+
+
+def _entry(r: Reader, node: yaml.Node | None, path: str, key: str) -> yaml.Node | None:
+    return _entries(r, node, path).get(key)
 
 
 def _version(r: Reader, node: yaml.Node | None) -> str | None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import yaml
 
+from ext_proc.config.access import ACCESS_GATEWAY_KEYS
+from ext_proc.config.fields import setting_keys
 from ext_proc.config.reader import BOOL_TAG, FLOAT_TAG, IGNORED, INT_TAG, Reader, is_null
 from ext_proc.config.types import (
     DEFAULT_METRICS_PORT,
     AffinitySettings,
+    ExtProcTls,
     GatewaySettings,
     Overrides,
     TracingSettings,
@@ -46,6 +49,8 @@ _OVERRIDE_IGNORED = {
 _GATEWAY_KEYS = (
     "ext_proc_address",
     "ext_proc_port",
+    "ext_proc_uds",
+    "ext_proc_tls",
     "admin_address",
     "admin_port",
     "max_request_body_bytes",
@@ -54,9 +59,11 @@ _GATEWAY_KEYS = (
     "metrics_address",
     "metrics_port",
     "tracing",
+    *ACCESS_GATEWAY_KEYS,
 )
 _TRACING_KEYS = ("collector", "sample_percent")
-_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries")
+# session_cache is read with the access settings (ext_proc.config.access).
+_AFFINITY_KEYS = ("session_ttl_seconds", "session_max_entries", "session_cache")
 
 
 def read_overrides(r: Reader, node: yaml.Node | None) -> Overrides | None:
@@ -80,11 +87,37 @@ def read_gateway(r: Reader, node: yaml.Node | None) -> GatewaySettings | None:
     if fields is None:
         return None
     values = r.settings(GatewaySettings, fields, node, "archway") or {}
+    if values.get("ext_proc_uds") == "":
+        del values["ext_proc_uds"]
+        r.error(
+            fields["ext_proc_uds"],
+            "archway.ext_proc_uds",
+            "empty path",
+            "give the socket's path (/run/archway/ext_proc.sock) or remove the key for TCP",
+        )
     return GatewaySettings(
         **values,
         metrics_port=_metrics_port(r, fields.get("metrics_port")),
+        ext_proc_tls=_ext_proc_tls(r, fields.get("ext_proc_tls")),
         tracing=_tracing(r, fields.get("tracing")),
     )
+
+
+def _ext_proc_tls(r: Reader, node: yaml.Node | None) -> ExtProcTls | None:
+    path = "archway.ext_proc_tls"
+    if is_null(node):
+        return None
+    fields = r.mapping(node, path, setting_keys(ExtProcTls))
+    if fields is None:
+        return None
+    values = r.settings(ExtProcTls, fields, node, path)
+    if values is None:
+        return None
+    for key in ("cert", "key", "ca"):
+        if values.get(key) == "":
+            r.error(fields[key], f"{path}.{key}", "empty path", "give a PEM file's path")
+            return None
+    return ExtProcTls(**values)
 
 
 def _metrics_port(r: Reader, node: yaml.Node | None) -> int | None:

@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ext_proc.access.policy import AccessSettings
 from ext_proc.config.fields import Kind, setting
 from ext_proc.config.models import ModelIndex
 
@@ -28,6 +29,7 @@ __all__ = [
     "ArchRouterOptions",
     "Config",
     "EmbeddingRouterOptions",
+    "ExtProcTls",
     "GatewaySettings",
     "Listener",
     "Overrides",
@@ -259,12 +261,34 @@ class AffinitySettings:
 
 
 @dataclass(frozen=True)
+class ExtProcTls:
+    """TLS on the Envoy -> Archway hop (``archway.ext_proc_tls``), for setups
+    where that hop crosses a network. Paths are as each side sees them: Archway
+    serves ``cert``/``key``; Envoy trusts ``ca``, or ``cert`` itself when no
+    ``ca`` is given (a self-signed certificate)."""
+
+    cert: str = setting(Kind.TEXT, required="cert: /etc/archway/tls/tls.crt")
+    key: str = setting(Kind.TEXT, required="key: /etc/archway/tls/tls.key")
+    ca: str | None = setting(Kind.TEXT, None)
+    server_name: str | None = setting(Kind.TEXT, None)
+    """The name Envoy sends as SNI and checks in the certificate; default: the
+    ext_proc address when it is a host name."""
+
+    @property
+    def trusted_ca(self) -> str:
+        return self.ca or self.cert
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """Archway's own settings (the optional top-level ``archway:`` section, an
     Archway extension that Plano does not have)."""
 
     ext_proc_address: str = setting(Kind.TEXT, "127.0.0.1")
     ext_proc_port: int = setting(Kind.INTEGER, 9002, low=0, high=65535)
+    ext_proc_uds: str | None = setting(Kind.TEXT, None)
+    """A Unix socket path: Envoy reaches the ext_proc server there, not over TCP
+    (the sidecar topologies); ``serve`` listens on it with one process."""
     admin_address: str = setting(Kind.TEXT, "127.0.0.1")
     admin_port: int = setting(Kind.INTEGER, 9901, low=0, high=65535)
     max_request_body_bytes: int = setting(Kind.INTEGER, DEFAULT_MAX_REQUEST_BODY_BYTES, low=1)
@@ -273,6 +297,8 @@ class GatewaySettings:
     metrics_address: str = setting(Kind.TEXT, "127.0.0.1")
     metrics_port: int | None = DEFAULT_METRICS_PORT
     """The Prometheus endpoint's port: 0 picks a free one, ``None`` turns it off."""
+    ext_proc_tls: ExtProcTls | None = None
+    """``None``: the hop is cleartext HTTP/2 (loopback or a Unix socket)."""
     tracing: TracingSettings | None = None
     """``None``: no tracing in Envoy; Archway traces only if the OTEL_* variables ask."""
 
@@ -292,6 +318,8 @@ class Config:
     router: RouterSettings | None = None
     """``None`` when the config has no ``router:`` section: open models go to the default."""
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    """Client keys, token limits (Plano's ``ratelimits``) and where counters live."""
     state_storage: StateStorageConfig | None = None
     """Plano's ``state_storage``; ``None``: Responses conversation state is off."""
     version: str | None = None

@@ -37,11 +37,13 @@ import yaml
 
 from ext_proc.config import Config, Listener
 from ext_proc.deploy.bootstrap import (
+    EXT_PROC_CLUSTER,
     EXT_PROC_HEALTH_CHECK,
     bootstrap_dict,
     buffer_limit_bytes,
     distinct_upstreams,
     is_ip_address,
+    message_timeout_s,
 )
 from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
 from ext_proc.routing.catalog import Upstream
@@ -58,8 +60,10 @@ __all__ = [
     "GATEWAY_NAME",
     "METRICS_PORT_NAME",
     "SECRET_NAME",
+    "SOCKET_PATH",
     "KubernetesOptions",
     "Manifest",
+    "archway_config_map",
     "archway_manifests",
     "dump_manifests",
     "env_references",
@@ -92,6 +96,11 @@ METRICS_PORT_NAME = "metrics"
 TMP_DIR = "/tmp"
 _TMP_SIZE_LIMIT = "64Mi"
 
+SOCKET_DIR = "/run/archway"
+SOCKET_PATH = f"{SOCKET_DIR}/ext_proc.sock"
+"""Where the sidecar Archway serves and Envoy connects (the image's CMD uses the same)."""
+SOCKET_VOLUME = "ext-proc-socket"
+
 CONFIG_DIR = "/etc/archway"
 CONFIG_FILE = "config.yaml"
 BOOTSTRAP_DIR = "/etc/envoy"
@@ -109,7 +118,6 @@ _CHECKSUM_ANNOTATION = "archway/{}-sha256"
 _ARCHWAY_UID = 10001
 _ENVOY_UID = 101
 _ENVOY_CONCURRENCY = 2
-_ENVOY_REPLICAS = 2
 _ENVOY_PRE_STOP_S = 10
 """Envoy exits on SIGTERM without draining; the pause lets Kubernetes take the
 pod out of its Service before the signal comes, so new connections go elsewhere."""
@@ -280,44 +288,54 @@ def archway_manifests(
     port = config.gateway.ext_proc_port
     if port == 0:
         raise ValueError("archway.ext_proc_port is 0; Kubernetes needs a fixed port")
-    config_map: Manifest = {
+    return [
+        archway_config_map(config, config_text, options),
+        _archway_deployment(config, config_text, options),
+        _archway_service(port, _metrics_port(config), options),
+        _autoscaler(ARCHWAY_NAME, "ext-proc", options),
+        _disruption_budget(ARCHWAY_NAME, "ext-proc", options),
+    ]
+
+
+def archway_config_map(config: Config, config_text: str, options: KubernetesOptions) -> Manifest:
+    """Archway's config as written (its ``$VAR`` references, no keys)."""
+    _refuse_spelled_out_keys(config, config_text)
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(f"{ARCHWAY_NAME}-config", options, "ext-proc"),
         "data": {CONFIG_FILE: config_text},
     }
-    return [
-        config_map,
-        _archway_deployment(config, config_text, options),
-        _archway_service(port, _metrics_port(config), options),
-        _archway_autoscaler(options),
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": _metadata(ARCHWAY_NAME, options, "ext-proc"),
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector(ARCHWAY_NAME)}},
-        },
-    ]
 
 
-def _archway_deployment(config: Config, config_text: str, options: KubernetesOptions) -> Manifest:
+def _disruption_budget(name: str, component: str, options: KubernetesOptions) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(name, options, component, name),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector(name)}},
+    }
+
+
+def _archway_container(
+    config: Config, config_text: str, options: KubernetesOptions, *, sidecar: bool
+) -> dict[str, Any]:
+    """Archway's container: its own pod's (setup (b), a port on the pod network)
+    or Envoy's sidecar (setup (a), a socket in a volume the two share)."""
     port = config.gateway.ext_proc_port
     env = [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": name}}}
         for name in env_references(config_text)
     ]
     metrics_port = _metrics_port(config)
-    args = [
-        "serve",
-        f"{CONFIG_DIR}/{CONFIG_FILE}",
-        "--address",
-        "0.0.0.0",
-        "--port",
-        str(port),
-        "--drain-seconds",
-        _seconds(DEFAULT_DRAIN_S),
-    ]
-    ports = [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    args = ["serve", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+    if sidecar:
+        # The TCP port stays on the pod's loopback; Envoy uses the socket.
+        args += ["--uds", SOCKET_PATH]
+    else:
+        args += ["--address", "0.0.0.0", "--port", str(port)]
+    args += ["--drain-seconds", _seconds(DEFAULT_DRAIN_S)]
+    ports = [] if sidecar else [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
     if metrics_port is not None:
         # The config's metrics address is for a laptop (loopback); in a pod the
         # scraper comes from another pod, through the pod's own IP.
@@ -332,51 +350,76 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
     }
     if env:
         container["env"] = env
+    if sidecar:
+        # No probes of its own: the kubelet's gRPC probes need a port on the pod
+        # network, the one thing the sidecar does without. Envoy's readiness
+        # covers it (its /ready needs Archway healthy), and a crash restarts it.
+        # It stops with Envoy: serving on until the pod has left the Service.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": _ENVOY_PRE_STOP_S}}}
+    else:
+        container |= {
+            # Ready means routing: the ext_proc service's own health, which says
+            # NOT_SERVING from the first moment of a drain.
+            "readinessProbe": {
+                "grpc": {"port": port, "service": EXT_PROC_SERVICE},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": 2,
+            },
+            # Alive means the process answers at all; slow enough that a drain
+            # (NOT_SERVING for DEFAULT_DRAIN_S) never gets the container killed.
+            "livenessProbe": {
+                "grpc": {"port": port},
+                "periodSeconds": 10,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            },
+        }
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        # The root filesystem is read-only, and `serve` keeps its Prometheus
+        # multi-process files in a fresh directory under TMPDIR (/tmp).
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
+    if sidecar:
+        mounts.append({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR})
+    security = _restricted_container()
+    if sidecar:
+        # The pod runs as Envoy's user; this container as the image's own.
+        security |= {"runAsUser": _ARCHWAY_UID, "runAsGroup": _ARCHWAY_UID}
     container |= {
-        # Ready means routing: the ext_proc service's own health, which says
-        # NOT_SERVING from the first moment of a drain.
-        "readinessProbe": {
-            "grpc": {"port": port, "service": EXT_PROC_SERVICE},
-            "periodSeconds": 5,
-            "timeoutSeconds": 2,
-            "failureThreshold": 2,
-        },
-        # Alive means the process answers at all; slow enough that a drain
-        # (NOT_SERVING for DEFAULT_DRAIN_S) never gets the container killed.
-        "livenessProbe": {
-            "grpc": {"port": port},
-            "periodSeconds": 10,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        },
         # One asyncio process uses one core at most; memory holds buffered
         # bodies (up to max_request_body_bytes each) of the requests in flight.
         "resources": {
             "requests": {"cpu": "250m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},
         },
-        "securityContext": _restricted_container(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            # The root filesystem is read-only, and `serve` keeps its Prometheus
-            # multi-process files in a fresh directory under TMPDIR (/tmp).
-            {"name": "tmp", "mountPath": TMP_DIR},
-        ],
+        "securityContext": security,
+        "volumeMounts": mounts,
     }
+    return container
+
+
+def _archway_volumes() -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
+        # A few MiB per process; a killed process leaves its directory
+        # behind until the pod goes, hence the headroom.
+        {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
+    ]
+
+
+def _archway_deployment(config: Config, config_text: str, options: KubernetesOptions) -> Manifest:
+    container = _archway_container(config, config_text, options, sidecar=False)
     # No `replicas`: the autoscaler owns the count, and re-applying this file
     # must not reset it.
     return _deployment(
         _metadata(ARCHWAY_NAME, options, "ext-proc"),
         replicas=None,
-        annotations=_checksum("config", config_text) | _scrape_annotations(metrics_port),
+        annotations=_checksum("config", config_text) | _scrape_annotations(_metrics_port(config)),
         uid=_ARCHWAY_UID,
-        container=container,
-        volumes=[
-            {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
-            # A few MiB per process; a killed process leaves its directory
-            # behind until the pod goes, hence the headroom.
-            {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
-        ],
+        containers=[container],
+        volumes=_archway_volumes(),
     )
 
 
@@ -386,11 +429,12 @@ def _deployment(
     replicas: int | None,
     annotations: dict[str, str],
     uid: int,
-    container: dict[str, Any],
+    containers: list[dict[str, Any]],
     volumes: list[dict[str, Any]],
+    fs_group: int | None = None,
 ) -> Manifest:
-    """A Deployment of one container that rolls without ever dropping below its
-    count, in a non-root pod that never talks to the Kubernetes API."""
+    """A Deployment that rolls without ever dropping below its count, in a
+    non-root pod that never talks to the Kubernetes API."""
     app = metadata["labels"]["app.kubernetes.io/name"]
     spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
     spec["selector"] = {"matchLabels": _selector(app)}
@@ -398,13 +442,16 @@ def _deployment(
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
+    pod_security = _non_root_pod(uid)
+    if fs_group is not None:
+        pod_security["fsGroup"] = fs_group
     spec["template"] = {
         "metadata": {"labels": dict(metadata["labels"]), "annotations": annotations},
         "spec": {
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": _TERMINATION_GRACE_S,
-            "securityContext": _non_root_pod(uid),
-            "containers": [container],
+            "securityContext": pod_security,
+            "containers": containers,
             "volumes": volumes,
         },
     }
@@ -467,13 +514,13 @@ def _archway_service(port: int, metrics_port: int | None, options: KubernetesOpt
     }
 
 
-def _archway_autoscaler(options: KubernetesOptions) -> Manifest:
+def _autoscaler(name: str, component: str, options: KubernetesOptions) -> Manifest:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(ARCHWAY_NAME, options, "ext-proc"),
+        "metadata": _metadata(name, options, component, name),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ARCHWAY_NAME},
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": _MIN_REPLICAS,
             "maxReplicas": _MAX_REPLICAS,
             "metrics": [
@@ -497,10 +544,9 @@ def _archway_autoscaler(options: KubernetesOptions) -> Manifest:
 
 def envoy_bootstrap(config: Config, options: KubernetesOptions) -> dict[str, Any]:
     """The bootstrap Envoy runs in its pod: the usual one, pointed at the Archway
-    Service, with listeners on every interface and a probe listener added."""
-    data = bootstrap_dict(
-        config, ext_proc_host=options.archway_host, ext_proc_port=config.gateway.ext_proc_port
-    )
+    sidecar's socket, with listeners on every interface and a probe listener added."""
+    # Archway is the pod's other container, behind the socket in their shared emptyDir.
+    data = bootstrap_dict(config, ext_proc_uds=SOCKET_PATH)
     resources = data["static_resources"]
     for listener, configured in zip(resources["listeners"], config.listeners, strict=True):
         if configured.port == 0:
@@ -540,6 +586,11 @@ def _probe_listener() -> dict[str, Any]:
                                     "typed_config": {
                                         "@type": _T_HEALTH_CHECK,
                                         "pass_through_mode": False,
+                                        # Ready only while Archway passes Envoy's
+                                        # checks: it has no probe of its own.
+                                        "cluster_min_healthy_percentages": {
+                                            EXT_PROC_CLUSTER: {"value": 100.0}
+                                        },
                                         "headers": [
                                             {"name": ":path", "string_match": {"exact": "/ready"}}
                                         ],
@@ -563,15 +614,22 @@ def _listener_port_name(listener: Listener) -> str:
     return f"http-{listener.port}"
 
 
-def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest]:
-    """Setup (a): Envoy's bootstrap ConfigMap, Deployment and Service."""
+def envoy_manifests(config: Config, config_text: str, options: KubernetesOptions) -> list[Manifest]:
+    """Setup (a): Envoy's bootstrap ConfigMap; a Deployment of pods that run
+    Envoy with Archway beside it (a Unix socket in an emptyDir between them);
+    Envoy's Service, the autoscaler and the disruption budget. No Service and no
+    pod port reach Archway's ext_proc server."""
     bootstrap = _dump_yaml(envoy_bootstrap(config, options))
+    archway = _archway_container(config, config_text, options, sidecar=True)
     ports = [
         {"name": _listener_port_name(lst), "containerPort": lst.port, "protocol": "TCP"}
         for lst in config.listeners
     ]
     ports.append({"name": "probes", "containerPort": ENVOY_PROBE_PORT, "protocol": "TCP"})
-    probe = {"httpGet": {"path": "/ready", "port": "probes"}, "timeoutSeconds": 2}
+    ready = {"httpGet": {"path": "/ready", "port": "probes"}, "timeoutSeconds": 2}
+    # Alive means Envoy accepts connections: /ready also fails while Archway
+    # does, which must not restart Envoy.
+    alive = {"tcpSocket": {"port": "probes"}, "timeoutSeconds": 2}
     container = {
         "name": "envoy",
         "image": ENVOY_IMAGE,
@@ -589,8 +647,8 @@ def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
             str(_ENVOY_CONCURRENCY),
         ],
         "ports": ports,
-        "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": probe | {"periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": ready | {"periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": alive | {"periodSeconds": 10, "failureThreshold": 3},
         "lifecycle": {"preStop": {"sleep": {"seconds": _ENVOY_PRE_STOP_S}}},
         # Each request body is buffered whole (up to max_request_body_bytes) while
         # Archway decides, so memory scales with concurrent requests.
@@ -601,7 +659,8 @@ def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
         "securityContext": _restricted_container(),
         "volumeMounts": [
             {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "envoy-tmp", "mountPath": "/tmp"},
+            {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
         ],
     }
     service_ports = [
@@ -620,16 +679,25 @@ def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
             "metadata": _metadata(f"{ENVOY_NAME}-bootstrap", options, "proxy", ENVOY_NAME),
             "data": {BOOTSTRAP_FILE: bootstrap},
         },
+        # No `replicas`: the autoscaler owns the count.
         _deployment(
             _metadata(ENVOY_NAME, options, "proxy", ENVOY_NAME),
-            replicas=_ENVOY_REPLICAS,
-            annotations=_checksum("bootstrap", bootstrap),
+            replicas=None,
+            annotations=_checksum("bootstrap", bootstrap)
+            | _checksum("config", config_text)
+            | _scrape_annotations(_metrics_port(config)),
             uid=_ENVOY_UID,
-            container=container,
+            containers=[container, archway],
             volumes=[
                 {"name": "bootstrap", "configMap": {"name": f"{ENVOY_NAME}-bootstrap"}},
-                {"name": "tmp", "emptyDir": {}},
+                {"name": "envoy-tmp", "emptyDir": {}},
+                # Memory-backed: it holds one socket file.
+                {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                *_archway_volumes(),
             ],
+            # The socket volume is Archway's group's (setgid), which this puts
+            # both containers in; the socket is 0660.
+            fs_group=_ARCHWAY_UID,
         ),
         {
             "apiVersion": "v1",
@@ -641,6 +709,8 @@ def envoy_manifests(config: Config, options: KubernetesOptions) -> list[Manifest
                 "ports": service_ports,
             },
         },
+        _autoscaler(ENVOY_NAME, "proxy", options),
+        _disruption_budget(ENVOY_NAME, "proxy", options),
     ]
 
 
@@ -716,7 +786,8 @@ def gateway_manifests(config: Config, options: KubernetesOptions) -> list[Manife
             # A rewritten body travels to Archway and back in one gRPC message.
             "connection": {"bufferLimit": str(buffer_limit_bytes(gateway))},
         },
-        "messageTimeout": _gateway_duration(gateway.message_timeout_s),
+        # As setup (a)'s routing filter: long enough for the router's own timeout.
+        "messageTimeout": _gateway_duration(message_timeout_s(config)),
         "failOpen": gateway.failure_mode_allow,
         # Headers and the whole body (the model is in the body), and the response
         # headers: Envoy Gateway has one ext_proc filter and no per-route
@@ -926,11 +997,10 @@ def kubernetes_files(
 ) -> dict[str, list[Manifest]]:
     """Every manifest by the file it goes in, relative to the output directory.
     Each setup's directory is complete: ``kubectl apply -f DIR/plain/``."""
-    archway = archway_manifests(config, config_text, options)
     return {
-        "plain/archway.yaml": archway,
-        "plain/envoy.yaml": envoy_manifests(config, options),
-        "envoy-gateway/archway.yaml": archway,
+        "plain/archway.yaml": [archway_config_map(config, config_text, options)],
+        "plain/envoy.yaml": envoy_manifests(config, config_text, options),
+        "envoy-gateway/archway.yaml": archway_manifests(config, config_text, options),
         "envoy-gateway/gateway.yaml": gateway_manifests(config, options),
         "envoy-gateway/routes.yaml": route_manifests(config, options),
     }

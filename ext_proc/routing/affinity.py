@@ -6,29 +6,34 @@ the decision is pinned; later requests with that key reuse it for ``ttl_s``
 without asking the router again, so a conversation never switches models
 mid-way. Explicit models and aliases are never pinned: the client chose those.
 
-Pins live in memory, one ``AffinityCache`` per ext_proc worker process: a bounded
-LRU whose entries expire ``ttl_s`` after they were pinned. A pin names a model,
-not a routing table, so it survives config reloads; it is re-resolved against
-the current table on every use and dropped when a reload removed its model.
+Pins live in the process's ``SharedState`` (``ext_proc.state``): this process's
+memory with one ext_proc process, a file every worker of the machine shares
+with several, Redis across replicas. A pin is claimed atomically (set only if
+absent), so a session gets one pin however many workers or gateways see its
+first requests at once; the one that loses the race takes the winner's.
+
+A pin names a model, not a routing table, so it survives config reloads; it is
+re-resolved against the current table on every use and dropped when a reload
+removed its model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from ext_proc.config import AffinitySettings
 from ext_proc.errors import GatewayError
 from ext_proc.routing.resolve import Resolution, RoutingDecision, RoutingTable, resolve_pinned
+from ext_proc.state.shared import SharedState
 
-__all__ = ["AffinityCache", "Pin", "process_pins", "session_key"]
+__all__ = ["Pin", "claim", "recall", "session_key"]
 
 _MAX_KEY_CHARS = 128
-"""Longer keys are stored as a digest: the cache's memory stays bounded whatever
+"""Longer keys are stored as a digest: the store's memory stays bounded whatever
 a client sends (Envoy admits header values of up to 60 KiB)."""
+
+_SEP = "\x1f"
+"""Between a pin's fields when stored: a model name never contains it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,93 +44,76 @@ class Pin:
     resolution: Resolution
     route: str | None
 
+    def encode(self) -> str:
+        return _SEP.join((self.model, self.resolution.value, self.route or ""))
 
-def session_key(value: str) -> str | None:
-    """The cache key for a header value; ``None`` for a blank one (no affinity)."""
+    @staticmethod
+    def decode(value: str) -> Pin | None:
+        parts = value.split(_SEP)
+        if len(parts) != 3:
+            return None
+        try:
+            resolution = Resolution(parts[1])
+        except ValueError:
+            return None
+        return Pin(parts[0], resolution, parts[2] or None)
+
+    @staticmethod
+    def of(decision: RoutingDecision) -> Pin:
+        return Pin(decision.model, decision.resolution, decision.route)
+
+
+def session_key(value: str, tenant: str | None = None) -> str | None:
+    """The store key for a header value (within ``tenant``, Plano's
+    ``session_cache.tenant_header``); ``None`` for a blank one (no affinity)."""
     value = value.strip()
     if not value:
         return None
+    if tenant:
+        value = f"{tenant}:{value}"
     if len(value) <= _MAX_KEY_CHARS:
         return value
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class AffinityCache:
-    """Session key -> ``Pin``: least recently used first out, each entry for ``ttl_s``."""
-
-    def __init__(
-        self,
-        ttl_s: float,
-        max_entries: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, Pin]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def resize(self, ttl_s: float, max_entries: int) -> None:
-        """Apply new settings (a config reload); pins already made keep their expiry."""
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        while len(self._entries) > max_entries:
-            self._entries.popitem(last=False)
-
-    def get(self, key: str) -> Pin | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, pin = entry
-        if expires <= self._clock():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return pin
-
-    def put(self, key: str, pin: Pin) -> None:
-        self._entries[key] = (self._clock() + self.ttl_s, pin)
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
-
-    def recall(
-        self, key: str, table: RoutingTable, requested: str | None
-    ) -> RoutingDecision | None:
-        """The pinned decision for ``key``, resolved against ``table``, or ``None``
-        (no pin, an expired one, or one whose model ``table`` no longer serves)."""
-        pin = self.get(key)
-        if pin is None:
-            return None
-        try:
-            return resolve_pinned(table, requested, pin.model, pin.resolution, pin.route)
-        except GatewayError:
-            # A reload removed the model (or made it ambiguous): never route to a
-            # model the config no longer has; decide afresh and pin that instead.
-            self.forget(key)
-            return None
-
-    def remember(self, key: str, decision: RoutingDecision) -> None:
-        self.put(key, Pin(decision.model, decision.resolution, decision.route))
+def _resolve(table: RoutingTable, requested: str | None, pin: Pin) -> RoutingDecision | None:
+    try:
+        return resolve_pinned(table, requested, pin.model, pin.resolution, pin.route)
+    except GatewayError:
+        # A reload removed the model (or made it ambiguous): never route to a
+        # model the config no longer has.
+        return None
 
 
-_process_pins: AffinityCache | None = None
+async def recall(
+    state: SharedState, key: str, table: RoutingTable, requested: str | None
+) -> RoutingDecision | None:
+    """The pinned decision for ``key``, resolved against ``table``, or ``None``
+    (no pin, an expired one, or one whose model ``table`` no longer serves, which
+    is then dropped so that the session is decided and pinned afresh)."""
+    value = await state.get_pin(key)
+    if value is None:
+        return None
+    pin = Pin.decode(value)
+    decision = _resolve(table, requested, pin) if pin is not None else None
+    if decision is None:
+        await state.drop_pin(key)
+    return decision
 
 
-def process_pins(settings: AffinitySettings) -> AffinityCache:
-    """This process's cache, created on first use and resized when a reload
-    changed the settings. Pins are per worker process by design: sharing them
-    would need a store every worker reaches (Plano's Redis option)."""
-    global _process_pins
-    pins = _process_pins
-    if pins is None:
-        pins = _process_pins = AffinityCache(settings.ttl_s, settings.max_entries)
-    elif pins.ttl_s != settings.ttl_s or pins.max_entries != settings.max_entries:
-        pins.resize(settings.ttl_s, settings.max_entries)
-    return pins
+async def claim(
+    state: SharedState,
+    key: str,
+    decision: RoutingDecision,
+    ttl_s: float,
+    table: RoutingTable,
+    requested: str | None,
+) -> RoutingDecision | None:
+    """Pin ``decision`` for ``key``. ``None`` when this call made the pin; the
+    pinned decision when another request (worker, gateway) pinned the session
+    first, which this request then follows."""
+    held = await state.claim_pin(key, Pin.of(decision).encode(), ttl_s)
+    if held is None:
+        return None
+    pin = Pin.decode(held)
+    return _resolve(table, requested, pin) if pin is not None else None

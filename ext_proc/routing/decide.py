@@ -10,7 +10,9 @@ The await stays out of this module on purpose: the router is I/O (a model on a
 worker thread, or an HTTP call) with its own timeout and telemetry at the
 processor's edge, and everything here stays synchronous, so ``archway
 explain`` and the tests run the very same functions without an event loop.
-The one state touched is this process's session pins (``routing.affinity``).
+Session pins are I/O too (a store shared by workers and replicas, see
+``routing.affinity``): the processor reads a session's pin into the ``Look``
+and claims the pin ``decide`` proposes; nothing here keeps state.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class Look(NamedTuple):
     open_model: bool
     session: str | None
     """The session key, for open-model requests that carry one: only those are pinned."""
-    pinned: RoutingDecision | None
-    """The session's pinned decision, resolved against the current table."""
+    pinned: RoutingDecision | None = None
+    """The session's pinned decision, resolved against the current table (the
+    processor fills it in from the shared store: ``seen._replace(pinned=...)``)."""
     own_routes: tuple[RoutingPreference, ...] | None = None
     """Routes the request brought itself (Plano's per-request
     ``routing_preferences``): for this request they replace the configured ones."""
@@ -84,32 +87,32 @@ class Decision(NamedTuple):
     score: float | None = None
     """The router's confidence in ``target.route``, when it gave a route and has one."""
     affinity: str | None = None
-    """``pinned`` (a session's decision reused), ``new`` (this one pinned), or ``None``."""
+    """``pinned`` (a session's decision reused), ``new`` (this one is to be pinned:
+    the processor claims it for ``Look.session``), or ``None``."""
 
 
 def look(table: RoutingTable, body: Mapping[str, Any], headers: Mapping[str, str]) -> Look:
-    """Read the request's model and, for an open one, its session's pin."""
+    """Read the request's model and, for an open one, its session key (within
+    its tenant, when Plano's ``session_cache.tenant_header`` names one)."""
     requested = requested_model(body)
     open_model = is_open_model(requested)
     own_routes = read_request_preferences(body, table)
     session: str | None = None
-    pinned: RoutingDecision | None = None
     # An explicit model or alias is the client's choice, and so are routes the
     # request brings: neither is pinned.
     if open_model and own_routes is None:
         header = headers.get(CLIENT_AFFINITY_HEADER)
         if header is not None:
-            session = affinity.session_key(header)
-        if session is not None:
-            pins = affinity.process_pins(table.config.affinity)
-            pinned = pins.recall(session, table, requested)
-    return Look(requested, open_model, session, pinned, own_routes)
+            tenant_header = table.config.access.tenant_header
+            tenant = headers.get(tenant_header) if tenant_header else None
+            session = affinity.session_key(header, tenant)
+    return Look(requested, open_model, session, None, own_routes)
 
 
 def decide(table: RoutingTable, seen: Look, choice: RouteChoice | None = None) -> Decision:
     """The decision for a request ``look`` read and, when it asked, the router's
-    ``choice``. Pins the decision for a new session. Raises ``GatewayError`` (400)
-    when no configured model serves the request."""
+    ``choice``; for a session without a pin, ``new`` (the processor pins it).
+    Raises ``GatewayError`` (400) when no configured model serves the request."""
     if seen.pinned is not None:
         return Decision(seen.pinned, affinity=AFFINITY_PINNED)
     if seen.open_model and seen.own_routes is not None:
@@ -131,7 +134,6 @@ def decide(table: RoutingTable, seen: Look, choice: RouteChoice | None = None) -
     score = choice.score if choice is not None and target.route is not None else None
     if seen.session is None:
         return Decision(target, score)
-    affinity.process_pins(table.config.affinity).remember(seen.session, target)
     return Decision(target, score, AFFINITY_NEW)
 
 

@@ -30,8 +30,10 @@ from ext_proc.server import modes
 from ext_proc.server.modes import BodyMode, Mode
 
 __all__ = [
+    "METADATA_NAMESPACE",
     "attempt_headers_response",
     "body_response",
+    "body_unchanged_response",
     "error_response",
     "header_map",
     "headers_response",
@@ -39,9 +41,14 @@ __all__ = [
     "pass_through",
     "response_body_response",
     "response_headers_response",
+    "set_metadata",
 ]
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+METADATA_NAMESPACE = "archway"
+"""The dynamic metadata namespace Envoy accepts from Archway (the filters'
+``metadata_options``); the access log reads ``%DYNAMIC_METADATA(archway:...)%``."""
 
 # Every routed request sets the same few headers for its decision (cluster,
 # model, provider, path, credentials). Building a HeaderValueOption from Python
@@ -241,3 +248,17 @@ def pass_through(phase: str | None) -> ProcessingResponse:
     if build is None:
         raise GatewayError(400, "Empty processing request.", code="bad_request")
     return build()
+
+
+def body_unchanged_response() -> ProcessingResponse:
+    """Let a response body chunk (or the buffered body) through as it is."""
+    return ProcessingResponse(response_body=BodyResponse())
+
+
+def set_metadata(
+    response: ProcessingResponse, fields: Mapping[str, str | int | float]
+) -> ProcessingResponse:
+    """Add ``fields`` to the request's dynamic metadata (``METADATA_NAMESPACE``)."""
+    if fields:
+        response.dynamic_metadata.update({METADATA_NAMESPACE: dict(fields)})
+    return response

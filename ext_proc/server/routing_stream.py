@@ -24,18 +24,23 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from ext_proc.access import gate
+from ext_proc.access.gate import USAGE_HEADER, Ticket
+from ext_proc.access.policy import Client
 from ext_proc.apis import Endpoint, WireAPI, client_api
 from ext_proc.errors import GatewayError
-from ext_proc.headers import INTERNAL_PREFIX
+from ext_proc.headers import AFFINITY_NEW, AFFINITY_PINNED, INTERNAL_PREFIX
 from ext_proc.router.service import ConfiguredRouter
+from ext_proc.routing import affinity
 from ext_proc.routing.body import parse_request
-from ext_proc.routing.decide import decide, look
+from ext_proc.routing.decide import Decision, Look, decide, look
 from ext_proc.routing.endpoints import classify, listing_api, models_listing
 from ext_proc.routing.plan import plan_request
-from ext_proc.routing.resolve import RoutingTable
+from ext_proc.routing.resolve import RoutingDecision, RoutingTable
 from ext_proc.server import messages
 from ext_proc.server.processor import internal_error
-from ext_proc.server.translation_stream import TranslationProcessor
+from ext_proc.server.translation_stream import TranslationProcessor, shared_state
+from ext_proc.telemetry import observe
 from ext_proc.telemetry.observe import RequestTelemetry
 
 __all__ = ["RoutingProcessor"]
@@ -50,6 +55,7 @@ class RoutingProcessor:
 
     __slots__ = (
         "_api",
+        "_client",
         "_endpoint",
         "_headers",
         "_response",
@@ -74,6 +80,8 @@ class RoutingProcessor:
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
         self._response: TranslationProcessor | None = None
+        self._client: Client | None = None
+        """The configured client whose key the request presented (``archway.clients``)."""
         self._telemetry = RequestTelemetry()
         self._trace_context = trace_context
         """The gRPC stream's W3C trace context (Envoy's span), when tracing is on."""
@@ -88,7 +96,7 @@ class RoutingProcessor:
             if phase in _RESPONSE_PHASES:
                 response = self._response
                 if response is None:
-                    response = self._response = TranslationProcessor()
+                    response = self._response = TranslationProcessor(self._table)
                 return await response.handle(request)
             return messages.pass_through(phase)
         except GatewayError as exc:
@@ -101,6 +109,11 @@ class RoutingProcessor:
         path = headers.get(":path", "/")
         self._telemetry.started(headers, self._trace_context, path)
         self._api = client_api(path)
+        access = self._table.config.access
+        if access.keys_required:
+            # Before anything else, the model listing included: a gateway with
+            # clients configured tells nothing to a caller without a key.
+            self._client = gate.authenticate(access, headers)
         endpoint = classify(headers.get(":method", "GET"), path)
         if endpoint is Endpoint.MODELS:
             self._telemetry.answered()
@@ -124,13 +137,25 @@ class RoutingProcessor:
         table, headers = self._table, self._headers
         parsed = parse_request(headers, msg.body, endpoint.api)
         seen = look(table, parsed.fields, headers)
+        if seen.session is not None:
+            seen = seen._replace(
+                pinned=await affinity.recall(
+                    shared_state(table), seen.session, table, seen.requested
+                )
+            )
         choice = None
         if seen.asks_router and self._router is not None and endpoint.is_chat:
             choice = await self._telemetry.router_call(
                 self._router.decide(parsed.data, endpoint.api, seen.router_routes)
             )
         decision = decide(table, seen, choice)
+        if decision.affinity == AFFINITY_NEW:
+            decision = await self._pin(seen, decision)
         plan = plan_request(decision, parsed, endpoint, headers, table.config.providers)
+        set_headers = plan.set_headers
+        metadata: dict[str, str] = {}
+        if table.config.access.meters or self._client is not None:
+            set_headers = await self._account(plan.decision, msg.body, set_headers, metadata)
         self._telemetry.routed(table, plan, decision.affinity)
         if log.isEnabledFor(logging.DEBUG):
             d = plan.decision
@@ -142,8 +167,67 @@ class RoutingProcessor:
                 f" ({d.route})" if d.route else "",
                 d.cluster,
             )
-        return messages.body_response(plan.set_headers, plan.remove_headers, plan.body)
+        response = messages.body_response(set_headers, plan.remove_headers, plan.body)
+        return messages.set_metadata(response, metadata)
+
+    async def _pin(self, seen: Look, decision: Decision) -> Decision:
+        """Claim the new session's pin; when another worker or gateway pinned the
+        session first, follow its decision instead."""
+        assert seen.session is not None
+        table = self._table
+        winner = await affinity.claim(
+            shared_state(table),
+            seen.session,
+            decision.target,
+            table.config.affinity.ttl_s,
+            table,
+            seen.requested,
+        )
+        return decision if winner is None else Decision(winner, affinity=AFFINITY_PINNED)
+
+    async def _account(
+        self,
+        decision: RoutingDecision,
+        body: bytes,
+        set_headers: tuple[tuple[str, str], ...],
+        metadata: dict[str, str],
+    ) -> tuple[tuple[str, str], ...]:
+        """The client's allow-list (403) and every token limit the request counts
+        against (429); then the ticket that has its answer's usage counted."""
+        access = self._table.config.access
+        client = self._client
+        if client is not None:
+            refused = gate.forbidden(client, decision.model, decision.alias)
+            if refused is not None:
+                raise refused
+            metadata["client"] = client.name
+        estimate, counters = 0, ()
+        if access.counts_tokens:
+            estimate, counters = await gate.admit(
+                shared_state(self._table),
+                access,
+                client,
+                decision.model,
+                (decision.alias, decision.requested, decision.upstream_model),
+                self._headers,
+                body,
+            )
+        if client is not None:
+            observe.client_answered(client.name, "routed")
+        if not access.meters:
+            return set_headers
+        ticket = Ticket(
+            client.name if client is not None else None,
+            decision.provider.provider,
+            decision.model,
+            int(self._telemetry.started_at * 1000),
+            estimate,
+            tuple((c.key, c.window_s) for c in counters),
+        )
+        return (*set_headers, (USAGE_HEADER, ticket.header_value()))
 
     def _error(self, exc: GatewayError) -> ProcessingResponse:
         self._telemetry.failed(exc, before_routing=True)
+        if self._client is not None:
+            observe.client_answered(self._client.name, exc.code)
         return messages.error_response(self._api, exc)

@@ -52,6 +52,7 @@ __all__ = [
     "ExternalProcessor",
     "RunningServer",
     "TlsFiles",
+    "UnixSocketError",
     "serve_forever",
     "start_server",
 ]
@@ -96,10 +97,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
 
     def processor(self, role: StreamRole, metadata: Iterable[tuple[str, Any]]) -> StreamProcessor:
         """The processor for a new stream of ``role``."""
-        if role is StreamRole.TRANSLATION:
-            return TranslationProcessor()
         # Envoy's span for this call, when it traces: the parent of the request's span.
         trace_context = tracing.stream_trace_context(metadata)
+        if role is StreamRole.TRANSLATION:
+            return TranslationProcessor(self.table, trace_context=trace_context)
         if role is StreamRole.ATTEMPT:
             return AttemptProcessor(self.table, trace_context=trace_context)
         return RoutingProcessor(self.table, self.router, trace_context=trace_context)
@@ -135,6 +136,13 @@ class _ExtProcStream:
             raise GrpcError(StreamStatus.INVALID_ARGUMENT, "not a ProcessingRequest") from None
         response = await self._processor.handle(request)
         return response.SerializeToString()
+
+
+_SOCKET_MODE = 0o660
+
+
+class UnixSocketError(OSError):
+    """The Unix socket could not be created (its own message names the fix)."""
 
 
 @dataclass(frozen=True)
@@ -298,11 +306,20 @@ async def _start_h2(
         bound = await h2.start(host, port, reuse_port=reuse_port, tls=tls)
         if own_port is not None:
             await h2.start(host, own_port, reuse_port=True, tls=tls)
-        if uds is not None:
-            await h2.start_unix(uds, tls=tls)
     except OSError as exc:
         await h2.stop(0)
         raise OSError(f"cannot listen on {_address(host, port)}: {exc.strerror or exc}") from None
+    if uds is not None:
+        try:
+            # Group access: in the sidecar setups Envoy runs as another user of
+            # the socket's group (the pod's fsGroup, compose's shared gid).
+            await h2.start_unix(uds, tls=tls, mode=_SOCKET_MODE)
+        except OSError as exc:
+            await h2.stop(0)
+            raise UnixSocketError(
+                f"cannot listen on the Unix socket {uds}: {exc.strerror or exc}; "
+                "check that its directory exists and is writable"
+            ) from None
     return h2, bound
 
 

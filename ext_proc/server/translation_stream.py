@@ -1,15 +1,19 @@
-"""The translation stream: the response of one request whose body was translated.
+"""The translation stream: the response of one request whose body was
+translated, or whose usage is counted.
 
 Envoy's route enables the response-translation filter only on requests that
-carry ``TRANSLATE_HEADER``, and echoes that header onto the response, where
-this processor reads the direction. It asks for the body as the response
-needs: streamed for SSE (each chunk rewritten as it arrives), buffered for
-JSON and for errors (rewritten whole, in the client's shape).
+carry ``TRANSLATE_HEADER`` (or ``USAGE_HEADER``), and echoes those headers onto
+the response, where this processor reads the direction and the usage ticket.
+It asks for the body as the response needs: streamed for SSE (each chunk
+rewritten, or passed on, as it arrives), buffered for JSON and for errors
+(rewritten whole, in the client's shape). A ``ResponseMeter`` reads the
+provider's bytes on the way and reports usage once the answer ends.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
@@ -18,12 +22,18 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
+from ext_proc.access import gate
+from ext_proc.access.gate import USAGE_HEADER, Ticket
 from ext_proc.apis import WireAPI
 from ext_proc.errors import GatewayError
-from ext_proc.headers import TRANSLATE_HEADER
+from ext_proc.headers import DECISION_MODEL, DECISION_PROVIDER, TRANSLATE_HEADER
+from ext_proc.routing.resolve import RoutingTable
 from ext_proc.server import messages
+from ext_proc.server.metering import ResponseMeter
 from ext_proc.server.modes import BodyMode
 from ext_proc.server.processor import internal_error
+from ext_proc.state.process import SharedState, process_state
+from ext_proc.telemetry import observe
 from ext_proc.telemetry.observe import RequestTelemetry
 from ext_proc.translate import (
     StreamTranslator,
@@ -34,7 +44,7 @@ from ext_proc.translate import (
 )
 from ext_proc.translate.sse import SSEError
 
-__all__ = ["TranslationProcessor"]
+__all__ = ["TranslationProcessor", "shared_state"]
 
 _SSE_TYPE = "text/event-stream"
 
@@ -61,39 +71,72 @@ class _ResponseTranslation:
         """Set for a streamed (SSE) body; ``None`` for a buffered JSON one."""
 
 
+def shared_state(table: RoutingTable | None) -> SharedState:
+    """This process's pins and counters, for ``table``'s config."""
+    if table is None:
+        return process_state(None, 10_000, observe.shared_state_failed)
+    return process_state(
+        table.config.access.redis_url,
+        table.config.affinity.max_entries,
+        observe.shared_state_failed,
+    )
+
+
 class TranslationProcessor:
     """The response-translation filter's stream for one response."""
 
-    __slots__ = ("_api", "_response")
+    __slots__ = ("_api", "_headers", "_meter", "_response", "_table", "_trace_context")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        table: RoutingTable | None = None,
+        *,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> None:
+        self._table = table
+        """Where counters live (a ticket's limits are settled there)."""
+        self._trace_context = trace_context
         self._api = WireAPI.OPENAI
         """The client's API, for errors: known once the response headers name it."""
         self._response: _ResponseTranslation | None = None
+        self._meter: ResponseMeter | None = None
+        self._headers: dict[str, str] = {}
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
         try:
             if phase == "response_body":
-                return self._on_response_body(request.response_body)
+                return await self._on_response_body(request.response_body)
             if phase == "response_headers":
-                return self._on_response_headers(request.response_headers)
+                return await self._on_response_headers(request.response_headers)
             return messages.pass_through(phase)
         except GatewayError as exc:
             return self._error(exc)
         except Exception:
             return self._error(internal_error(phase))
 
-    def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
+    async def _on_response_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
         found = context_from_header(headers.get(TRANSLATE_HEADER))
-        if found is None:
-            # Nothing to translate: the route was picked on a client's forged
-            # header before it was stripped. Leave the body alone.
+        ticket_value = headers.get(USAGE_HEADER)
+        if found is None and ticket_value is None:
+            # Nothing to translate or count: the route was picked on a client's
+            # forged header before it was stripped. Leave the body alone.
             return messages.response_headers_response()
+        ticket = Ticket.from_header(ticket_value)
+        # These name the decision (echoed by the route) and carry Envoy's trace context.
+        self._headers = headers
+        remove = [TRANSLATE_HEADER] if found is not None else []
+        if ticket_value is not None:
+            remove.append(USAGE_HEADER)
+        status = _status(headers)
+        if (msg.end_of_stream or status >= 300) and ticket is not None and ticket.counters:
+            # No answer to count: what the request was estimated at is given back.
+            await gate.settle(shared_state(self._table), ticket, None, refund=True)
+        if found is None:
+            return self._meter_native(headers, ticket, remove, msg.end_of_stream or status >= 300)
         translator, context = found
         self._api = context.client
-        remove = [TRANSLATE_HEADER]
         if msg.end_of_stream:
             return messages.response_headers_response(remove_headers=remove)
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -104,9 +147,10 @@ class TranslationProcessor:
                 "translate.",
                 code="upstream_encoding",
             )
-        status = _status(headers)
         created = int(time.time())
-        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        media_type = _media_type(headers)
+        if status < 300 and (media_type == _SSE_TYPE or _is_json(media_type)):
+            self._meter = _response_meter(headers, ticket, streamed=media_type == _SSE_TYPE)
         if status >= 300:
             # Errors are small JSON (or text) bodies: rewritten whole, in the
             # client's error shape, with the upstream's status kept.
@@ -124,14 +168,46 @@ class TranslationProcessor:
             return messages.response_headers_response(
                 remove_headers=remove, body_mode=BodyMode.STREAMED
             )
-        if media_type == "application/json" or media_type.endswith("+json"):
+        if _is_json(media_type):
             self._response = _ResponseTranslation(translator, context, status, created)
             return messages.response_headers_response(
                 remove_headers=remove, body_mode=BodyMode.BUFFERED
             )
         return messages.response_headers_response(remove_headers=remove)
 
-    def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
+    def _meter_native(
+        self, headers: dict[str, str], ticket: Ticket | None, remove: list[str], done: bool
+    ) -> ProcessingResponse:
+        """An answer in the client's own API whose usage is counted: the body
+        passes unchanged, streamed for SSE (each chunk reaches the client as it
+        comes) and buffered for JSON (usage is in the whole body)."""
+        media_type = _media_type(headers)
+        streamed = media_type == _SSE_TYPE
+        if done or not (streamed or _is_json(media_type)):
+            return messages.response_headers_response(remove_headers=remove)
+        self._meter = _response_meter(headers, ticket, streamed=streamed)
+        mode = BodyMode.STREAMED if streamed else BodyMode.BUFFERED
+        return messages.response_headers_response(remove_headers=remove, body_mode=mode)
+
+    async def _on_response_body(self, msg: HttpBody) -> ProcessingResponse:
+        meter = self._meter
+        if meter is None:
+            return self._translate_body(msg)
+        meter.feed(msg.body)
+        if self._response is not None:
+            response = self._translate_body(msg)
+        else:
+            response = messages.pass_through("response_body")
+        if msg.end_of_stream or meter.finished:
+            self._meter = None
+            report = meter.finish()
+            observe.usage_reported(report, self._trace_context, self._headers)
+            if meter.ticket is not None:
+                await gate.settle(shared_state(self._table), meter.ticket, report.usage)
+            messages.set_metadata(response, report.log_fields())
+        return response
+
+    def _translate_body(self, msg: HttpBody) -> ProcessingResponse:
         translation = self._response
         if translation is None:
             return messages.pass_through("response_body")
@@ -159,6 +235,29 @@ class TranslationProcessor:
         # already counted the request.
         RequestTelemetry().failed(exc, before_routing=False)
         return messages.error_response(self._api, exc)
+
+
+def _media_type(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _response_meter(
+    headers: dict[str, str], ticket: Ticket | None, *, streamed: bool
+) -> ResponseMeter:
+    if ticket is not None:
+        return ResponseMeter(ticket, ticket.provider, ticket.model, streamed=streamed)
+    # A translated request without a ticket: the decision headers echoed onto
+    # the response name what answered.
+    return ResponseMeter(
+        None,
+        headers.get(DECISION_PROVIDER, ""),
+        headers.get(DECISION_MODEL, ""),
+        streamed=streamed,
+    )
 
 
 def _status(headers: dict[str, str]) -> int:

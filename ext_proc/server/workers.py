@@ -16,6 +16,11 @@ onto the workers, and two connections land on the same worker half the time,
 leaving the other idle. The parent also asks each worker's gRPC health service
 on that port, since only there does it reach one worker and not any of them.
 
+Session pins and token counters must be one across the workers: with more
+than one, the parent creates a SQLite file that every worker shares
+(``ext_proc.state.shared.FileState``, path in ``ARCHWAY_SHARED_STATE_FILE``)
+and removes it when the pool stops.
+
 The parent restarts a worker that dies, after a delay that doubles with each
 quick failure, and kills (then restarts) one that stops answering its health
 check: a stopped process or a stuck event loop serves nothing but never exits.
@@ -35,9 +40,11 @@ import errno
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +54,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.deploy.envoy_process import parent_death_prefix
+from ext_proc.state.shared import SHARED_STATE_FILE_ENV
 
 __all__ = [
     "READY_LINE",
@@ -192,6 +200,7 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._pipes: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._state_dir: Path | None = None
         self.restarts = 0
         self.hung = 0
         """Workers killed for not answering their health check."""
@@ -240,6 +249,11 @@ class WorkerPool:
     async def start(self) -> int:
         """Start every worker and wait until all accept streams; returns the port."""
         self._reserved = reserve_port(self.host, self._requested_port)
+        if self.count > 1 and not os.environ.get(SHARED_STATE_FILE_ENV):
+            # tmpfs where there is one: the file is small, hot and disposable.
+            shm = Path("/dev/shm")
+            parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+            self._state_dir = Path(tempfile.mkdtemp(prefix="archway-state-", dir=parent))
         self._own = [reserve_port(self.host, 0) for _ in range(self.count)]
         try:
             await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -259,6 +273,8 @@ class WorkerPool:
 
     async def _spawn(self, index: int) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self._state_dir is not None:
+            env[SHARED_STATE_FILE_ENV] = str(self._state_dir / "shared.sqlite")
         self._serving[index] = False
         proc = await asyncio.create_subprocess_exec(
             *parent_death_prefix(),
@@ -414,6 +430,8 @@ class WorkerPool:
             self._reserved.close()
         for sock in self._own:
             sock.close()
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
 
 
 async def _answers(channel: grpc.aio.Channel, timeout_s: float) -> bool:

@@ -51,6 +51,14 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROUTER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """From a cached embedding lookup (milliseconds) to a generator at its timeout."""
 
+TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+"""From a cached short answer to a reasoning model thinking for a minute."""
+
+TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
+"""Seconds per output token: 1000 tokens/s down to 3."""
+
+TOKEN_TYPES = ("input", "output", "cached", "reasoning", "cache_write")
+
 ROUTED = "routed"
 """The ``outcome`` of a request sent upstream; any other outcome is an error code."""
 
@@ -151,6 +159,50 @@ class GatewayMetrics:
             ["result"],
             registry=registry,
         )
+        self.tokens = Counter(
+            "archway_tokens",
+            "Tokens the providers reported (usage), by provider, model and type: input "
+            "(all prompt tokens, cached included), output (reasoning included), cached, "
+            "reasoning, cache_write.",
+            ["provider", "model", "type"],
+            registry=registry,
+        )
+        self.client_tokens = Counter(
+            "archway_client_tokens",
+            "Tokens spent by each configured client (archway.clients), by type.",
+            ["client", "type"],
+            registry=registry,
+        )
+        self.client_requests = Counter(
+            "archway_client_requests",
+            "Requests of each configured client, by outcome: routed, or the error code.",
+            ["client", "outcome"],
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "archway_time_to_first_token_seconds",
+            "From the request's arrival to the first output token of a streamed answer.",
+            ["provider", "model"],
+            buckets=TTFT_BUCKETS_S,
+            registry=registry,
+        )
+        self.time_per_output_token = Histogram(
+            "archway_time_per_output_token_seconds",
+            "After the first output token, the time per further output token of a streamed answer.",
+            ["provider", "model"],
+            buckets=TPOT_BUCKETS_S,
+            registry=registry,
+        )
+        self.shared_state_errors = Counter(
+            "archway_shared_state_errors",
+            "Operations on the shared state (pins, token counters) that failed, by store "
+            "and operation; limits are not enforced while it fails (fail open).",
+            ["store", "operation"],
+            registry=registry,
+        )
+        self._tokens: dict[tuple[str, ...], Any] = {}
+        self._client_tokens: dict[tuple[str, ...], Any] = {}
+        self._client_requests: dict[tuple[str, ...], Any] = {}
         self._routed: dict[tuple[str, str], Any] = {}
         self._failed: dict[str, Any] = {}
         self._errors: dict[str, Any] = {}
@@ -207,6 +259,39 @@ class GatewayMetrics:
         if child is None:
             child = self._affinity[result] = self.affinity.labels(result)
         child.inc()
+
+    def tokens_used(self, provider: str, model: str, client: str | None, counts: Any) -> None:
+        """``counts``: a ``telemetry.usage.Usage``."""
+        for kind in TOKEN_TYPES:
+            value = getattr(counts, f"{kind}_tokens")
+            if value:
+                key = (provider, model, kind)
+                child = self._tokens.get(key)
+                if child is None:
+                    child = self._tokens[key] = self.tokens.labels(*key)
+                child.inc(value)
+                if client is not None:
+                    self._child(self._client_tokens, self.client_tokens, (client, kind)).inc(value)
+
+    def stream_timing(
+        self, provider: str, model: str, first_token_s: float, per_token_s: float | None
+    ) -> None:
+        self.time_to_first_token.labels(provider, model).observe(first_token_s)
+        if per_token_s is not None:
+            self.time_per_output_token.labels(provider, model).observe(per_token_s)
+
+    def client_request(self, client: str, outcome: str) -> None:
+        self._child(self._client_requests, self.client_requests, (client, outcome)).inc()
+
+    @staticmethod
+    def _child(cache: dict[tuple[str, ...], Any], metric: Any, key: tuple[str, ...]) -> Any:
+        child = cache.get(key)
+        if child is None:
+            child = cache[key] = metric.labels(*key)
+        return child
+
+    def shared_state_failed(self, store: str, operation: str) -> None:
+        self.shared_state_errors.labels(store, operation).inc()
 
     # -- set-up --------------------------------------------------------------------
 

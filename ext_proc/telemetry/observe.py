@@ -9,7 +9,7 @@ trace context.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ext_proc.errors import GatewayError
@@ -22,17 +22,32 @@ if TYPE_CHECKING:
 
     from ext_proc.config import Config
     from ext_proc.routing.plan import RequestPlan
+    from ext_proc.server.metering import UsageReport
 
-__all__ = ["AttemptTelemetry", "ProcessObservability", "RequestTelemetry", "config_reloaded"]
+USAGE_SPAN = "archway.usage"
+
+__all__ = [
+    "AttemptTelemetry",
+    "ProcessObservability",
+    "RequestTelemetry",
+    "client_answered",
+    "config_reloaded",
+    "shared_state_failed",
+    "usage_reported",
+]
 
 
 class RequestTelemetry:
     """One routing stream's report: the request counted once, at its outcome."""
 
-    __slots__ = ("span",)
+    __slots__ = ("_clock", "span", "started_at")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.span: Span | None = None
+        # Injected so that a test can time the router call without sleeping.
+        self._clock = clock
+        self.started_at = 0.0
+        """Wall-clock seconds when the request's headers arrived."""
 
     def started(
         self,
@@ -40,6 +55,7 @@ class RequestTelemetry:
         stream_context: Mapping[str, str] | None,
         path: str,
     ) -> None:
+        self.started_at = time.time()
         if tracing.tracer() is None:
             return
         self.span = tracing.start_span(
@@ -96,14 +112,14 @@ class RequestTelemetry:
         span = None
         if self.span is not None:
             span = tracing.start_child_span(self.span, tracing.ROUTER_SPAN)
-        started = time.perf_counter()
+        started = self._clock()
         try:
             choice = await choose
         except BaseException:
             if span is not None:
                 span.end()
             raise
-        metrics.recorder().router_answered(choice.route, time.perf_counter() - started)
+        metrics.recorder().router_answered(choice.route, self._clock() - started)
         if span is not None:
             span.set_attribute("archway.route", choice.route)
             if choice.score is not None:
@@ -160,6 +176,52 @@ def _configured_model(table: RoutingTable, name: str) -> str:
     """The configured entry serving ``name`` (``openai/*`` for a wildcard's model)."""
     provider = configured_entry(table.models, name)
     return provider.model if provider is not None else ""
+
+
+def usage_reported(
+    report: UsageReport,
+    stream_context: Mapping[str, str] | None,
+    headers: Mapping[str, str],
+) -> None:
+    """An answer's usage: token counters, stream timings, and a span with the
+    GenAI semantic conventions' attributes (a child of Envoy's span for the
+    response stream, so it lands in the request's trace)."""
+    recorder = metrics.recorder()
+    usage = report.usage
+    if usage is not None:
+        recorder.tokens_used(report.provider, report.model, report.client, usage)
+    if report.first_token_s is not None:
+        recorder.stream_timing(
+            report.provider, report.model, report.first_token_s, report.per_token_s
+        )
+    if tracing.tracer() is None:
+        return
+    attributes: dict[str, str | int | float] = {
+        "gen_ai.provider.name": report.provider,
+        "gen_ai.request.model": report.model,
+    }
+    response_model = headers.get("x-archway-model")
+    attributes["gen_ai.response.model"] = response_model or report.model
+    if usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
+        attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+    if report.first_token_s is not None:
+        attributes["gen_ai.response.time_to_first_chunk"] = report.first_token_s
+    if report.client is not None:
+        attributes["archway.client"] = report.client
+    span = tracing.start_span(USAGE_SPAN, (stream_context, headers), attributes)
+    if span is not None:
+        span.end()
+
+
+def client_answered(client: str, outcome: str) -> None:
+    metrics.recorder().client_request(client, outcome)
+
+
+def shared_state_failed(store: str, operation: str) -> None:
+    metrics.recorder().shared_state_failed(store, operation)
 
 
 def config_reloaded(result: str) -> None:

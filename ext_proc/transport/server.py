@@ -175,9 +175,12 @@ class H2GrpcServer:
             self._listen(sock, tls)
         return int(bound)
 
-    async def start_unix(self, path: str | Path, *, tls: ssl.SSLContext | None = None) -> str:
+    async def start_unix(
+        self, path: str | Path, *, tls: ssl.SSLContext | None = None, mode: int | None = None
+    ) -> str:
         """Listen on a Unix domain socket at ``path``; a stale socket file there
-        (not any other file) is replaced."""
+        (not any other file) is replaced. ``mode``: the socket file's permissions
+        (connecting needs write access), set before it listens."""
         path = str(path)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.stat(path).st_mode):
@@ -185,6 +188,8 @@ class H2GrpcServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
+            if mode is not None:
+                os.chmod(path, mode)
         except OSError:
             sock.close()
             raise
