@@ -471,7 +471,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         endpoint = classify("POST", args.path)
         parsed = parse_request(headers, body, endpoint.api)
-        seen = look(table, parsed.data, headers)
+        seen = look(table, parsed.fields, headers)
         plan = plan_request(decide(table, seen), parsed, endpoint, headers)
     except GatewayError as exc:
         if args.json:

@@ -136,7 +136,7 @@ class RoutingProcessor:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
         table, headers = self._table, self._headers
         parsed = parse_request(headers, msg.body, endpoint.api)
-        seen = look(table, parsed.data, headers)
+        seen = look(table, parsed.fields, headers)
         if seen.session is not None:
             seen = seen._replace(
                 pinned=await affinity.recall(

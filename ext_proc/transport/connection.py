@@ -706,7 +706,9 @@ class Connection(asyncio.BufferedProtocol):
         if not stream.headers_sent:
             stream.headers_sent = True
             self._out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
-        stream.outbox += len(message).to_bytes(5) + message  # flag byte 0: not compressed
+        outbox = stream.outbox
+        outbox += len(message).to_bytes(5)  # flag byte 0: not compressed
+        outbox += message
         self._pump(stream)
         if self._reading:
             self._out_bytes += len(message)
@@ -735,20 +737,27 @@ class Connection(asyncio.BufferedProtocol):
     def _pump(self, stream: _Stream) -> None:
         """Send what flow control allows of the stream's data, then its trailers."""
         outbox = stream.outbox
-        while outbox:
-            room = min(
-                self._peer.initial_window + stream.send_delta,
-                self._send_window,
-                self._peer.max_frame,
-            )
-            if room <= 0:
-                self._blocked[stream.id] = stream
-                return
-            chunk = bytes(outbox[:room])
-            del outbox[:room]
-            stream.send_delta -= len(chunk)
-            self._send_window -= len(chunk)
-            self._out.append(frame(DATA, 0, stream.id, chunk))
+        sent = 0
+        with memoryview(outbox) as view:
+            # Frames are cut from a view: a large answer is copied once, into its frames.
+            while sent < len(view):
+                room = min(
+                    self._peer.initial_window + stream.send_delta,
+                    self._send_window,
+                    self._peer.max_frame,
+                )
+                if room <= 0:
+                    break
+                with view[sent : sent + room] as chunk:
+                    size = len(chunk)
+                    self._out.append(frame(DATA, 0, stream.id, chunk))
+                sent += size
+                stream.send_delta -= size
+                self._send_window -= size
+        del outbox[:sent]
+        if outbox:
+            self._blocked[stream.id] = stream
+            return
         self._blocked.pop(stream.id, None)
         if stream.trailers is not None:
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
