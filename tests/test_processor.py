@@ -189,6 +189,8 @@ def test_models_listing_in_both_shapes() -> None:
         # int digit limit.
         (b'{"model": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
         (b'{"model": "fast-model", "stream": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
+        # ... and at the top level where it does not: checked by length, not decoded.
+        (b'{"model": "fast-model", "n": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
         ({"model": "fast-model", "messages": "hello"}, None, 400, "invalid_request"),
     ],
 )
@@ -202,9 +204,12 @@ def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
 
 def test_members_the_decision_does_not_read_are_forwarded_undecoded() -> None:
     # Neither parsed into Python values nor re-serialised: a number past Python's
-    # digit limit is the provider's to judge, and reaches it byte for byte.
+    # digit limit inside a member Archway does not read is the provider's to
+    # judge, and reaches it byte for byte.
     huge = b"9" * 100_000
-    body = b'{"model": "fast-model", "n": ' + huge + b', "messages": [{"role": "user"}]}'
+    body = (
+        b'{"model": "fast-model", "metadata": {"n": ' + huge + b'}, "messages": [{"role": "user"}]}'
+    )
     resp = run("/v1/chat/completions", body)
     assert resp.WhichOneof("response") == "request_body"
     new = resp.request_body.response.body_mutation.body

@@ -112,6 +112,7 @@ def parse_json(body: bytes, api: WireAPI = WireAPI.OPENAI) -> ParsedBody:
     """``body`` as a JSON object, noting where its ``model`` is when it can."""
     members = _split_object(body)
     if members is not None:
+        _refuse_long_numbers(members)
         return ParsedBody(
             None, None, _model_span(body, members), body=body, fields=_Members(members), api=api
         )
@@ -233,6 +234,21 @@ class _Members(Mapping[str, Any]):
         if raw is None:
             return None
         return memoryview(raw)[0]
+
+
+# Python's default int digit limit: past it, json.loads refuses the number.
+_MAX_DIGITS = 4300
+_NUMBER_START = frozenset(b"-0123456789")
+
+
+def _refuse_long_numbers(members: dict[str, msgspec.Raw]) -> None:
+    """A top-level number no provider (nor Python) would convert is the client's
+    error, even in a member Archway does not read: checked by length, unread."""
+    for raw in members.values():
+        if len(raw) > _MAX_DIGITS and memoryview(raw)[0] in _NUMBER_START:
+            raise GatewayError(
+                400, "The request body holds a number with too many digits.", code="invalid_json"
+            )
 
 
 def _loads_value(raw: msgspec.Raw) -> Any:
