@@ -136,8 +136,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def chat_body() -> bytes:
-    """A 2 KB OpenAI chat body asking for the alias, padded in the last user turn."""
+def chat_body(size: int = BODY_BYTES) -> bytes:
+    """An OpenAI chat body of exactly ``size`` bytes asking for the alias: a
+    coding agent's conversation (turns of code and prose), padded in the last
+    user turn. 2 KB by default."""
     payload: dict[str, Any] = {
         "model": ALIAS,
         "messages": [
@@ -150,11 +152,21 @@ def chat_body() -> bytes:
         "max_tokens": 256,
         "stream": False,
     }
+    turn = (
+        "Here is the failing function:\n```python\ndef total(xs: list[float]) -> float:\n"
+        '    """Sum, skipping None."""\n    return sum(x for x in xs if x is not None)\n```\n'
+        "The test says `TypeError: unsupported operand` on line 3. Why? "
+    )
+    while size > BODY_BYTES and len(json.dumps(payload).encode()) + 2 * len(turn) + 200 < size:
+        payload["messages"][-1:-1] = [
+            {"role": "user", "content": turn},
+            {"role": "assistant", "content": turn[::-1]},
+        ]
     empty = len(json.dumps(payload).encode())
     filler = "Add restaurants near each stop, with prices and opening hours. "
-    payload["messages"][-1]["content"] = (filler * 40)[: BODY_BYTES - empty]
+    payload["messages"][-1]["content"] = (filler * 40)[: size - empty]
     body = json.dumps(payload).encode()
-    assert len(body) == BODY_BYTES, len(body)
+    assert len(body) == size, len(body)
     return body
 
 
@@ -848,6 +860,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--soak", type=int, default=0, metavar="N", help="after the passes, RSS over N requests"
     )
+    parser.add_argument(
+        "--body-kb",
+        type=int,
+        default=BODY_BYTES // 1024,
+        help="request body size in KiB (2); coding agents send 100-1024",
+    )
     parser.add_argument("--json", type=Path, help="write every pass and the summary here")
     parser.add_argument(
         "--features",
@@ -887,7 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="archway-bench-") as tmp:
         bench = Bench(Path(tmp))
         try:
-            body = chat_body()
+            body = chat_body(args.body_kb * 1024)
             body_file = Path(tmp) / "body.json"
             body_file.write_bytes(body)
             upstream_port = bench.start_upstream()

@@ -485,7 +485,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         endpoint = classify("POST", args.path)
         parsed = parse_request(headers, body, endpoint.api)
-        seen = look(table, parsed.data, headers)
+        seen = look(table, parsed.fields, headers)
         decision = decide(table, seen)
         chain = chain_providers(table, decision.target)
         # Stored history is not read: explain shows the shape, not a conversation.

@@ -170,3 +170,32 @@ def test_a_new_table_never_reads_an_old_tables_plans() -> None:
         plan = plan_for(table, Endpoint.CHAT_COMPLETIONS, HEADERS, b'{"model": "gpt-5.2"}')
         assert ("authorization", f"Bearer {key}") in plan.set_headers
         del table  # its id may be reused by the next table
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"fast-model"}',
+        b' {\n\t"a" : [1, {"model": "x"}] ,\r\n "model"\t:\n"fast-model" , "z": "}"}  ',
+        b'{"m\\u006fdels": "gpt-5", "model": "fast-model", "k\\"ey": {"model": 1}}',
+        b'{"a": "\\"model\\": \\"x\\"", "model": "fast-model", "b": []}',
+        b'{"model": "fast-model", "messages": [{"content": "' + b"x" * 70_000 + b'"}]}',
+    ],
+)
+def test_the_member_walk_splices_exactly_the_model(body: bytes) -> None:
+    parsed = parse_request(HEADERS, body)
+    assert parsed.text is None and parsed.model_span is not None  # the msgspec path
+    assert dict(parsed.fields) == json.loads(body)
+    assert plan(body).body == body.replace(b'"fast-model"', b'"gpt-5.2"')
+
+
+def test_an_escaped_duplicate_model_is_still_a_duplicate() -> None:
+    body = b'{"m\\u006fdel": "gpt-5", "model": "fast-model"}'
+    assert parse_request(HEADERS, body).model_span is None
+    assert json.loads(plan(body).body or b"") == {"model": "gpt-5.2"}
+
+
+def test_members_are_decoded_only_when_read() -> None:
+    parsed = parse_request(HEADERS, b'{"model": "fast-model", "messages": [], "n": 1}')
+    assert parsed.fields["model"] == "fast-model"
+    assert parsed.fields._values == {"model": "fast-model"}  # type: ignore[attr-defined]

@@ -318,7 +318,7 @@ def test_ambiguous_or_wrong_type_model(gw: Gateway) -> None:
         ),
         (
             "/v1/chat/completions",
-            b'{"model": "fast-model", "messages": [], "seed": ' + b"1" * 100_000 + b"}",
+            b'{"model": "fast-model", "messages": [], "stream": ' + b"1" * 100_000 + b"}",
             None,
             "POST",
             400,

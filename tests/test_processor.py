@@ -185,7 +185,11 @@ def test_models_listing_in_both_shapes() -> None:
         ({"model": "nope/nothing"}, None, 400, "model_not_found"),
         ({"model": "x"}, {"content-type": "text/plain"}, 415, "unsupported_media_type"),
         (b"[" * 100_000, None, 400, "invalid_json"),
-        # Valid JSON that json.loads refuses: past Python's int digit limit.
+        # Valid JSON that json.loads refuses, where Archway reads it: past Python's
+        # int digit limit.
+        (b'{"model": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
+        (b'{"model": "fast-model", "stream": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
+        # ... and at the top level where it does not: checked by length, not decoded.
         (b'{"model": "fast-model", "n": ' + b"9" * 100_000 + b"}", None, 400, "invalid_json"),
         ({"model": "fast-model", "messages": "hello"}, None, 400, "invalid_request"),
     ],
@@ -196,6 +200,20 @@ def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
     assert got["error"]["code"] == code
     assert got["error"]["type"] == "invalid_request_error"
     assert got["error"]["message"]
+
+
+def test_members_the_decision_does_not_read_are_forwarded_undecoded() -> None:
+    # Neither parsed into Python values nor re-serialised: a number past Python's
+    # digit limit inside a member Archway does not read is the provider's to
+    # judge, and reaches it byte for byte.
+    huge = b"9" * 100_000
+    body = (
+        b'{"model": "fast-model", "metadata": {"n": ' + huge + b'}, "messages": [{"role": "user"}]}'
+    )
+    resp = run("/v1/chat/completions", body)
+    assert resp.WhichOneof("response") == "request_body"
+    new = resp.request_body.response.body_mutation.body
+    assert new == body.replace(b'"fast-model"', b'"gpt-5.2"')
 
 
 @pytest.mark.parametrize(
@@ -210,13 +228,31 @@ def test_bad_bodies_get_openai_errors(body, extra, status, code) -> None:
         ("model", 7),
     ],
 )
-def test_fields_archway_reads_must_have_their_openai_types(field, value) -> None:
-    body = {"model": "fast-model", "messages": [{"role": "user", "content": "hi"}]}
+@pytest.mark.parametrize("model", ["fast-model", "anthropic/claude-sonnet-4-5"])
+def test_fields_archway_reads_must_have_their_openai_types(field, value, model) -> None:
+    # A plain route reads the model and checks the other members' JSON types
+    # (their first byte); a translation reads every member, elements included.
+    if value == ["hello"] and model == "fast-model":
+        return  # see test_message_elements_are_checked_by_their_readers
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     status, got = immediate(run("/v1/chat/completions", {**body, field: value}))
     assert status == 400
     assert got["error"]["param"] == field
     assert got["error"]["type"] == "invalid_request_error"
     assert f"'{field}' must be" in got["error"]["message"]
+
+
+def test_message_elements_are_checked_by_their_readers() -> None:
+    # Decoding every message to check it would cost ~12 us per KB on every
+    # request; only the router and translation read them, and they check.
+    body = {"model": "fast-model", "messages": ["hello"]}
+    resp = run("/v1/chat/completions", body)
+    assert resp.WhichOneof("response") == "request_body"
+    assert json.loads(resp.request_body.response.body_mutation.body)["messages"] == ["hello"]
+    status, got = immediate(
+        run("/v1/chat/completions", {**body, "model": "anthropic/claude-sonnet-4-5"})
+    )
+    assert status == 400 and got["error"]["param"] == "messages"
 
 
 @pytest.mark.parametrize(
@@ -230,7 +266,8 @@ def test_fields_archway_reads_must_have_their_openai_types(field, value) -> None
     ],
 )
 def test_fields_archway_reads_must_have_their_anthropic_types(field, value) -> None:
-    body = {"model": "anthropic/claude-sonnet-4-5", "max_tokens": 5, "messages": []}
+    # Translated to OpenAI's API: every member is read.
+    body = {"model": "openai/gpt-5.2", "max_tokens": 5, "messages": []}
     status, got = immediate(run("/v1/messages", {**body, field: value}))
     assert status == 400
     assert got == {

@@ -12,10 +12,12 @@ without sockets: what a peer sends is all that varies, so a failure replays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import h2.config
 import h2.connection
+import h2.events
 import h2.exceptions
 from hyperframe.frame import (
     ContinuationFrame,
@@ -177,27 +179,50 @@ _PEER_ERRORS = {0x1, 0x3, 0x5, 0x6}
 codes that blame the peer."""
 
 
-def _stream_errors(out: bytes) -> bool:
+def _stream_errors(out: bytes, ignore: frozenset[int] = frozenset()) -> bool:
     pos = 0
     while pos + 9 <= len(out):
         length = int.from_bytes(out[pos : pos + 3])
-        if out[pos + 3] == 0x3 and int.from_bytes(out[pos + 9 : pos + 13]) in _PEER_ERRORS:
+        stream_id = int.from_bytes(out[pos + 5 : pos + 9]) & 0x7FFFFFFF
+        code = int.from_bytes(out[pos + 9 : pos + 13])
+        if out[pos + 3] == 0x3 and code in _PEER_ERRORS and stream_id not in ignore:
             return True
         pos += 9 + length
     return False
 
 
-def _h2_says_protocol_error(data: bytes) -> bool:
+def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
+    """Whether h2 finds a protocol error in ``head`` then ``sequence``, answering
+    as this server does: a stream for an unknown method gets trailers-only
+    UNIMPLEMENTED at once, then RST_STREAM NO_ERROR if the client has not ended
+    it, after which the client's frames on it are ignored, not errors (RFC 9113
+    5.1; h2 answers them with RST_STREAM, which is not counted)."""
+    reset: set[int] = set()
     config = h2.config.H2Configuration(client_side=False, normalize_inbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
     conn.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
     conn.data_to_send()
     try:
-        conn.receive_data(data)
+        for chunk in (head, *sequence):
+            events = conn.receive_data(chunk)
+            ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+            for event in events:
+                if not isinstance(event, h2.events.RequestReceived):
+                    continue
+                if dict(event.headers or ()).get(b":path") == PATH.encode():
+                    continue
+                with contextlib.suppress(h2.exceptions.StreamClosedError):
+                    conn.send_headers(event.stream_id, _UNIMPLEMENTED, end_stream=True)
+                    if event.stream_id not in ended:
+                        conn.reset_stream(event.stream_id, 0)
+                        reset.add(event.stream_id)
     except (h2.exceptions.ProtocolError, h2.exceptions.FrameTooLargeError):
         return True
-    return _stream_errors(conn.data_to_send())
+    return _stream_errors(conn.data_to_send(), frozenset(reset))
+
+
+_UNIMPLEMENTED = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "12")]
 
 
 @FUZZ
@@ -229,11 +254,26 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
         b"\x00\x00\x00\x00\x00\x00\x00\x00\x01",
     ]
 )
+# And DATA on a stream the client had reset.
+@example(
+    [
+        b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08",
+        b"\x00\x00\x00\x00\x01\x00\x00\x00\x01",
+    ]
+)
+# And HEADERS again on a stream this server had answered UNIMPLEMENTED and reset.
+@example(
+    [
+        b"\x00\x00\x06\x01\x04\x00\x00\x00\x01\x82\x87\x84\x01\x01z",
+        b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+    ]
+)
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
     data = PREFACE + SettingsFrame(0).serialize() + b"".join(sequence)
     # Where RFC 9113 makes an error a stream error, h2 sometimes makes it a
     # connection error: what must agree is whether the peer erred at all.
     closed, transport, _ = _ours(data)
     ours = closed or _stream_errors(bytes(transport.out))
-    theirs = _h2_says_protocol_error(data)
+    theirs = _h2_says_protocol_error(PREFACE + SettingsFrame(0).serialize(), sequence)
     assert ours == theirs, f"ours={ours} h2={theirs}"

@@ -87,7 +87,7 @@ def read_request_preferences(
 def without_request_preferences(parsed: ParsedBody) -> ParsedBody:
     """``parsed`` with the field taken out, marked for re-encoding; as it was
     when it has none."""
-    if FIELD not in parsed.data:
+    if FIELD not in parsed.fields:  # fields: no decoding of the rest of the body
         return parsed
     data = {key: value for key, value in parsed.data.items() if key != FIELD}
     return ParsedBody(data, None, None, changed=True)

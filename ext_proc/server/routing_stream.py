@@ -145,7 +145,7 @@ class RoutingProcessor:
             raise GatewayError(400, "Request body arrived before its headers.", code="bad_request")
         table, headers = self._table, self._headers
         parsed = parse_request(headers, msg.body, endpoint.api)
-        seen = look(table, parsed.data, headers)
+        seen = look(table, parsed.fields, headers)
         if seen.session is not None:
             seen = seen._replace(
                 pinned=await affinity.recall(
@@ -164,7 +164,7 @@ class RoutingProcessor:
         chain: tuple[ProviderConfig, ...] = ()
         if endpoint.api is WireAPI.RESPONSES:
             chain = chain_providers(table, decision.target)
-            previous = continued_response(endpoint, parsed.data, chain)
+            previous = continued_response(endpoint, parsed.fields, chain)
             if previous is not None:
                 history = await self._conversations.history(previous)
         plan = plan_request(

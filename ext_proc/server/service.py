@@ -30,6 +30,7 @@ from ext_proc.headers import UPSTREAM_PHASE_KEY
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing.resolve import RoutingTable, build_routing_table
+from ext_proc.server.allocator import keep_large_buffers
 from ext_proc.server.attempt import AttemptProcessor
 from ext_proc.server.conversations import Conversations
 from ext_proc.server.health import (
@@ -361,6 +362,9 @@ async def serve_forever(
 ) -> None:
     """Serve until SIGINT or SIGTERM, then stop. SIGTERM (how Kubernetes and
     Docker stop a container) first drains for ``drain_s``; Ctrl-C does not wait."""
+    # A body of up to the limit is copied several times per request: keep those
+    # buffers in the heap instead of mapping fresh pages for each copy.
+    keep_large_buffers(2 * _message_limit(config))
     running = await start_server(
         config, host, port, watch=True, reuse_port=reuse_port, own_port=own_port, uds=uds, tls=tls
     )

@@ -483,6 +483,9 @@ class Connection(asyncio.BufferedProtocol):
                 raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             return
         premature = not stream.headers_sent
+        # Closed by the peer: any frame but PRIORITY on it from now on is its
+        # error (RFC 9113 5.1), so it is remembered as ended.
+        stream.remote_closed = True
         self._close_stream(stream)
         if premature and self._resets.on_premature_reset():
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "streams reset before any answer")
@@ -543,7 +546,7 @@ class Connection(asyncio.BufferedProtocol):
             raise H2ConnectionError(PROTOCOL_ERROR, "even stream id from a client")
         if stream_id <= self._last_stream_id:
             if stream_id in self._ended:
-                raise H2ConnectionError(STREAM_CLOSED, "HEADERS after END_STREAM")
+                raise H2ConnectionError(STREAM_CLOSED, "HEADERS on a stream the client closed")
             self._control()  # a stream this connection already finished: ignored
             return
         self._last_stream_id = stream_id
@@ -602,7 +605,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._is_idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
             if stream_id in self._ended:
-                raise H2ConnectionError(STREAM_CLOSED, "DATA after END_STREAM")
+                raise H2ConnectionError(STREAM_CLOSED, "DATA on a stream the client closed")
             self._release(None, size)  # reset or finished by us: its data is dropped
             if not size:
                 self._control()
@@ -703,7 +706,9 @@ class Connection(asyncio.BufferedProtocol):
         if not stream.headers_sent:
             stream.headers_sent = True
             self._out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
-        stream.outbox += len(message).to_bytes(5) + message  # flag byte 0: not compressed
+        outbox = stream.outbox
+        outbox += len(message).to_bytes(5)  # flag byte 0: not compressed
+        outbox += message
         self._pump(stream)
         if self._reading:
             self._out_bytes += len(message)
@@ -732,20 +737,27 @@ class Connection(asyncio.BufferedProtocol):
     def _pump(self, stream: _Stream) -> None:
         """Send what flow control allows of the stream's data, then its trailers."""
         outbox = stream.outbox
-        while outbox:
-            room = min(
-                self._peer.initial_window + stream.send_delta,
-                self._send_window,
-                self._peer.max_frame,
-            )
-            if room <= 0:
-                self._blocked[stream.id] = stream
-                return
-            chunk = bytes(outbox[:room])
-            del outbox[:room]
-            stream.send_delta -= len(chunk)
-            self._send_window -= len(chunk)
-            self._out.append(frame(DATA, 0, stream.id, chunk))
+        sent = 0
+        with memoryview(outbox) as view:
+            # Frames are cut from a view: a large answer is copied once, into its frames.
+            while sent < len(view):
+                room = min(
+                    self._peer.initial_window + stream.send_delta,
+                    self._send_window,
+                    self._peer.max_frame,
+                )
+                if room <= 0:
+                    break
+                with view[sent : sent + room] as chunk:
+                    size = len(chunk)
+                    self._out.append(frame(DATA, 0, stream.id, chunk))
+                sent += size
+                stream.send_delta -= size
+                self._send_window -= size
+        del outbox[:sent]
+        if outbox:
+            self._blocked[stream.id] = stream
+            return
         self._blocked.pop(stream.id, None)
         if stream.trailers is not None:
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))

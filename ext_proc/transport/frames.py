@@ -30,7 +30,7 @@ DEFAULT_MAX_FRAME = 16_384
 MAX_FRAME_LIMIT = 16_777_215
 
 
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     head = (len(payload) << 8 | kind).to_bytes(4) + bytes((flags,)) + stream_id.to_bytes(4)
     return head + payload
 
