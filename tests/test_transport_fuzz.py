@@ -198,6 +198,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     it, after which the client's frames on it are ignored, not errors (RFC 9113
     5.1; h2 answers them with RST_STREAM, which is not counted)."""
     reset: set[int] = set()
+    known: set[int] = set()
     config = h2.config.H2Configuration(client_side=False, normalize_inbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
@@ -208,9 +209,15 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
             events = conn.receive_data(chunk)
             ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
             for event in events:
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id in known:
+                    # The echo handler's answer to a request that has ended: the
+                    # stream is then closed both ways, as it is on this server.
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
+                        conn.send_headers(event.stream_id, _OK, end_stream=True)
                 if not isinstance(event, h2.events.RequestReceived):
                     continue
                 if dict(event.headers or ()).get(b":path") == PATH.encode():
+                    known.add(event.stream_id)
                     continue
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
                     conn.send_headers(event.stream_id, _UNIMPLEMENTED, end_stream=True)
@@ -222,6 +229,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     return _stream_errors(conn.data_to_send(), frozenset(reset))
 
 
+_OK = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")]
 _UNIMPLEMENTED = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "12")]
 
 
@@ -267,6 +275,14 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
     [
         b"\x00\x00\x06\x01\x04\x00\x00\x00\x01\x82\x87\x84\x01\x01z",
         b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+    ]
+)
+# And a WINDOW_UPDATE that would overflow a stream already closed both ways:
+# ignored, as RFC 9113 5.1 says of WINDOW_UPDATE on a closed stream.
+@example(
+    [
+        b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x7f\xff\xff\xff",
     ]
 )
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
