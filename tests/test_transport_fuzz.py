@@ -199,6 +199,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     5.1; h2 answers them with RST_STREAM, which is not counted)."""
     reset: set[int] = set()
     known: set[int] = set()
+    closed: set[int] = set()
     config = h2.config.H2Configuration(client_side=False, normalize_inbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
@@ -206,6 +207,10 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     conn.data_to_send()
     try:
         for chunk in (head, *sequence):
+            if chunk[3:4] == b"\x08" and int.from_bytes(chunk[5:9]) & 0x7FFFFFFF in closed:
+                # RFC 9113 5.1: WINDOW_UPDATE on a stream closed both ways is
+                # ignored; h2 takes a zero increment there for an error.
+                continue
             events = conn.receive_data(chunk)
             ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
             for event in events:
@@ -214,6 +219,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                     # stream is then closed both ways, as it is on this server.
                     with contextlib.suppress(h2.exceptions.StreamClosedError):
                         conn.send_headers(event.stream_id, _OK, end_stream=True)
+                        closed.add(event.stream_id)
                 if not isinstance(event, h2.events.RequestReceived):
                     continue
                 if dict(event.headers or ()).get(b":path") == PATH.encode():
@@ -283,6 +289,12 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
     [
         b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
         b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x7f\xff\xff\xff",
+    ]
+)
+@example(
+    [
+        b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x00",
     ]
 )
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
