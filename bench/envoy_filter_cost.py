@@ -549,17 +549,27 @@ def check(run: Running, body: bytes) -> None:
     wait_for(f"envoy ({run.setup})", ok, 20)
 
 
+BASE = {
+    "mutation": "plain",
+    "headers": "mutation",
+    "buffered": "mutation",
+    "body_only": "mutation",
+    "translation_off": "buffered",
+}
+"""What each setup adds to: its delta is that filter's (or that mode's) cost."""
+
+
 def summarise(passes: list[Pass], setups: list[str]) -> list[dict[str, Any]]:
     out = []
-    conns = sorted({p.connections for p in passes})
-    for c in conns:
-        base = None
-        previous = None
+    for c in sorted({p.connections for p in passes}):
+        totals: dict[str, float] = {}
         for s in setups:
             group = [p for p in passes if p.setup == s and p.connections == c]
             if not group:
                 continue
             total = statistics.median(p.user_ms + p.kernel_ms for p in group)
+            totals[s] = total
+            base = BASE.get(s)
             row = {
                 "setup": s,
                 "connections": c,
@@ -570,23 +580,27 @@ def summarise(passes: list[Pass], setups: list[str]) -> list[dict[str, Any]]:
                 "kernel_ms": statistics.median(p.kernel_ms for p in group),
                 "ext_proc_ms": statistics.median(p.ext_proc_ms for p in group),
                 "errors": sum(p.errors for p in group),
+                "over_plain_ms": total - totals["plain"] if "plain" in totals else None,
+                "base": base,
+                "over_base_ms": total - totals[base] if base in totals else None,
                 "counters": {
                     k: statistics.median(p.counters.get(k, 0.0) for p in group)
                     for k in sorted({k for p in group for k in p.counters})
                 },
             }
-            base = total if base is None else base
-            row["over_plain_ms"] = total - base
-            row["over_previous_ms"] = total - previous if previous is not None else 0.0
-            previous = total
             out.append(row)
     return out
+
+
+def _delta(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def print_summary(rows: list[dict[str, Any]]) -> None:
     print(
         f"\n{'setup':<16}{'conns':>6}{'req/s':>8}{'p50 ms':>8}{'envoy ms/req':>13}"
-        f"{'user':>7}{'kernel':>8}{'+ vs plain':>11}{'+ vs prev':>10}{'ext_proc':>9}  msgs/req"
+        f"{'user':>7}{'kernel':>8}{'vs plain':>9}{'vs base':>9} {'(base)':<10}"
+        f"{'ext_proc':>9}  msgs/req"
     )
     for r in rows:
         c = r["counters"]
@@ -595,8 +609,8 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['setup']:<16}{r['connections']:>6}{r['rps']:>8.0f}{r['p50_ms']:>8.2f}"
             f"{r['envoy_ms']:>13.3f}{r['user_ms']:>7.3f}{r['kernel_ms']:>8.3f}"
-            f"{r['over_plain_ms']:>+11.3f}{r['over_previous_ms']:>+10.3f}"
-            f"{r['ext_proc_ms']:>9.3f}  {msgs}"
+            f"{_delta(r['over_plain_ms']):>9}{_delta(r['over_base_ms']):>9} "
+            f"{'(' + (r['base'] or '-') + ')':<10}{r['ext_proc_ms']:>9.3f}  {msgs}"
         )
 
 
