@@ -19,7 +19,9 @@ gateway_bench's 2 KB chat body to the same fast upstream (``bench/upstream.py``)
   ``lua`` filter copying the decision from dynamic metadata into headers (the
   one-message design);
 - ``translation_off``: ``buffered`` + a second ext_proc filter whose processing
-  mode sends nothing (the translation filter on an untranslated route).
+  mode sends nothing (the translation filter on an untranslated route);
+- ``body_only_bare``, ``body_only_buffer`` (only when named in ``--setups``):
+  ``body_only`` taken apart, to price its attributes, buffer and Lua filters.
 
 The ext_proc server is Archway's own transport (``H2GrpcServer``) in a child
 process, answering every message from prebuilt bytes, so Envoy's side is what
@@ -61,6 +63,9 @@ from ext_proc.deploy.envoy_process import EnvoyProcess, find_envoy_binary  # noq
 
 PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 SETUPS = ("plain", "mutation", "headers", "buffered", "body_only", "translation_off")
+SPLIT = ("body_only_bare", "body_only_buffer")
+"""``body_only`` taken apart (``--setups``): the ext_proc filter alone, without
+``request_attributes``; then with them and the ``buffer`` filter, without ``lua``."""
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _T = "type.googleapis.com/envoy.extensions."
@@ -242,11 +247,22 @@ def filters(setup: str) -> list[dict[str, Any]]:
                 "typed_config": {"@type": _T_LUA, "default_source_code": {"inline_string": LUA}},
             },
         ]
+    if setup == "body_only_bare":
+        return [mutation, _ext_proc(_mode(False, "BUFFERED"))]
+    if setup == "body_only_buffer":
+        return [
+            mutation,
+            _ext_proc(_mode(False, "BUFFERED"), attributes=True),
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": _T_BUFFER, "max_request_bytes": 9 << 20},
+            },
+        ]
     if setup == "translation_off":
         off = _ext_proc(_mode(False, "NONE"), name="translation")
         off["name"] = "archway.translation"
         return [mutation, buffered, off]
-    raise ValueError(f"unknown setup {setup!r}; known: {', '.join(SETUPS)}")
+    raise ValueError(f"unknown setup {setup!r}; known: {', '.join(SETUPS + SPLIT)}")
 
 
 def bootstrap(setup: str, port: int, upstream: int, ext_proc: int, admin: int) -> dict[str, Any]:
@@ -460,8 +476,8 @@ def main() -> int:
     args = parser.parse_args()
     setups = args.setups.split(",")
     for s in setups:
-        if s not in SETUPS:
-            parser.error(f"unknown setup {s!r}; known: {', '.join(SETUPS)}")
+        if s not in SETUPS + SPLIT:
+            parser.error(f"unknown setup {s!r}; known: {', '.join(SETUPS + SPLIT)}")
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"envoy {find_envoy_binary()}, --concurrency 1; load average {' '.join(load)}")
     with tempfile.TemporaryDirectory(prefix="archway-filters-") as tmp:
@@ -550,13 +566,16 @@ def check(run: Running, body: bytes) -> None:
 
 
 BASE = {
-    "mutation": "plain",
-    "headers": "mutation",
-    "buffered": "mutation",
-    "body_only": "mutation",
-    "translation_off": "buffered",
+    "mutation": ("plain",),
+    "headers": ("mutation",),
+    "buffered": ("mutation",),
+    "body_only": ("body_only_buffer", "mutation"),
+    "translation_off": ("buffered",),
+    "body_only_bare": ("mutation",),
+    "body_only_buffer": ("body_only_bare",),
 }
-"""What each setup adds to: its delta is that filter's (or that mode's) cost."""
+"""What each setup adds to (the first one measured): its delta is that filter's
+(or that mode's) cost."""
 
 
 def summarise(passes: list[Pass], setups: list[str]) -> list[dict[str, Any]]:
@@ -569,7 +588,7 @@ def summarise(passes: list[Pass], setups: list[str]) -> list[dict[str, Any]]:
                 continue
             total = statistics.median(p.user_ms + p.kernel_ms for p in group)
             totals[s] = total
-            base = BASE.get(s)
+            base = next((b for b in BASE.get(s, ()) if b in totals), None)
             row = {
                 "setup": s,
                 "connections": c,

@@ -59,9 +59,10 @@ from ext_proc.routing.endpoints import classify  # noqa: E402
 from ext_proc.routing.plan import plan_request  # noqa: E402
 from ext_proc.routing.resolve import build_routing_table  # noqa: E402
 from ext_proc.server import messages, routing_stream  # noqa: E402
+from ext_proc.server.allocator import keep_large_buffers  # noqa: E402
 from ext_proc.server.attempt import ATTEMPT_HEADER  # noqa: E402
 from ext_proc.server.processor import StreamRole  # noqa: E402
-from ext_proc.server.service import ExternalProcessor  # noqa: E402
+from ext_proc.server.service import ExternalProcessor, _message_limit  # noqa: E402
 from ext_proc.telemetry.observe import RequestTelemetry  # noqa: E402
 from tests.fake_providers import anthropic_message, openai_completion  # noqa: E402
 
@@ -191,6 +192,8 @@ class Phases:
 
     def __init__(self, config_path: Path, iterations: int, repeat: int) -> None:
         config = load_config(config_path)
+        # As serve_forever does: big bodies' buffers stay in the heap, not mmap'd afresh.
+        keep_large_buffers(2 * _message_limit(config))
         self.table = build_routing_table(config)
         self.servicer = ExternalProcessor(self.table)
         self.iterations = iterations
