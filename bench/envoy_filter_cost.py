@@ -618,7 +618,7 @@ def _delta(value: float | None) -> str:
 def print_summary(rows: list[dict[str, Any]]) -> None:
     print(
         f"\n{'setup':<16}{'conns':>6}{'req/s':>8}{'p50 ms':>8}{'envoy ms/req':>13}"
-        f"{'user':>7}{'kernel':>8}{'vs plain':>9}{'vs base':>9} {'(base)':<10}"
+        f"{'user':>7}{'kernel':>8}{'vs plain':>9}{'vs base':>9} {'(base)':<19}"
         f"{'ext_proc':>9}  msgs/req"
     )
     for r in rows:
@@ -629,7 +629,7 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
             f"{r['setup']:<16}{r['connections']:>6}{r['rps']:>8.0f}{r['p50_ms']:>8.2f}"
             f"{r['envoy_ms']:>13.3f}{r['user_ms']:>7.3f}{r['kernel_ms']:>8.3f}"
             f"{_delta(r['over_plain_ms']):>9}{_delta(r['over_base_ms']):>9} "
-            f"{'(' + (r['base'] or '-') + ')':<10}{r['ext_proc_ms']:>9.3f}  {msgs}"
+            f"{'(' + (r['base'] or '-') + ')':<19}{r['ext_proc_ms']:>9.3f}  {msgs}"
         )
 
 
