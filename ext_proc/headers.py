@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AFFINITY_NEW",
     "AFFINITY_PINNED",
+    "BODY_PHASE_HEADERS",
     "CLIENT_AFFINITY_HEADER",
     "CLIENT_DECISION_HEADERS",
     "CLIENT_PATH_HEADER",
@@ -88,3 +89,22 @@ UPSTREAM_PHASE = "upstream"
 streams are retry attempts, handled by the attempt processor."""
 TRANSLATION_PHASE = "translation"
 """Sent by the response-translation filter: its streams are translated responses."""
+
+BODY_PHASE_HEADERS = (
+    "content-type",
+    "accept-encoding",
+    "anthropic-version",
+    "traceparent",
+    "tracestate",
+    CLIENT_AFFINITY_HEADER,
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-archway-api-key",
+)
+"""The client headers the routing decision reads, besides ``:path`` and ``:method``.
+
+In one-message mode Envoy sends no headers message, only the body with these as
+``request_attributes`` (``ext_proc.deploy.one_message``, which adds the config's
+own: the session tenant header, the rate-limit selector headers, the catalog's
+pinned ones). A header the body phase starts to read must be added here."""

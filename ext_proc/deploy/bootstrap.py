@@ -38,6 +38,7 @@ from ext_proc.config import (
     Overrides,
     TracingSettings,
 )
+from ext_proc.deploy import one_message
 from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
     CLIENT_DECISION_HEADERS,
@@ -55,7 +56,7 @@ from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_f
 from ext_proc.routing.resolve import build_routing_table, failover_chains
 from ext_proc.server import modes
 from ext_proc.server.health import EXT_PROC_SERVICE
-from ext_proc.server.messages import METADATA_NAMESPACE
+from ext_proc.server.messages import DECISION_NAMESPACE, METADATA_NAMESPACE
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -400,11 +401,31 @@ def _http_connection_manager(listener: Listener, config: Config) -> dict[str, An
         "local_reply_config": _local_reply_config(gateway),
         "http_filters": [
             _client_path_filter(),
-            _ext_proc_filter(gateway, message_timeout_s=message_timeout_s(config)),
+            _routing_filter(config),
+            *([one_message.lua_filter()] if _one_message(gateway) else []),
             _translation_filter(gateway),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
         ],
     }
+
+
+def _one_message(gateway: GatewaySettings) -> bool:
+    return gateway.ext_proc_messages == "one"
+
+
+def _routing_filter(config: Config) -> dict[str, Any]:
+    gateway = config.gateway
+    routing = _ext_proc_filter(gateway, message_timeout_s=message_timeout_s(config))
+    if _one_message(gateway):
+        # See ext_proc.deploy.one_message: the body alone, with the headers the
+        # decision reads as attributes; the decision comes back as metadata.
+        typed = routing["typed_config"]
+        typed["processing_mode"] = modes.ROUTING_ONE_MESSAGE.envoy()
+        typed["request_attributes"] = one_message.request_attributes(config)
+        typed["metadata_options"] = {
+            "receiving_namespaces": {"untyped": [METADATA_NAMESPACE, DECISION_NAMESPACE]}
+        }
+    return routing
 
 
 def _tracing(settings: TracingSettings) -> dict[str, Any]:
@@ -556,6 +577,21 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
         ([], default_action),
     ]
     routes: list[dict[str, Any]] = []
+    if _one_message(config.gateway):
+        # First, so that no client header picks another route before ext_proc
+        # reads this one's override (the route is matched before any filter runs).
+        routes.append(
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [
+                        {"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}
+                    ],
+                },
+                "route": default_action,
+                "typed_per_filter_config": one_message.two_message_overrides(),
+            }
+        )
     metered = config.access.meters
     echoed = (TRANSLATE_HEADER, USAGE_HEADER) if metered else (TRANSLATE_HEADER,)
     for headers, action in actions:

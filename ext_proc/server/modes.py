@@ -16,6 +16,7 @@ __all__ = [
     "ATTEMPT_FIRST",
     "ATTEMPT_RETRY",
     "ROUTING",
+    "ROUTING_ONE_MESSAGE",
     "TRANSLATION_OFF",
     "TRANSLATION_ON",
     "BodyMode",
@@ -58,6 +59,10 @@ ROUTING = Mode(request_headers=True, request_body=BodyMode.BUFFERED)
 """The routing filter, and its twin upstream of a failover cluster: routing
 needs the headers and the whole body (the model is in the body); responses are
 the translation filter's business."""
+
+ROUTING_ONE_MESSAGE = Mode(request_body=BodyMode.BUFFERED)
+"""The routing filter in one-message mode: the body alone, with the headers the
+decision reads as attributes (``ext_proc.deploy.one_message``)."""
 
 ATTEMPT_FIRST = Mode(request_headers=True)
 """Override for a failover cluster's first attempt, which already carries what
