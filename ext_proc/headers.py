@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AFFINITY_NEW",
     "AFFINITY_PINNED",
+    "ATTEMPT_HEADER",
     "BODY_PHASE_HEADERS",
     "CLIENT_AFFINITY_HEADER",
     "CLIENT_DECISION_HEADERS",
@@ -80,6 +81,9 @@ the upstream processor pick the client's API from this copy instead. It is set
 with overwrite (a client cannot forge it), and the ``x-envoy-`` prefix keeps it
 out of the ext_proc server's reach: Envoy refuses ext_proc mutations of
 ``x-envoy-*`` headers by default, and the server strips only ``x-archway-*``."""
+
+ATTEMPT_HEADER = "x-envoy-attempt-count"
+"""Set by Envoy on each upstream attempt (``include_request_attempt_count``)."""
 
 UPSTREAM_PHASE_KEY = "x-archway-phase"
 """gRPC stream metadata naming the role of the filter that opened a stream;

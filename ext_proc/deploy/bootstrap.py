@@ -41,6 +41,7 @@ from ext_proc.config import (
 from ext_proc.deploy import one_message
 from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
+    ATTEMPT_HEADER,
     CLIENT_DECISION_HEADERS,
     CLIENT_PATH_HEADER,
     DECISION_FALLBACK,
@@ -158,6 +159,11 @@ _T_PREVIOUS_PRIORITIES = (
 _T_UPSTREAM_CODEC = (
     "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 )
+_T_EXTENSION_WITH_MATCHER = (
+    "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+)
+_T_HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+_T_SKIP_FILTER = "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
 _TLS_MATCH_KEY = "archway_upstream"
 """Endpoint metadata key that picks each failover endpoint's own TLS setup."""
 _RAW_BUFFER: dict[str, Any] = {
@@ -1071,7 +1077,7 @@ def _failover_cluster(
                 # HTTP/1.1: one protocol every endpoint of a mixed chain speaks.
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _ext_proc_filter(gateway, upstream=True),
+                    _attempt_filter(gateway),
                     {
                         "name": "envoy.filters.http.upstream_codec",
                         "typed_config": {"@type": _T_UPSTREAM_CODEC},
@@ -1083,6 +1089,45 @@ def _failover_cluster(
     if any_dns:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
+
+
+def _attempt_filter(gateway: GatewaySettings) -> dict[str, Any]:
+    """The upstream ext_proc filter, skipped on the first attempt: that one goes
+    where the routing filter sent it, so a stream would carry no decision."""
+    attempt = _ext_proc_filter(gateway, upstream=True)
+    return {
+        "name": attempt["name"],
+        "typed_config": {
+            "@type": _T_EXTENSION_WITH_MATCHER,
+            "extension_config": attempt,
+            "xds_matcher": {
+                "matcher_list": {
+                    "matchers": [
+                        {
+                            "predicate": {
+                                "single_predicate": {
+                                    "input": {
+                                        "name": "attempt_count",
+                                        "typed_config": {
+                                            "@type": _T_HEADER_INPUT,
+                                            "header_name": ATTEMPT_HEADER,
+                                        },
+                                    },
+                                    "value_match": {"exact": "1"},
+                                }
+                            },
+                            "on_match": {
+                                "action": {
+                                    "name": "skip_first_attempt",
+                                    "typed_config": {"@type": _T_SKIP_FILTER},
+                                }
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    }
 
 
 def _upstream_http_options(tls: bool) -> dict[str, Any]:

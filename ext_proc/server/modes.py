@@ -66,7 +66,8 @@ decision reads as attributes (``ext_proc.deploy.one_message``)."""
 
 ATTEMPT_FIRST = Mode(request_headers=True)
 """Override for a failover cluster's first attempt, which already carries what
-the routing filter decided."""
+the routing filter decided. The bootstrap skips the filter on that attempt
+(``ExtensionWithMatcher``), so only a bootstrap rendered before that sends it."""
 
 ATTEMPT_RETRY = Mode(request_headers=True, request_body=BodyMode.BUFFERED, response_headers=True)
 """Override for a retry: its body's model is rewritten, and the model that
