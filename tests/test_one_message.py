@@ -6,6 +6,7 @@ filter sent; the echo upstreams say what the Lua filter made of the decision.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -168,6 +169,47 @@ def test_the_decision_metadata_never_reaches_the_access_log(
     (entry,) = [line for line in lines if line.get("path") == "/v1/chat/completions"]
     assert entry["decision"]["set"] == ""
     assert "sk-openai-secret" not in json.dumps(lines)
+
+
+KEYS = CONFIG.replace(
+    "  ext_proc_messages: {messages}\n",
+    "  ext_proc_messages: {messages}\n  clients:\n    - name: team-a\n      key_sha256: "
+    + hashlib.sha256(b"team-a-key").hexdigest()
+    + "\n",
+)
+
+
+def test_client_keys_and_forged_headers(tmp_path: Path) -> None:
+    """The client's key reaches the server as an attribute, then is stripped;
+    a forged decision header is gone before the server answers, errors included."""
+    body = json.dumps({"model": "gpt-5", "messages": USER}).encode()
+    forged = {"x-archway-model": "forged/model", "x-archway-cluster": "forged"}
+    with echo_gateway(KEYS, tmp_path, messages="one") as gw:
+        status, _, answer = _send(gw, "/v1/chat/completions", body, forged)
+        assert status == 401, answer
+        status, _, models = _send(gw, "/v1/models", None, method="GET")
+        assert status == 401, models
+        headers = {**forged, "x-archway-api-key": "team-a-key"}
+        status, answered, _ = _send(gw, "/v1/chat/completions", body, headers)
+        assert status == 200 and answered["x-archway-model"] == "openai/gpt-5"
+        upstream = gw.upstreams["openai"].requests[-1].headers
+        assert "x-archway-api-key" not in upstream
+        assert upstream["authorization"] == "Bearer sk-openai-secret"
+        status, _, models = _send(
+            gw, "/v1/models", None, {"x-archway-api-key": "team-a-key"}, "GET"
+        )
+        assert status == 200, models
+        gw.envoy.stop()
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "envoy.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    refused = [e for e in lines if e.get("response_code") == 401 and e["method"] == "POST"]
+    assert refused and all(e["model"] is None for e in refused)
+    assert [
+        e["client"] for e in lines if e.get("response_code") == 200 and e["method"] == "POST"
+    ] == ["team-a"]
 
 
 # --- the pieces ---------------------------------------------------------------------------

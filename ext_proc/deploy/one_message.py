@@ -7,10 +7,11 @@ filter), so the server answers with the body mutation and the header changes as
 dynamic metadata (``DECISION_NAMESPACE``), and a Lua filter after the routing
 filter applies them:
 
-1. it waits for the whole body (``body()``), which also holds the headers back
+1. it strips every client-sent ``x-archway-*`` header at once (the client's
+   ``x-archway-api-key`` once the body message, which carries it as an
+   attribute, has left), so none stays on the request whatever the server answers;
+2. it waits for the whole body (``body()``), which also holds the headers back
    from the router until the decision exists;
-2. strips every client-sent ``x-archway-*`` header (after the body message left,
-   so that ``x-archway-api-key`` could still travel to the server as an attribute);
 3. applies the decision (remove prefixes, remove, set: ``:path``, credentials,
    the cluster header, the decision headers) and the final body's
    ``content-length`` (Envoy dropped the client's), blanks the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ext_proc.access.policy import ARCHWAY_KEY_HEADER
 from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config
 from ext_proc.errors import GatewayError, error_payload
@@ -117,6 +119,7 @@ def lua_script() -> str:
     replacements = {
         "@NAMESPACE@": _lua_string(DECISION_NAMESPACE),
         "@INTERNAL_PREFIX@": _lua_string(INTERNAL_PREFIX),
+        "@CLIENT_KEY_HEADER@": _lua_string(ARCHWAY_KEY_HEADER),
         "@ANTHROPIC_PATHS@": _lua_list(path_prefixes(ErrorShape.ANTHROPIC)),
         "@EMPTY_BODY_ANTHROPIC@": _lua_string(
             json.dumps(error_payload(ErrorShape.ANTHROPIC, EMPTY_BODY))
@@ -136,6 +139,7 @@ _LUA = """\
 -- server left in dynamic metadata (rendered by ext_proc/deploy/one_message.py).
 local NAMESPACE = @NAMESPACE@
 local INTERNAL_PREFIX = @INTERNAL_PREFIX@
+local CLIENT_KEY_HEADER = @CLIENT_KEY_HEADER@
 local ANTHROPIC_PATHS = @ANTHROPIC_PATHS@
 local EMPTY_BODY_ANTHROPIC = @EMPTY_BODY_ANTHROPIC@
 local EMPTY_BODY_OPENAI = @EMPTY_BODY_OPENAI@
@@ -165,13 +169,21 @@ local function empty_body(handle, path)
 end
 
 function envoy_on_request(handle)
+  -- Before the body: whatever the server answers (an error too), no forged
+  -- decision header stays on the request for the access log. The client's key
+  -- stays until the body message, which carries it to the server as an attribute.
+  local headers = handle:headers()
+  for _, name in ipairs(matching(headers, INTERNAL_PREFIX)) do
+    if name ~= CLIENT_KEY_HEADER then
+      headers:remove(name)
+    end
+  end
   -- Waiting for the whole body is what keeps the router from starting before
   -- the ext_proc server's answer is applied.
   local body = handle:body()
-  local headers = handle:headers()
-  for _, name in ipairs(matching(headers, INTERNAL_PREFIX)) do
-    headers:remove(name)
-  end
+  -- A header map handle does not outlive a yield.
+  headers = handle:headers()
+  headers:remove(CLIENT_KEY_HEADER)
   local metadata = handle:streamInfo():dynamicMetadata()
   local decision = metadata:get(NAMESPACE)
   if decision == nil then
