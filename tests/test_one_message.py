@@ -278,3 +278,16 @@ def test_two_messages_render_no_lua_and_a_bad_value_is_refused(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match="ext_proc_messages"):
         load_config(path)
+
+
+def test_decision_metadata_holds_no_value_without_a_kind() -> None:
+    """Envoy's Lua filter aborts the whole process on a metadata Value of no kind."""
+    response = messages.decision_metadata_response((), (), (), None)
+    assert response.dynamic_metadata.fields[messages.DECISION_NAMESPACE].struct_value.fields == {}
+    response = messages.decision_metadata_response(
+        ((":path", "/v1/messages"),), ("authorization",), (), b"{}"
+    )
+    decision = response.dynamic_metadata.fields[messages.DECISION_NAMESPACE].struct_value
+    assert set(decision.fields) == {"set", "remove"}
+    assert all(v.WhichOneof("kind") for v in decision.fields.values())
+    assert decision.fields["set"].struct_value.fields[":path"].string_value == "/v1/messages"

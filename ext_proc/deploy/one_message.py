@@ -83,6 +83,7 @@ def attribute_header_names(config: Config) -> tuple[str, ...]:
 
 def request_attributes(config: Config) -> list[str]:
     """The routing filter's ``request_attributes`` in one-message mode."""
+    return [*REQUEST_LINE_ATTRIBUTES, header_attribute("content-type")]
     return [*REQUEST_LINE_ATTRIBUTES, *map(header_attribute, attribute_header_names(config))]
 
 

@@ -233,15 +233,23 @@ def decision_metadata_response(
     common.SetInParent()
     if body is not None:
         common.body_mutation.body = body
-    response.dynamic_metadata.update(
-        {
-            DECISION_NAMESPACE: {
-                "set": dict(set_headers),
-                "remove": list(remove_headers),
-                "remove_prefixes": list(remove_prefixes),
-            }
-        }
-    )
+    # Filled field by field: Struct.update from a dict costs twice as much. A
+    # Value is created only with its kind set: Envoy's Lua filter aborts the
+    # process on a Value of no kind.
+    namespace = response.dynamic_metadata.fields[DECISION_NAMESPACE].struct_value
+    namespace.SetInParent()
+    decision = namespace.fields
+    set_headers = tuple(set_headers)
+    if set_headers:
+        to_set = decision["set"].struct_value.fields
+        for name, value in set_headers:
+            to_set[name].string_value = value
+    for key, names in (("remove", remove_headers), ("remove_prefixes", remove_prefixes)):
+        names = tuple(names)
+        if names:
+            values = decision[key].list_value.values
+            for name in names:
+                values.add().string_value = name
     return response
 
 
