@@ -15,8 +15,8 @@ upstream (``bench/upstream.py``, its own process):
   feature of docs/usage-and-limits.md configured, to read what each adds per
   request: ``usage`` (every answer's tokens counted: the response passes through
   Archway), ``keys`` (the client's key checked), ``limits`` (the key's client
-  under a token limit never reached: estimate, admission, usage settled), and
-  ``redis`` (the same limit, its counter in a local ``redis-server``); and
+  under a token limit never reached: estimate, admission, usage settled),
+  ``redis`` (the same limit, its counter in a local ``redis-server``), and
   ``two-messages`` (``archway.ext_proc_messages: two``: headers, then body, as
   before the one-message default).
 - ``hop-tcp``, ``hop-uds`` (``--hops``): ``archway serve`` in one process behind
