@@ -135,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--image", help="with --kubernetes: Archway's container image (default: archway:latest)"
     )
+    render.add_argument(
+        "--envoy-gateway-namespace",
+        help="with --kubernetes: where Envoy Gateway runs its Envoy pods, the only pods let "
+        "reach the ext_proc port (default: envoy-gateway-system)",
+    )
     render.set_defaults(func=_cmd_render)
 
     explain = sub.add_parser("explain", help="print the routing decision for a request, offline")
@@ -392,8 +397,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     if args.kubernetes:
         return _render_kubernetes(args)
-    if args.namespace or args.image:
-        raise SystemExit("archway: --namespace and --image go with --kubernetes")
+    if args.namespace or args.image or args.envoy_gateway_namespace:
+        raise SystemExit(
+            "archway: --namespace, --image and --envoy-gateway-namespace go with --kubernetes"
+        )
     # The bootstrap carries no secrets, so rendering needs none of the keys.
     config = load_config(args.config, allow_missing_env=True)
     host, port = (None, None)
@@ -419,8 +426,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _render_kubernetes(args: argparse.Namespace) -> int:
     from ext_proc.deploy.kubernetes import (
+        CA_CONFIG_MAP,
         DEFAULT_IMAGE,
         DEFAULT_NAMESPACE,
+        ENVOY_GATEWAY_NAMESPACE,
+        TLS_SECRET_NAME,
         KubernetesOptions,
         dump_manifests,
         kubernetes_files,
@@ -439,7 +449,9 @@ def _render_kubernetes(args: argparse.Namespace) -> int:
     text = args.config.read_text(encoding="utf-8")
     try:
         options = KubernetesOptions(
-            namespace=args.namespace or DEFAULT_NAMESPACE, image=args.image or DEFAULT_IMAGE
+            namespace=args.namespace or DEFAULT_NAMESPACE,
+            image=args.image or DEFAULT_IMAGE,
+            envoy_gateway_namespace=args.envoy_gateway_namespace or ENVOY_GATEWAY_NAMESPACE,
         )
         files = kubernetes_files(config, text, options)
     except ValueError as exc:
@@ -456,6 +468,18 @@ def _render_kubernetes(args: argparse.Namespace) -> int:
             "Archway reads the config's variables from a Secret; create it from your environment:"
         )
         print(f"  {command}")
+    if config.gateway.ext_proc_tls is not None:
+        print(
+            "The Envoy Gateway setup serves the ext_proc hop over TLS; create its key pair and CA:"
+        )
+        print(
+            f"  kubectl -n {options.namespace} create secret tls {TLS_SECRET_NAME} "
+            "--cert=SERVER.crt --key=SERVER.key"
+        )
+        print(
+            f"  kubectl -n {options.namespace} create configmap {CA_CONFIG_MAP} "
+            "--from-file=ca.crt=CA.crt"
+        )
     return 0
 
 

@@ -143,6 +143,7 @@ def test_core_kinds_are_valid_kubernetes() -> None:
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
 
 
@@ -638,6 +639,92 @@ llm_providers:
     assert timeouts == {"1m30s", None}
     for manifest in routes:
         jsonschema.validate(manifest, SCHEMAS[(manifest["apiVersion"], manifest["kind"])])
+
+
+# --- the ext_proc hop of setup (b) -------------------------------------------------------
+
+
+def test_only_envoy_gateways_envoy_pods_reach_the_ext_proc_port(
+    example: dict[str, list[Manifest]],
+) -> None:
+    archway = example["envoy-gateway/archway.yaml"]
+    policy = only(archway, "NetworkPolicy")
+    deployment = only(archway, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ext_proc, metrics = policy["spec"]["ingress"]
+    (peer,) = ext_proc["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "envoy-gateway-system"
+    }
+    gateway = only(example["envoy-gateway/gateway.yaml"], "Gateway")
+    assert peer["podSelector"]["matchLabels"] == {
+        "gateway.envoyproxy.io/owning-gateway-name": gateway["metadata"]["name"],
+        "gateway.envoyproxy.io/owning-gateway-namespace": gateway["metadata"]["namespace"],
+    }
+    service = only(archway, "Service")
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert ext_proc["ports"] == [{"protocol": "TCP", "port": grpc["port"]}]
+    # Scrapers come from anywhere; they reach only the metrics port.
+    scraped = next(p for p in service["spec"]["ports"] if p["name"] == "metrics")
+    assert metrics == {"ports": [{"protocol": "TCP", "port": scraped["port"]}]}
+    custom = render(
+        "llm_providers:\n  - model: openai/gpt-5\n    access_key: $K\n    default: true\n",
+        envoy_gateway_namespace="gateways",
+    )
+    peer = only(custom["envoy-gateway/archway.yaml"], "NetworkPolicy")["spec"]["ingress"][0]
+    assert peer["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "gateways"
+    }
+
+
+_TLS_HOP = """
+llm_providers:
+  - model: openai/gpt-5
+    access_key: $OPENAI_API_KEY
+    default: true
+archway:
+  ext_proc_tls:
+    cert: /etc/archway/hop/server.pem
+    key: /etc/archway/hop/server.key
+"""
+
+
+def test_tls_on_the_hop_renders_the_backend_tls_policy_and_mounts_the_key() -> None:
+    files = render(_TLS_HOP)
+    archway, gateway = files["envoy-gateway/archway.yaml"], files["envoy-gateway/gateway.yaml"]
+    policy = only(gateway, "BackendTLSPolicy")
+    service = only(archway, "Service")
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "", "kind": "Service", "name": service["metadata"]["name"], "sectionName": "grpc"}
+    ]
+    assert policy["spec"]["validation"] == {
+        "hostname": "archway.archway.svc.cluster.local",
+        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "archway-ext-proc-ca"}],
+    }
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert "appProtocol" not in grpc  # h2c would tell Envoy Gateway to skip TLS
+    pod = only(archway, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/archway/hop/server.pem"]["subPath"] == "tls.crt"
+    assert mounts["/etc/archway/hop/server.key"]["subPath"] == "tls.key"
+    volume = next(
+        v for v in pod["volumes"] if v["name"] == mounts["/etc/archway/hop/server.pem"]["name"]
+    )
+    assert volume["secret"]["secretName"] == "archway-ext-proc-tls"
+    # The kubelet's gRPC probe has no TLS.
+    assert "tcpSocket" in container["readinessProbe"] and "grpc" not in container["readinessProbe"]
+    for manifest in [*archway, *gateway]:
+        schema = SCHEMAS.get((manifest["apiVersion"], manifest["kind"]))
+        if schema is not None:
+            jsonschema.validate(manifest, schema)
+        else:
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    # Without TLS: cleartext h2c and no policy for the hop.
+    plain = render(_TLS_HOP.split("archway:")[0])
+    assert not by_kind(plain["envoy-gateway/gateway.yaml"], "BackendTLSPolicy")
 
 
 # --- the command line ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ext_proc.transport import Limits
+from ext_proc.transport.server import SHRINK_AFTER
 from tests.processes import read_until
 from tests.transport_peer import (
     CONTINUATION,
@@ -178,6 +180,25 @@ def test_past_the_connection_cap_idle_ones_make_room() -> None:
         assert running.connections() <= 20
         for peer in idle:
             peer.close()
+
+
+def test_memory_is_handed_back_once_many_connections_closed() -> None:
+    shrunk = threading.Event()
+    with serving(on_shrink=shrunk.set) as running:
+        few = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(10)]
+        assert _wait(lambda: running.connections() == 10)
+        for s in few:
+            s.close()
+        assert _wait(lambda: running.connections() == 0)
+        time.sleep(1.5)  # a sweep or more: too few closed to be worth a trim
+        assert not shrunk.is_set()
+        many = [
+            socket.create_connection(("127.0.0.1", running.port)) for _ in range(2 * SHRINK_AFTER)
+        ]
+        assert _wait(lambda: running.connections() == len(many))
+        for s in many:
+            s.close()
+        assert _wait(shrunk.is_set)
 
 
 def test_zero_and_overflowing_window_updates_are_protocol_errors() -> None:

@@ -200,6 +200,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     reset: set[int] = set()
     known: set[int] = set()
     closed: set[int] = set()
+    ended: set[int] = set()
     config = h2.config.H2Configuration(client_side=False, normalize_inbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
@@ -212,12 +213,21 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                 # RFC 9113 6.4: RST_STREAM on an idle stream (a server one here:
                 # this server opens none) is a connection error; h2 lets it by.
                 return True
+            if chunk[3:4] in (b"\x00", b"\x01") and stream_id in ended - reset:
+                # RFC 9113 5.1: DATA or HEADERS after the peer's END_STREAM is a
+                # connection error (STREAM_CLOSED); h2 resets the stream only.
+                return True
             if chunk[3:4] == b"\x08" and stream_id in closed:
                 # RFC 9113 5.1: WINDOW_UPDATE on a stream closed both ways is
                 # ignored; h2 takes a zero increment there for an error.
                 continue
+            if chunk[3:4] == b"\x08" and len(chunk) >= 13:
+                # RFC 9113 6.9: the increment's top bit is reserved and ignored on
+                # receipt; h2 reads it as part of the increment.
+                chunk = chunk[:9] + bytes([chunk[9] & 0x7F]) + chunk[10:]
             events = conn.receive_data(chunk)
-            ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+            now_ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+            ended |= now_ended
             for event in events:
                 if isinstance(event, h2.events.StreamEnded) and event.stream_id in known:
                     # The echo handler's answer to a request that has ended: the
@@ -232,7 +242,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                     continue
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
                     conn.send_headers(event.stream_id, _UNIMPLEMENTED, end_stream=True)
-                    if event.stream_id not in ended:
+                    if event.stream_id not in now_ended:
                         conn.reset_stream(event.stream_id, 0)
                         reset.add(event.stream_id)
     except (h2.exceptions.ProtocolError, h2.exceptions.FrameTooLargeError):
@@ -308,6 +318,16 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
         b"\x00\x00\x04\x03\x00\x00\x00\x00\x02\x00\x00\x00\x00",
     ]
 )
+# And HEADERS again on a stream the client had ended: a connection error.
+@example(
+    [
+        b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x16\x01\x00\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+    ]
+)
+# And a connection-level WINDOW_UPDATE with the reserved bit set: ignored.
+@example([b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x80\x00\x00\x01"])
 def test_h2_agrees_on_what_is_a_connection_error(sequence: list[bytes]) -> None:
     data = PREFACE + SettingsFrame(0).serialize() + b"".join(sequence)
     # Where RFC 9113 makes an error a stream error, h2 sometimes makes it a

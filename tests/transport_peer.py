@@ -8,7 +8,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
@@ -67,6 +67,7 @@ def serving(
     limits: Limits | None = None,
     handlers: Mapping[str, HandlerFactory] | None = None,
     max_message_bytes: int = 1 << 20,
+    on_shrink: Callable[[], object] | None = None,
 ) -> Iterator[Running]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -75,6 +76,7 @@ def serving(
         handlers or {PATH: lambda headers: Echo()},
         max_message_bytes=max_message_bytes,
         limits=limits or Limits(),
+        on_shrink=on_shrink,
     )
     port = asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(10)
     try:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ext_proc.config import Config, Listener
+from ext_proc.config.types import ExtProcTls
 from ext_proc.deploy.bootstrap import (
     EXT_PROC_CLUSTER,
     EXT_PROC_HEALTH_CHECK,
@@ -87,6 +88,13 @@ ARCHWAY_NAME = "archway"
 ENVOY_NAME = "archway-envoy"
 GATEWAY_NAME = "archway"
 SECRET_NAME = "archway-provider-keys"
+TLS_SECRET_NAME = "archway-ext-proc-tls"
+"""Setup (b) with ``ext_proc_tls``: the certificate and key (a ``kubernetes.io/tls`` Secret)."""
+CA_CONFIG_MAP = "archway-ext-proc-ca"
+"""Setup (b) with ``ext_proc_tls``: the CA Envoy Gateway trusts for the hop (key ``ca.crt``)."""
+ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
+"""Where Envoy Gateway runs its Envoy pods unless told otherwise."""
+_TLS_VOLUME = "ext-proc-tls"
 
 ENVOY_PROBE_PORT = 9902
 """Envoy's readiness endpoint for the kubelet (``GET /ready``). The admin API
@@ -146,13 +154,20 @@ class KubernetesOptions:
     namespace: str = DEFAULT_NAMESPACE
     image: str = DEFAULT_IMAGE
     """Archway's container image."""
+    envoy_gateway_namespace: str = ENVOY_GATEWAY_NAMESPACE
+    """The namespace of Envoy Gateway's Envoy pods: the only pods setup (b)'s
+    NetworkPolicy lets reach the ext_proc port."""
 
     def __post_init__(self) -> None:
-        if len(self.namespace) > _MAX_DNS_LABEL or not _DNS_LABEL.fullmatch(self.namespace):
-            raise ValueError(
-                f"namespace {self.namespace!r} is not a DNS label: lowercase letters, digits "
-                "and '-', at most 63 characters"
-            )
+        for what, value in (
+            ("namespace", self.namespace),
+            ("Envoy Gateway namespace", self.envoy_gateway_namespace),
+        ):
+            if len(value) > _MAX_DNS_LABEL or not _DNS_LABEL.fullmatch(value):
+                raise ValueError(
+                    f"{what} {value!r} is not a DNS label: lowercase letters, digits "
+                    "and '-', at most 63 characters"
+                )
         if not self.image or any(c.isspace() for c in self.image):
             raise ValueError(f"image {self.image!r} is not an image reference")
 
@@ -291,7 +306,8 @@ def archway_manifests(
     return [
         archway_config_map(config, config_text, options),
         _archway_deployment(config, config_text, options),
-        _archway_service(port, _metrics_port(config), options),
+        _archway_service(port, _metrics_port(config), options, tls=_hop_tls(config)),
+        _ext_proc_network_policy(port, _metrics_port(config), options),
         _autoscaler(ARCHWAY_NAME, "ext-proc", options),
         _disruption_budget(ARCHWAY_NAME, "ext-proc", options),
     ]
@@ -356,6 +372,24 @@ def _archway_container(
         # covers it (its /ready needs Archway healthy), and a crash restarts it.
         # It stops with Envoy: serving on until the pod has left the Service.
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": _ENVOY_PRE_STOP_S}}}
+    elif _hop_tls(config) is not None:
+        # The kubelet's gRPC probes speak cleartext only: with TLS on the port,
+        # the kubelet checks that it accepts connections, and Envoy Gateway's
+        # gRPC health check (over TLS) sees a drain's NOT_SERVING.
+        container |= {
+            "readinessProbe": {
+                "tcpSocket": {"port": port},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": 2,
+            },
+            "livenessProbe": {
+                "tcpSocket": {"port": port},
+                "periodSeconds": 10,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            },
+        }
     else:
         container |= {
             # Ready means routing: the ext_proc service's own health, which says
@@ -383,6 +417,13 @@ def _archway_container(
     ]
     if sidecar:
         mounts.append({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR})
+    tls = _hop_tls(config)
+    if tls is not None:
+        # At the paths the config names, whatever directory they are in.
+        mounts += [
+            {"name": _TLS_VOLUME, "mountPath": tls.cert, "subPath": "tls.crt", "readOnly": True},
+            {"name": _TLS_VOLUME, "mountPath": tls.key, "subPath": "tls.key", "readOnly": True},
+        ]
     security = _restricted_container()
     if sidecar:
         # The pod runs as Envoy's user; this container as the image's own.
@@ -400,13 +441,25 @@ def _archway_container(
     return container
 
 
-def _archway_volumes() -> list[dict[str, Any]]:
-    return [
+def _archway_volumes(*, tls: bool = False) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": f"{ARCHWAY_NAME}-config"}},
         # A few MiB per process; a killed process leaves its directory
         # behind until the pod goes, hence the headroom.
         {"name": "tmp", "emptyDir": {"sizeLimit": _TMP_SIZE_LIMIT}},
     ]
+    if tls:
+        volumes.append(
+            {
+                "name": _TLS_VOLUME,
+                "secret": {"secretName": TLS_SECRET_NAME, "defaultMode": 0o440},
+            }
+        )
+    return volumes
+
+
+def _hop_tls(config: Config) -> ExtProcTls | None:
+    return config.gateway.ext_proc_tls
 
 
 def _archway_deployment(config: Config, config_text: str, options: KubernetesOptions) -> Manifest:
@@ -419,7 +472,7 @@ def _archway_deployment(config: Config, config_text: str, options: KubernetesOpt
         annotations=_checksum("config", config_text) | _scrape_annotations(_metrics_port(config)),
         uid=_ARCHWAY_UID,
         containers=[container],
-        volumes=_archway_volumes(),
+        volumes=_archway_volumes(tls=_hop_tls(config) is not None),
     )
 
 
@@ -480,16 +533,14 @@ def _scrape_annotations(metrics_port: int | None) -> dict[str, str]:
     }
 
 
-def _archway_service(port: int, metrics_port: int | None, options: KubernetesOptions) -> Manifest:
-    ports: list[dict[str, Any]] = [
-        {
-            "name": "grpc",
-            "port": port,
-            "targetPort": "grpc",
-            "protocol": "TCP",
-            "appProtocol": "kubernetes.io/h2c",
-        }
-    ]
+def _archway_service(
+    port: int, metrics_port: int | None, options: KubernetesOptions, *, tls: ExtProcTls | None
+) -> Manifest:
+    grpc: dict[str, Any] = {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP"}
+    if tls is None:
+        # Cleartext HTTP/2; with TLS, the BackendTLSPolicy says how to connect.
+        grpc["appProtocol"] = "kubernetes.io/h2c"
+    ports: list[dict[str, Any]] = [grpc]
     if metrics_port is not None:
         # Named, so that a ServiceMonitor (Prometheus Operator) can select it.
         ports.append(
@@ -510,6 +561,41 @@ def _archway_service(port: int, metrics_port: int | None, options: KubernetesOpt
             "clusterIP": "None",
             "selector": _selector(ARCHWAY_NAME),
             "ports": ports,
+        },
+    }
+
+
+def _ext_proc_network_policy(
+    port: int, metrics_port: int | None, options: KubernetesOptions
+) -> Manifest:
+    """Only this Gateway's Envoy pods reach the ext_proc port: the hop carries
+    the provider keys in its answers, and anything that reaches it can ask
+    Archway to route. The metrics port stays open to scrapers."""
+    envoy_pods = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": options.envoy_gateway_namespace}
+        },
+        "podSelector": {
+            "matchLabels": {
+                # Envoy Gateway labels each Envoy pod with the Gateway it serves.
+                "gateway.envoyproxy.io/owning-gateway-name": GATEWAY_NAME,
+                "gateway.envoyproxy.io/owning-gateway-namespace": options.namespace,
+            }
+        },
+    }
+    ingress: list[dict[str, Any]] = [
+        {"from": [envoy_pods], "ports": [{"protocol": "TCP", "port": port}]}
+    ]
+    if metrics_port is not None:
+        ingress.append({"ports": [{"protocol": "TCP", "port": metrics_port}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(ARCHWAY_NAME, options, "ext-proc"),
+        "spec": {
+            "podSelector": {"matchLabels": _selector(ARCHWAY_NAME)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
         },
     }
 
@@ -693,7 +779,7 @@ def envoy_manifests(config: Config, config_text: str, options: KubernetesOptions
                 {"name": "envoy-tmp", "emptyDir": {}},
                 # Memory-backed: it holds one socket file.
                 {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-                *_archway_volumes(),
+                *_archway_volumes(tls=_hop_tls(config) is not None),
             ],
             # The socket volume is Archway's group's (setgid), which this puts
             # both containers in; the socket is 0660.
@@ -842,6 +928,39 @@ def gateway_manifests(config: Config, options: KubernetesOptions) -> list[Manife
             "metadata": _metadata(GATEWAY_NAME, options, "gateway"),
             "spec": {"targetRefs": [_gateway_ref()], "extProc": [ext_proc]},
         },
+        *_hop_tls_policy(config, options),
+    ]
+
+
+def _hop_tls_policy(config: Config, options: KubernetesOptions) -> list[Manifest]:
+    """With ``ext_proc_tls``: Envoy Gateway's Envoy speaks TLS to the Archway
+    Service, trusting the CA in ``CA_CONFIG_MAP`` and checking the name."""
+    tls = _hop_tls(config)
+    if tls is None:
+        return []
+    hostname = (tls.server_name or options.archway_host).lower()
+    if is_ip_address(hostname):
+        raise ValueError(
+            f"ext_proc_tls.server_name {hostname}: a BackendTLSPolicy verifies a DNS name, "
+            "not an IP address"
+        )
+    return [
+        {
+            "apiVersion": _GATEWAY_API_VERSION,
+            "kind": "BackendTLSPolicy",
+            "metadata": _metadata(f"{ARCHWAY_NAME}-ext-proc", options, "gateway"),
+            "spec": {
+                "targetRefs": [
+                    {"group": "", "kind": "Service", "name": ARCHWAY_NAME, "sectionName": "grpc"}
+                ],
+                "validation": {
+                    "hostname": hostname,
+                    "caCertificateRefs": [
+                        {"group": "", "kind": "ConfigMap", "name": CA_CONFIG_MAP}
+                    ],
+                },
+            },
+        }
     ]
 
 

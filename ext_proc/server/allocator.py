@@ -15,7 +15,7 @@ import ctypes
 import logging
 import sys
 
-__all__ = ["keep_large_buffers"]
+__all__ = ["give_back_free_memory", "keep_large_buffers"]
 
 log = logging.getLogger("archway.server")
 
@@ -25,18 +25,38 @@ _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 """glibc's ceiling for the mmap threshold on 64-bit systems; ``mallopt`` refuses more."""
 
 
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def give_back_free_memory() -> bool:
+    """Return the heap's free pages to the system (``malloc_trim``), which the
+    thresholds below otherwise keep: after thousands of connections closed, the
+    worker's memory goes back to what it was. Whether it ran (glibc only)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim.restype = ctypes.c_int
+    libc.malloc_trim(0)
+    return True
+
+
 def keep_large_buffers(largest_bytes: int) -> bool:
     """Serve allocations up to ``largest_bytes`` (capped at 32 MiB) from the heap,
     and keep up to twice that of freed heap for reuse. Whether it applied: only
     glibc has these settings (musl and other platforms keep their defaults)."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     threshold = min(max(largest_bytes, 1 << 20), _MMAP_THRESHOLD_MAX)

@@ -30,7 +30,7 @@ from ext_proc.headers import UPSTREAM_PHASE_KEY
 from ext_proc.router.factory import build_router
 from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing.resolve import RoutingTable, build_routing_table
-from ext_proc.server.allocator import keep_large_buffers
+from ext_proc.server.allocator import give_back_free_memory, keep_large_buffers
 from ext_proc.server.attempt import AttemptProcessor
 from ext_proc.server.conversations import Conversations
 from ext_proc.server.health import (
@@ -327,6 +327,7 @@ async def _start_h2(
             HEALTH_CHECK_PATH: lambda headers: HealthCheckStream(health),
         },
         max_message_bytes=_message_limit(config),
+        on_shrink=give_back_free_memory,
     )
     try:
         bound = await h2.start(host, port, reuse_port=reuse_port, tls=tls)

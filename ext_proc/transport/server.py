@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ext_proc.transport.connection import Connection, Shared
@@ -107,6 +107,10 @@ class _Listener:
         self._sock.close()
 
 
+SHRINK_AFTER = 64
+"""Connections that must have closed before ``on_shrink`` runs."""
+
+
 class H2GrpcServer:
     """Serves gRPC methods by path (e.g.
     ``/envoy.service.ext_proc.v3.ExternalProcessor/Process``) on TCP or Unix
@@ -121,7 +125,11 @@ class H2GrpcServer:
         max_message_bytes: int,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
         limits: Limits | None = None,
+        on_shrink: Callable[[], object] | None = None,
     ) -> None:
+        """``on_shrink``: called after many connections closed (half of the most
+        open since the last call, and at least ``SHRINK_AFTER``), to hand freed
+        memory back to the system; the transport itself knows no allocator."""
         if limits is None:
             limits = Limits(max_concurrent_streams=max_concurrent_streams)
         elif max_concurrent_streams != DEFAULT_MAX_CONCURRENT_STREAMS:
@@ -135,6 +143,7 @@ class H2GrpcServer:
         self._listeners: list[_Listener] = []
         self._handshakes: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._on_shrink = on_shrink
 
     @property
     def limits(self) -> Limits:
@@ -258,6 +267,14 @@ class H2GrpcServer:
                 reason = conn.expired(now)
                 if reason is not None:
                     conn.close(reason)
+            self._note_count(len(self._shared.connections))
+
+    def _note_count(self, count: int) -> None:
+        shared = self._shared
+        if shared.peak - count >= max(SHRINK_AFTER, count):
+            shared.peak = count
+            if self._on_shrink is not None:
+                self._on_shrink()
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let streams in flight finish for up to ``grace`` seconds, then close."""
@@ -272,7 +289,7 @@ class H2GrpcServer:
             conn.shutdown()
         if connections and grace:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(c.idle.wait() for c in connections)), grace)
+                await asyncio.wait_for(asyncio.gather(*(c.wait_idle() for c in connections)), grace)
         for conn in connections:
             conn.abort()
         if self._sweeper is not None:
