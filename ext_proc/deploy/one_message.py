@@ -33,9 +33,10 @@ from typing import Any
 from ext_proc.access.policy import ARCHWAY_KEY_HEADER
 from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config
-from ext_proc.errors import GatewayError, error_payload
+from ext_proc.errors import error_payload
 from ext_proc.headers import BODY_PHASE_HEADERS, INTERNAL_PREFIX
 from ext_proc.routing.catalog import CATALOG
+from ext_proc.routing.endpoints import empty_body
 from ext_proc.server import modes
 from ext_proc.server.messages import (
     DECISION_NAMESPACE,
@@ -59,11 +60,6 @@ _T_EXT_PROC_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 )
 
-EMPTY_BODY = GatewayError(
-    400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"
-)
-"""The routing processor's own wording (``RoutingProcessor._on_request_headers``)."""
-
 
 def attribute_header_names(config: Config) -> tuple[str, ...]:
     """Every request header the routing decision may read under ``config``.
@@ -83,7 +79,6 @@ def attribute_header_names(config: Config) -> tuple[str, ...]:
 
 def request_attributes(config: Config) -> list[str]:
     """The routing filter's ``request_attributes`` in one-message mode."""
-    return [*REQUEST_LINE_ATTRIBUTES, header_attribute("content-type")]
     return [*REQUEST_LINE_ATTRIBUTES, *map(header_attribute, attribute_header_names(config))]
 
 
@@ -123,10 +118,10 @@ def lua_script() -> str:
         "@CLIENT_KEY_HEADER@": _lua_string(ARCHWAY_KEY_HEADER),
         "@ANTHROPIC_PATHS@": _lua_list(path_prefixes(ErrorShape.ANTHROPIC)),
         "@EMPTY_BODY_ANTHROPIC@": _lua_string(
-            json.dumps(error_payload(ErrorShape.ANTHROPIC, EMPTY_BODY))
+            json.dumps(error_payload(ErrorShape.ANTHROPIC, empty_body()))
         ),
         "@EMPTY_BODY_OPENAI@": _lua_string(
-            json.dumps(error_payload(ErrorShape.OPENAI, EMPTY_BODY))
+            json.dumps(error_payload(ErrorShape.OPENAI, empty_body()))
         ),
     }
     script = _LUA

@@ -41,7 +41,7 @@ from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing import affinity
 from ext_proc.routing.body import parse_request
 from ext_proc.routing.decide import Decision, Look, decide, look
-from ext_proc.routing.endpoints import classify, listing_api, models_listing
+from ext_proc.routing.endpoints import classify, empty_body, listing_api, models_listing
 from ext_proc.routing.plan import continued_response, plan_request
 from ext_proc.routing.resolve import RoutingDecision, RoutingTable, chain_providers
 from ext_proc.server import messages
@@ -133,9 +133,7 @@ class RoutingProcessor:
         if listing is not None:
             return listing
         if msg.end_of_stream:
-            raise GatewayError(
-                400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"
-            )
+            raise empty_body()
         # Internal routing headers come only from Archway: a client must never
         # pick a cluster or fake a decision by sending them.
         forged = [name for name in headers if name.startswith(INTERNAL_PREFIX)]
