@@ -201,6 +201,8 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     known: set[int] = set()
     closed: set[int] = set()
     ended: set[int] = set()
+    reopening = 0
+    block = 0
     config = h2.config.H2Configuration(client_side=False, normalize_inbound_headers=False)
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
@@ -213,9 +215,21 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                 # RFC 9113 6.4: RST_STREAM on an idle stream (a server one here:
                 # this server opens none) is a connection error; h2 lets it by.
                 return True
-            if chunk[3:4] in (b"\x00", b"\x01") and stream_id in ended - reset:
+            kind, flags = chunk[3], chunk[4]
+            if block and (kind != 0x9 or stream_id != block):
+                # RFC 9113 6.10: only CONTINUATION on its stream may follow an
+                # unfinished header block (before the rules below skip a frame).
+                return True
+            if kind in (0x1, 0x9):
+                block = 0 if flags & 0x4 else stream_id
+            if kind in (0x0, 0x1) and stream_id in ended - reset:
                 # RFC 9113 5.1: DATA or HEADERS after the peer's END_STREAM is a
                 # connection error (STREAM_CLOSED); h2 resets the stream only.
+                # A header block is judged once whole (HPACK state must be kept).
+                if kind == 0x0 or flags & 0x4:
+                    return True
+                reopening = stream_id
+            elif kind == 0x9 and stream_id == reopening and flags & 0x4:
                 return True
             if chunk[3:4] == b"\x08" and stream_id in closed:
                 # RFC 9113 5.1: WINDOW_UPDATE on a stream closed both ways is
@@ -324,6 +338,13 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
         b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
         b"\x00\x00\x16\x01\x00\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
         b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+    ]
+)
+# And the same HEADERS left unfinished (no END_HEADERS): no error yet.
+@example(
+    [
+        b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x16\x01\x00\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
     ]
 )
 # And a connection-level WINDOW_UPDATE with the reserved bit set: ignored.
