@@ -15,8 +15,10 @@ upstream (``bench/upstream.py``, its own process):
   feature of docs/usage-and-limits.md configured, to read what each adds per
   request: ``usage`` (every answer's tokens counted: the response passes through
   Archway), ``keys`` (the client's key checked), ``limits`` (the key's client
-  under a token limit never reached: estimate, admission, usage settled), and
-  ``redis`` (the same limit, its counter in a local ``redis-server``).
+  under a token limit never reached: estimate, admission, usage settled),
+  ``redis`` (the same limit, its counter in a local ``redis-server``), and
+  ``two-messages`` (``archway.ext_proc_messages: two``: headers, then body, as
+  before the one-message default).
 - ``hop-tcp``, ``hop-uds`` (``--hops``): ``archway serve`` in one process behind
   an Envoy with one worker thread, the ext_proc hop on TCP loopback or a Unix
   socket (the sidecar setups' default);
@@ -72,7 +74,7 @@ BODY_BYTES = 2048
 ALIAS = "fast-model"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-FEATURES = ("usage", "keys", "limits", "redis")
+FEATURES = ("usage", "keys", "limits", "redis", "two-messages")
 """``--features``: what docs/usage-and-limits.md's configuration adds, one setup each."""
 
 _T_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -288,6 +290,8 @@ archway:
         never_reached = "      limit: {tokens: 1000000000000, unit: hour}\n"
         if feature == "usage":
             return "  usage: true\n"
+        if feature == "two-messages":
+            return "  ext_proc_messages: two\n"
         if feature == "keys":
             return client
         if feature == "limits":

@@ -5,6 +5,8 @@ from __future__ import annotations
 __all__ = [
     "AFFINITY_NEW",
     "AFFINITY_PINNED",
+    "ATTEMPT_HEADER",
+    "BODY_PHASE_HEADERS",
     "CLIENT_AFFINITY_HEADER",
     "CLIENT_DECISION_HEADERS",
     "CLIENT_PATH_HEADER",
@@ -80,6 +82,9 @@ with overwrite (a client cannot forge it), and the ``x-envoy-`` prefix keeps it
 out of the ext_proc server's reach: Envoy refuses ext_proc mutations of
 ``x-envoy-*`` headers by default, and the server strips only ``x-archway-*``."""
 
+ATTEMPT_HEADER = "x-envoy-attempt-count"
+"""Set by Envoy on each upstream attempt (``include_request_attempt_count``)."""
+
 UPSTREAM_PHASE_KEY = "x-archway-phase"
 """gRPC stream metadata naming the role of the filter that opened a stream;
 untagged streams are the routing filter's."""
@@ -88,3 +93,22 @@ UPSTREAM_PHASE = "upstream"
 streams are retry attempts, handled by the attempt processor."""
 TRANSLATION_PHASE = "translation"
 """Sent by the response-translation filter: its streams are translated responses."""
+
+BODY_PHASE_HEADERS = (
+    "content-type",
+    "accept-encoding",
+    "anthropic-version",
+    "traceparent",
+    "tracestate",
+    CLIENT_AFFINITY_HEADER,
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-archway-api-key",
+)
+"""The client headers the routing decision reads, besides ``:path`` and ``:method``.
+
+In one-message mode Envoy sends no headers message, only the body with these as
+``request_attributes`` (``ext_proc.deploy.one_message``, which adds the config's
+own: the session tenant header, the rate-limit selector headers, the catalog's
+pinned ones). A header the body phase starts to read must be added here."""

@@ -4,6 +4,7 @@ and a real Envoy running it against a fake ext_proc server and a fake upstream."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import http.server
 import json
@@ -47,6 +48,7 @@ from ext_proc.deploy.envoy_process import (
     find_envoy_binary,
     validate_bootstrap,
 )
+from ext_proc.deploy.one_message import LUA_FILTER
 from ext_proc.headers import (
     CLIENT_DECISION_HEADERS,
     ROUTE_HEADER,
@@ -55,6 +57,7 @@ from ext_proc.headers import (
     UPSTREAM_PHASE_KEY,
 )
 from ext_proc.routing.catalog import upstream_for
+from ext_proc.server.messages import DECISION_NAMESPACE, METADATA_NAMESPACE
 
 SECRET = "sk-archway-test-secret-do-not-render"
 
@@ -191,8 +194,21 @@ def test_upstream_connect_timeout_and_buffers() -> None:
 
 def test_route_reads_cluster_header_and_echoes_decisions() -> None:
     hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]), index=1)
-    translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    bodyless, translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
     action = {"cluster_header": ROUTE_HEADER, "timeout": "30s", "auto_host_rewrite": True}
+    # One-message mode: requests other than POST send their headers (the model
+    # listing, 404/405), with the Lua filter off.
+    assert bodyless["match"]["headers"] == [
+        {"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}
+    ]
+    assert bodyless["route"] == action
+    overrides = bodyless["typed_per_filter_config"]
+    assert overrides[LUA_FILTER] == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+        "disabled": True,
+    }
+    mode = overrides["envoy.filters.http.ext_proc"]["overrides"]["processing_mode"]
+    assert (mode["request_header_mode"], mode["request_body_mode"]) == ("SEND", "BUFFERED")
     assert untranslated == {"match": {"prefix": "/"}, "route": action}
     assert translated["route"] == action
     assert translated["match"] == {
@@ -231,8 +247,9 @@ def test_ext_proc_filter_modes_and_limits() -> None:
     config = CONFIGS["two_listeners_custom_gateway"]
     hcm = _hcm(bootstrap_dict(config))
     ext_proc = _filter(hcm, "envoy.filters.http.ext_proc")
+    # One message: the body, with the headers the decision reads as attributes.
     assert ext_proc["processing_mode"] == {
-        "request_header_mode": "SEND",
+        "request_header_mode": "SKIP",
         "request_body_mode": "BUFFERED",
         "request_trailer_mode": "SKIP",
         "response_header_mode": "SKIP",
@@ -246,14 +263,35 @@ def test_ext_proc_filter_modes_and_limits() -> None:
     assert ext_proc["message_timeout"] == "2.500s"
     assert ext_proc["failure_mode_allow"] is True
     assert ext_proc["allow_mode_override"] is True
+    assert ext_proc["request_attributes"][:2] == ["request.path", "request.method"]
+    assert "request.headers['x-model-affinity']" in ext_proc["request_attributes"]
+    assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == [
+        METADATA_NAMESPACE,
+        DECISION_NAMESPACE,
+    ]
+
+
+def test_two_message_mode_sends_headers_and_renders_no_lua() -> None:
+    config = CONFIGS["two_listeners_custom_gateway"]
+    config = dataclasses.replace(
+        config, gateway=dataclasses.replace(config.gateway, ext_proc_messages="two")
+    )
+    hcm = _hcm(bootstrap_dict(config))
+    assert LUA_FILTER not in [f["name"] for f in hcm["http_filters"]]
+    ext_proc = _filter(hcm, "envoy.filters.http.ext_proc")
+    assert ext_proc["processing_mode"]["request_header_mode"] == "SEND"
+    assert "request_attributes" not in ext_proc
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert all(":method" not in json.dumps(r["match"]) for r in routes)
 
 
 def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> None:
     hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]))
     names = [f["name"] for f in hcm["http_filters"]]
     # After routing, so its per-route config is read on the route routing picked.
-    assert names[-3:] == [
+    assert names[-4:] == [
         "envoy.filters.http.ext_proc",
+        LUA_FILTER,
         TRANSLATION_FILTER,
         "envoy.filters.http.router",
     ]
@@ -269,7 +307,7 @@ def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> 
         "initial_metadata": [{"key": UPSTREAM_PHASE_KEY, "value": TRANSLATION_PHASE}],
     }
 
-    translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    _, translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert "typed_per_filter_config" not in untranslated
     per_route = translated["typed_per_filter_config"][TRANSLATION_FILTER]
     assert per_route["@type"].endswith("ExtProcPerRoute")
@@ -657,7 +695,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Gateway]:
         *providers,
         # Long enough for a loaded machine's answers; /slow never answers in time.
         listeners=(Listener("egress_traffic", "127.0.0.1", 0, 3.0),),
-        gateway=GatewaySettings(max_request_body_bytes=BODY_LIMIT),
+        # The fake processor speaks the two-message protocol (headers, then body).
+        gateway=GatewaySettings(max_request_body_bytes=BODY_LIMIT, ext_proc_messages="two"),
     )
     clusters = {p.model_id: upstream_for(p).cluster for p in providers}
     clusters["slow"] = clusters["override-in-body"] = clusters["ok"]

@@ -189,6 +189,25 @@ def test_success_and_client_errors_are_not_retried(gw: Gateway) -> None:
     assert len(primary.requests) == 2 and second.requests == []
 
 
+def _attempt_streams(gw: Gateway) -> int:
+    """Streams the failover clusters' upstream ext_proc filter opened (Envoy's counters)."""
+    stats = gw.stats("cluster.failover_")
+    return sum(v for name, v in stats.items() if name.endswith(".ext_proc.streams_started"))
+
+
+def test_only_retries_open_an_attempt_stream(gw: Gateway) -> None:
+    """The first attempt goes where the routing filter sent it: Envoy skips the
+    upstream filter for it, so only a retry costs an ext_proc stream."""
+    before = _attempt_streams(gw)
+    status, headers, _ = _chat(gw, "openai/gpt-5")
+    assert status == 200 and "x-archway-fallback" not in headers
+    assert _attempt_streams(gw) == before
+    _fail(gw.upstreams["primary"], 429)
+    status, headers, _ = _chat(gw, "openai/gpt-5")
+    assert status == 200 and headers["x-archway-fallback"] == "1"
+    assert _attempt_streams(gw) == before + 1
+
+
 def test_connect_failure_moves_on(gw: Gateway) -> None:
     status, headers, _ = _chat(gw, "xai/grok-4")
     assert status == 200

@@ -56,6 +56,7 @@ _GATEWAY_KEYS = (
     "max_request_body_bytes",
     "message_timeout",
     "failure_mode_allow",
+    "ext_proc_messages",
     "metrics_address",
     "metrics_port",
     "tracing",

@@ -279,6 +279,10 @@ class ExtProcTls:
         return self.ca or self.cert
 
 
+EXT_PROC_MESSAGES = ("one", "two")
+"""How many ext_proc messages the routing filter sends per LLM request."""
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Archway's own settings (the optional top-level ``archway:`` section, an
@@ -294,6 +298,11 @@ class GatewaySettings:
     max_request_body_bytes: int = setting(Kind.INTEGER, DEFAULT_MAX_REQUEST_BODY_BYTES, low=1)
     message_timeout_s: float = setting(Kind.DURATION, 5.0, key="message_timeout", positive=True)
     failure_mode_allow: bool = setting(Kind.BOOLEAN, False)
+    ext_proc_messages: str = setting(
+        Kind.CHOICE, "one", choices=EXT_PROC_MESSAGES, what="message count"
+    )
+    """``one``: Envoy sends the routing filter only the body, and a Lua filter applies
+    the decision (``ext_proc.deploy.one_message``); ``two``: headers, then body."""
     metrics_address: str = setting(Kind.TEXT, "127.0.0.1")
     metrics_port: int | None = DEFAULT_METRICS_PORT
     """The Prometheus endpoint's port: 0 picks a free one, ``None`` turns it off."""

@@ -38,8 +38,10 @@ from ext_proc.config import (
     Overrides,
     TracingSettings,
 )
+from ext_proc.deploy import one_message
 from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
+    ATTEMPT_HEADER,
     CLIENT_DECISION_HEADERS,
     CLIENT_PATH_HEADER,
     DECISION_FALLBACK,
@@ -55,7 +57,7 @@ from ext_proc.routing.catalog import Upstream, failover_cluster_name, upstream_f
 from ext_proc.routing.resolve import build_routing_table, failover_chains
 from ext_proc.server import modes
 from ext_proc.server.health import EXT_PROC_SERVICE
-from ext_proc.server.messages import METADATA_NAMESPACE
+from ext_proc.server.messages import DECISION_NAMESPACE, METADATA_NAMESPACE
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -157,6 +159,11 @@ _T_PREVIOUS_PRIORITIES = (
 _T_UPSTREAM_CODEC = (
     "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
 )
+_T_EXTENSION_WITH_MATCHER = (
+    "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+)
+_T_HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+_T_SKIP_FILTER = "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
 _TLS_MATCH_KEY = "archway_upstream"
 """Endpoint metadata key that picks each failover endpoint's own TLS setup."""
 _RAW_BUFFER: dict[str, Any] = {
@@ -400,11 +407,31 @@ def _http_connection_manager(listener: Listener, config: Config) -> dict[str, An
         "local_reply_config": _local_reply_config(gateway),
         "http_filters": [
             _client_path_filter(),
-            _ext_proc_filter(gateway, message_timeout_s=message_timeout_s(config)),
+            _routing_filter(config),
+            *([one_message.lua_filter()] if _one_message(gateway) else []),
             _translation_filter(gateway),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _T_ROUTER}},
         ],
     }
+
+
+def _one_message(gateway: GatewaySettings) -> bool:
+    return gateway.ext_proc_messages == "one"
+
+
+def _routing_filter(config: Config) -> dict[str, Any]:
+    gateway = config.gateway
+    routing = _ext_proc_filter(gateway, message_timeout_s=message_timeout_s(config))
+    if _one_message(gateway):
+        # See ext_proc.deploy.one_message: the body alone, with the headers the
+        # decision reads as attributes; the decision comes back as metadata.
+        typed = routing["typed_config"]
+        typed["processing_mode"] = modes.ROUTING_ONE_MESSAGE.envoy()
+        typed["request_attributes"] = one_message.request_attributes(config)
+        typed["metadata_options"] = {
+            "receiving_namespaces": {"untyped": [METADATA_NAMESPACE, DECISION_NAMESPACE]}
+        }
+    return routing
 
 
 def _tracing(settings: TracingSettings) -> dict[str, Any]:
@@ -556,6 +583,21 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
         ([], default_action),
     ]
     routes: list[dict[str, Any]] = []
+    if _one_message(config.gateway):
+        # First, so that no client header picks another route before ext_proc
+        # reads this one's override (the route is matched before any filter runs).
+        routes.append(
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [
+                        {"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}
+                    ],
+                },
+                "route": default_action,
+                "typed_per_filter_config": one_message.two_message_overrides(),
+            }
+        )
     metered = config.access.meters
     echoed = (TRANSLATE_HEADER, USAGE_HEADER) if metered else (TRANSLATE_HEADER,)
     for headers, action in actions:
@@ -1035,7 +1077,7 @@ def _failover_cluster(
                 # HTTP/1.1: one protocol every endpoint of a mixed chain speaks.
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [
-                    _ext_proc_filter(gateway, upstream=True),
+                    _attempt_filter(gateway),
                     {
                         "name": "envoy.filters.http.upstream_codec",
                         "typed_config": {"@type": _T_UPSTREAM_CODEC},
@@ -1047,6 +1089,45 @@ def _failover_cluster(
     if any_dns:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
+
+
+def _attempt_filter(gateway: GatewaySettings) -> dict[str, Any]:
+    """The upstream ext_proc filter, skipped on the first attempt: that one goes
+    where the routing filter sent it, so a stream would carry no decision."""
+    attempt = _ext_proc_filter(gateway, upstream=True)
+    return {
+        "name": attempt["name"],
+        "typed_config": {
+            "@type": _T_EXTENSION_WITH_MATCHER,
+            "extension_config": attempt,
+            "xds_matcher": {
+                "matcher_list": {
+                    "matchers": [
+                        {
+                            "predicate": {
+                                "single_predicate": {
+                                    "input": {
+                                        "name": "attempt_count",
+                                        "typed_config": {
+                                            "@type": _T_HEADER_INPUT,
+                                            "header_name": ATTEMPT_HEADER,
+                                        },
+                                    },
+                                    "value_match": {"exact": "1"},
+                                }
+                            },
+                            "on_match": {
+                                "action": {
+                                    "name": "skip_first_attempt",
+                                    "typed_config": {"@type": _T_SKIP_FILTER},
+                                }
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    }
 
 
 def _upstream_http_options(tls: bool) -> dict[str, Any]:

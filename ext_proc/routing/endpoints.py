@@ -15,7 +15,15 @@ from ext_proc.apis import Endpoint, WireAPI, endpoint_for, served_paths, strip_q
 from ext_proc.errors import GatewayError
 from ext_proc.routing.resolve import RoutingTable
 
-__all__ = ["classify", "listing_api", "models_listing"]
+__all__ = ["classify", "empty_body", "listing_api", "models_listing"]
+
+
+def empty_body() -> GatewayError:
+    """A POST without a body: answered by the routing processor (two messages) or, when
+    Envoy opens no ext_proc stream for it (one message), by the Lua filter."""
+    return GatewayError(
+        400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"
+    )
 
 
 def classify(method: str, path: str) -> Endpoint:

@@ -66,6 +66,9 @@ class RequestPlan:
     """The new body, or ``None`` when the client's body goes upstream unchanged."""
     translation: TranslationContext | None = None
     """Set when the body was translated to the provider's API."""
+    remove_prefixes: tuple[str, ...] = ()
+    """Prefixes of client headers to drop: ``remove_headers`` already names those
+    among ``headers``, which in one-message mode are only the ones the decision reads."""
 
 
 def decision_headers(decision: RoutingDecision) -> tuple[tuple[str, str], ...]:
@@ -156,6 +159,7 @@ def plan_request(
     set_headers.extend(upstream_set)
 
     translation: TranslationContext | None = None
+    remove_prefixes: tuple[str, ...] = ()
     new_body: bytes | None
     if translator is not None:
         data = {**parsed.data, "model": target.upstream_model}
@@ -168,6 +172,7 @@ def plan_request(
         foreign = translation.client.sdk_header_prefix
         if foreign != translation.provider.sdk_header_prefix:
             remove.extend(h for h in headers if h.startswith(foreign))
+            remove_prefixes = (foreign,)
         # The response body must reach Archway readable: a compressed one could
         # not be translated.
         if "accept-encoding" in headers:
@@ -181,7 +186,9 @@ def plan_request(
         set_headers.append(("content-length", str(len(new_body))))
     set_names = {name for name, _ in set_headers}
     remove = [h for h in remove if h not in set_names]
-    return RequestPlan(target, tuple(set_headers), tuple(remove), new_body, translation)
+    return RequestPlan(
+        target, tuple(set_headers), tuple(remove), new_body, translation, remove_prefixes
+    )
 
 
 def _passthrough_credentials(

@@ -25,6 +25,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from ext_proc.apis import WireAPI, endpoint_for
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
+    ATTEMPT_HEADER,
     CLIENT_PATH_HEADER,
     DECISION_FALLBACK,
     DECISION_MODEL,
@@ -42,9 +43,6 @@ from ext_proc.translate.bedrock import converse_path
 __all__ = ["ATTEMPT_HEADER", "AttemptProcessor"]
 
 log = logging.getLogger("archway.failover")
-
-ATTEMPT_HEADER = "x-envoy-attempt-count"
-"""Set by Envoy on each upstream attempt (``include_request_attempt_count``)."""
 
 
 class AttemptProcessor:

@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HeadersResponse,
     HttpHeaders,
     ImmediateResponse,
+    ProcessingRequest,
     ProcessingResponse,
     TrailersResponse,
 )
@@ -30,11 +31,16 @@ from ext_proc.server import modes
 from ext_proc.server.modes import BodyMode, Mode
 
 __all__ = [
+    "DECISION_NAMESPACE",
     "METADATA_NAMESPACE",
+    "REQUEST_LINE_ATTRIBUTES",
     "attempt_headers_response",
+    "attribute_headers",
     "body_response",
     "body_unchanged_response",
+    "decision_metadata_response",
     "error_response",
+    "header_attribute",
     "header_map",
     "headers_response",
     "immediate_response",
@@ -49,6 +55,16 @@ _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 METADATA_NAMESPACE = "archway"
 """The dynamic metadata namespace Envoy accepts from Archway (the filters'
 ``metadata_options``); the access log reads ``%DYNAMIC_METADATA(archway:...)%``."""
+
+DECISION_NAMESPACE = "archway.request"
+"""In one-message mode, the decision's header changes travel to Envoy's Lua filter
+as dynamic metadata here (Envoy drops header mutations answering a body whose
+headers it did not send): ``set`` (name to value), ``remove`` (names) and
+``remove_prefixes``."""
+
+_PATH_ATTRIBUTE = "request.path"
+_METHOD_ATTRIBUTE = "request.method"
+_HEADER_ATTRIBUTE = "request.headers['"
 
 # Every routed request sets the same few headers for its decision (cluster,
 # model, provider, path, credentials). Building a HeaderValueOption from Python
@@ -94,6 +110,35 @@ def header_map(headers: HttpHeaders) -> dict[str, str]:
         key = h.key.lower()
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
+
+
+def header_attribute(name: str) -> str:
+    """The CEL attribute that carries request header ``name`` (lower case) to the server."""
+    return f"{_HEADER_ATTRIBUTE}{name}']"
+
+
+REQUEST_LINE_ATTRIBUTES = (_PATH_ATTRIBUTE, _METHOD_ATTRIBUTE)
+
+
+def attribute_headers(request: ProcessingRequest) -> dict[str, str] | None:
+    """The request headers a one-message stream carries as attributes (``:path``,
+    ``:method`` and those the bootstrap names), or ``None`` when it carries none.
+
+    Envoy leaves absent headers out; attribute names are Envoy's CEL expressions.
+    """
+    if not request.attributes:
+        return None
+    out: dict[str, str] = {}
+    for attributes in request.attributes.values():
+        for key, value in attributes.fields.items():
+            text = value.string_value
+            if key == _PATH_ATTRIBUTE:
+                out[":path"] = text
+            elif key == _METHOD_ATTRIBUTE:
+                out[":method"] = text
+            elif key.startswith(_HEADER_ATTRIBUTE) and key.endswith("']"):
+                out[key[len(_HEADER_ATTRIBUTE) : -2]] = text
+    return out if ":path" in out else None
 
 
 def _mutation(
@@ -171,6 +216,40 @@ def body_response(
     common.clear_route_cache = clear_route_cache
     if body is not None:
         common.body_mutation.body = body
+    return response
+
+
+def decision_metadata_response(
+    set_headers: Iterable[tuple[str, str]],
+    remove_headers: Iterable[str],
+    remove_prefixes: Iterable[str],
+    body: bytes | None,
+) -> ProcessingResponse:
+    """Continue after the body of a one-message stream: the body mutation, and the
+    header changes as ``DECISION_NAMESPACE`` metadata for the Lua filter, which
+    applies them and clears the route cache."""
+    response = ProcessingResponse()
+    common = response.request_body.response
+    common.SetInParent()
+    if body is not None:
+        common.body_mutation.body = body
+    # Filled field by field: Struct.update from a dict costs twice as much. A
+    # Value is created only with its kind set: Envoy's Lua filter aborts the
+    # process on a Value of no kind.
+    namespace = response.dynamic_metadata.fields[DECISION_NAMESPACE].struct_value
+    namespace.SetInParent()
+    decision = namespace.fields
+    set_headers = tuple(set_headers)
+    if set_headers:
+        to_set = decision["set"].struct_value.fields
+        for name, value in set_headers:
+            to_set[name].string_value = value
+    for key, names in (("remove", remove_headers), ("remove_prefixes", remove_prefixes)):
+        names = tuple(names)
+        if names:
+            values = decision[key].list_value.values
+            for name in names:
+                values.add().string_value = name
     return response
 
 
@@ -260,5 +339,6 @@ def set_metadata(
 ) -> ProcessingResponse:
     """Add ``fields`` to the request's dynamic metadata (``METADATA_NAMESPACE``)."""
     if fields:
-        response.dynamic_metadata.update({METADATA_NAMESPACE: dict(fields)})
+        # Merged, not replaced: a one-message answer already holds the decision's namespace.
+        response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.update(dict(fields))
     return response

@@ -16,6 +16,7 @@ __all__ = [
     "ATTEMPT_FIRST",
     "ATTEMPT_RETRY",
     "ROUTING",
+    "ROUTING_ONE_MESSAGE",
     "TRANSLATION_OFF",
     "TRANSLATION_ON",
     "BodyMode",
@@ -59,9 +60,14 @@ ROUTING = Mode(request_headers=True, request_body=BodyMode.BUFFERED)
 needs the headers and the whole body (the model is in the body); responses are
 the translation filter's business."""
 
+ROUTING_ONE_MESSAGE = Mode(request_body=BodyMode.BUFFERED)
+"""The routing filter in one-message mode: the body alone, with the headers the
+decision reads as attributes (``ext_proc.deploy.one_message``)."""
+
 ATTEMPT_FIRST = Mode(request_headers=True)
 """Override for a failover cluster's first attempt, which already carries what
-the routing filter decided."""
+the routing filter decided. The bootstrap skips the filter on that attempt
+(``ExtensionWithMatcher``), so only a bootstrap rendered before that sends it."""
 
 ATTEMPT_RETRY = Mode(request_headers=True, request_body=BodyMode.BUFFERED, response_headers=True)
 """Override for a retry: its body's model is rewritten, and the model that

@@ -6,6 +6,11 @@ it goes (awaiting the preference router only when the request leaves the
 model open and no session pin answers), and ``routing.plan`` says how to
 rewrite it. ``handle`` suspends only on that router call.
 
+In one-message mode (``archway.ext_proc_messages: one``) Envoy sends no headers
+message: the body comes first, carrying the headers the decision reads as
+attributes, and the answer's header changes go back as dynamic metadata that
+Envoy's Lua filter applies (``ext_proc.deploy.one_message``).
+
 Under Envoy Gateway one ext_proc filter does both jobs, so this stream also
 sees its response; those phases go to a ``TranslationProcessor`` of its own, as
 they would on the translation filter's stream (and as on a stream from an
@@ -36,7 +41,7 @@ from ext_proc.router.service import ConfiguredRouter
 from ext_proc.routing import affinity
 from ext_proc.routing.body import parse_request
 from ext_proc.routing.decide import Decision, Look, decide, look
-from ext_proc.routing.endpoints import classify, listing_api, models_listing
+from ext_proc.routing.endpoints import classify, empty_body, listing_api, models_listing
 from ext_proc.routing.plan import continued_response, plan_request
 from ext_proc.routing.resolve import RoutingDecision, RoutingTable, chain_providers
 from ext_proc.server import messages
@@ -63,6 +68,7 @@ class RoutingProcessor:
         "_conversations",
         "_endpoint",
         "_headers",
+        "_one_message",
         "_response",
         "_router",
         "_table",
@@ -86,6 +92,7 @@ class RoutingProcessor:
         self._api = WireAPI.OPENAI
         self._endpoint: Endpoint | None = None
         self._headers: dict[str, str] = {}
+        self._one_message = False
         self._response: TranslationProcessor | None = None
         self._client: Client | None = None
         """The configured client whose key the request presented (``archway.clients``)."""
@@ -99,6 +106,13 @@ class RoutingProcessor:
             if phase == "request_headers":
                 return self._on_request_headers(request.request_headers)
             if phase == "request_body":
+                if self._endpoint is None:
+                    headers = messages.attribute_headers(request)
+                    if headers is not None:
+                        self._one_message = True
+                        listing = self._begin(headers)
+                        if listing is not None:
+                            return listing
                 return await self._on_request_body(request.request_body)
             if phase in _RESPONSE_PHASES:
                 response = self._response
@@ -115,6 +129,19 @@ class RoutingProcessor:
 
     def _on_request_headers(self, msg: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_map(msg)
+        listing = self._begin(headers)
+        if listing is not None:
+            return listing
+        if msg.end_of_stream:
+            raise empty_body()
+        # Internal routing headers come only from Archway: a client must never
+        # pick a cluster or fake a decision by sending them.
+        forged = [name for name in headers if name.startswith(INTERNAL_PREFIX)]
+        return messages.headers_response(remove_headers=forged)
+
+    def _begin(self, headers: dict[str, str]) -> ProcessingResponse | None:
+        """What the request line and headers decide alone: the client key, the
+        endpoint (404/405), and the model listing, which is answered here."""
         path = headers.get(":path", "/")
         self._telemetry.started(headers, self._trace_context, path)
         self._api = client_api(path)
@@ -128,16 +155,9 @@ class RoutingProcessor:
             self._telemetry.answered()
             listing = models_listing(self._table, listing_api(headers))
             return messages.immediate_response(200, listing)
-        if msg.end_of_stream:
-            raise GatewayError(
-                400, "This endpoint needs a JSON request body; none was sent.", code="empty_body"
-            )
         self._endpoint = endpoint
         self._headers = headers
-        # Internal routing headers come only from Archway: a client must never
-        # pick a cluster or fake a decision by sending them.
-        forged = [name for name in headers if name.startswith(INTERNAL_PREFIX)]
-        return messages.headers_response(remove_headers=forged)
+        return None
 
     async def _on_request_body(self, msg: HttpBody) -> ProcessingResponse:
         endpoint = self._endpoint
@@ -197,7 +217,12 @@ class RoutingProcessor:
                 f" ({d.route})" if d.route else "",
                 d.cluster,
             )
-        response = messages.body_response(set_headers, plan.remove_headers, plan.body)
+        if self._one_message:
+            response = messages.decision_metadata_response(
+                set_headers, plan.remove_headers, plan.remove_prefixes, plan.body
+            )
+        else:
+            response = messages.body_response(set_headers, plan.remove_headers, plan.body)
         return messages.set_metadata(response, metadata)
 
     async def _pin(self, seen: Look, decision: Decision) -> Decision:
