@@ -262,6 +262,25 @@ class Phases:
         self.rows.append(
             (group, "  (its size vs the body message, bytes)", len(one) - len(body_bytes))
         )
+        one_msg = ProcessingRequest.FromString(one)
+        routed = run_now(self.processor().handle(one_msg))
+        if routed.WhichOneof("response") != "request_body" or not routed.HasField(
+            "dynamic_metadata"
+        ):
+            raise RuntimeError(f"the one-message request was not routed: {routed}")
+        ps = self.prepared(StreamRole.ROUTING, None, n)
+        self.time(group, "one-message request: handle", lambda i: run_now(ps[i].handle(one_msg)), n)
+        self.time(
+            group,
+            "one-message answer: SerializeToString",
+            lambda i: routed.SerializeToString(),
+            n,
+        )
+
+        def single(i: int) -> None:
+            run_now(self.servicer.new_stream(()).handle(one))
+
+        self.time(group, "= one message, bytes in to bytes out", single, n)
         self._body_steps(group, body, headers, n)
 
     def _body_steps(self, group: str, body: bytes, pairs: list[tuple[str, str]], n: int) -> None:
