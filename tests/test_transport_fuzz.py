@@ -259,6 +259,8 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                     if event.stream_id not in now_ended:
                         conn.reset_stream(event.stream_id, 0)
                         reset.add(event.stream_id)
+                    else:
+                        closed.add(event.stream_id)
     except (h2.exceptions.ProtocolError, h2.exceptions.FrameTooLargeError):
         return True
     return _stream_errors(conn.data_to_send(), frozenset(reset))
@@ -345,6 +347,13 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
     [
         b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
         b"\x00\x00\x16\x01\x00\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+    ]
+)
+# And a zero WINDOW_UPDATE on an ended stream answered UNIMPLEMENTED: ignored.
+@example(
+    [
+        b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x87\x84\x01\x01z",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x00",
     ]
 )
 # And a connection-level WINDOW_UPDATE with the reserved bit set: ignored.
