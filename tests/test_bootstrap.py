@@ -194,7 +194,8 @@ def test_upstream_connect_timeout_and_buffers() -> None:
 
 def test_route_reads_cluster_header_and_echoes_decisions() -> None:
     hcm = _hcm(bootstrap_dict(CONFIGS["two_listeners_custom_gateway"]), index=1)
-    bodyless, translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    bodyless, translated, untranslated = [r for r in routes if "route" in r]
     action = {"cluster_header": ROUTE_HEADER, "timeout": "30s", "auto_host_rewrite": True}
     # One-message mode: requests other than POST send their headers (the model
     # listing, 404/405), with the Lua filter off.
@@ -282,7 +283,10 @@ def test_two_message_mode_sends_headers_and_renders_no_lua() -> None:
     assert ext_proc["processing_mode"]["request_header_mode"] == "SEND"
     assert "request_attributes" not in ext_proc
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert all(":method" not in json.dumps(r["match"]) for r in routes)
+    # No route for bodyless requests: their headers go to the server anyway.
+    assert all(":method" not in json.dumps(r["match"]) for r in routes if "route" in r)
+    # Nor Lua settings on the routes that answer unserved requests.
+    assert LUA_FILTER not in json.dumps(routes)
 
 
 def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> None:
@@ -307,7 +311,8 @@ def test_translation_filter_is_off_unless_the_translated_route_turns_it_on() -> 
         "initial_metadata": [{"key": UPSTREAM_PHASE_KEY, "value": TRANSLATION_PHASE}],
     }
 
-    _, translated, untranslated = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    _, translated, untranslated = [r for r in routes if "route" in r]
     assert "typed_per_filter_config" not in untranslated
     per_route = translated["typed_per_filter_config"][TRANSLATION_FILTER]
     assert per_route["@type"].endswith("ExtProcPerRoute")
@@ -357,13 +362,14 @@ def test_ext_proc_cluster_can_list_one_endpoint_per_worker() -> None:
 
 def test_local_replies_never_catch_all() -> None:
     mappers = _hcm(bootstrap_dict(CONFIGS["catalog"]))["local_reply_config"]["mappers"]
-    assert len(mappers) == 10
+    assert len(mappers) == 12
     for mapper in mappers:
         text = json.dumps(mapper["filter"])
         assert (
             "response_flag_filter" in text
             or "request_payload_too_large" in text
             or "startsWith('ext_proc_error')" in text
+            or "code_details == 'direct_response'" in text
         )
         assert mapper["body_format_override"]["content_type"] == "application/json"
     anthropic, openai = mappers[0], mappers[1]
@@ -564,7 +570,8 @@ def _set(name: str, value: str) -> HeaderValueOption:
     )
 
 
-OVERRIDE_IN_HEADERS_PATH = "/override-in-headers"
+# A path Archway serves (the routes answer others themselves), other than the default.
+OVERRIDE_IN_HEADERS_PATH = "/chat/completions"
 _ASK_FOR_RESPONSE_HEADERS = ProcessingMode(
     request_header_mode=ProcessingMode.SEND,
     request_body_mode=ProcessingMode.BUFFERED,

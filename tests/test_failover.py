@@ -130,7 +130,9 @@ def test_bootstrap_with_fallbacks_is_valid() -> None:
         "envoy.filters.http.upstream_codec",
     ]
     hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    routes = [
+        r for r in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] if "route" in r
+    ]
     retry = next(r for r in routes if r["route"].get("cluster") == chain["name"])["route"][
         "retry_policy"
     ]

@@ -129,10 +129,28 @@ def test_bodyless_and_unserved_requests_keep_their_answers(gw: Gateway) -> None:
     assert status == 200 and {m["id"] for m in json.loads(body)["data"]} >= {"openai/gpt-5"}
     status, _, body = _send(gw, "/v1/models", None, {"anthropic-version": "2023-06-01"}, "GET")
     assert status == 200 and json.loads(body)["data"][0]["type"] == "model"
+    # Envoy's routes answer what Archway does not serve: no ext_proc stream, no
+    # buffered body, and the client's error shape.
+    before = _routing_stats(gw)
     status, headers, body = _send(gw, "/v1/chat/completions", None, method="GET")
     assert status == 405 and headers["allow"] == "POST"
+    assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "method_not_allowed"
-    status, _, body = _send(gw, "/v1/nowhere", b'{"model": "gpt-5"}')
+    status, headers, body = _send(gw, "/v1/models/", b"{}", method="POST")
+    assert status == 405 and headers["allow"] == "GET"
+    status, headers, body = _send(gw, "/v1/nowhere?x=1", b'{"model": "gpt-5"}')
+    assert status == 404 and headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] == "unsupported_path"
+    assert error["message"].startswith("Archway does not serve POST /v1/nowhere. It serves: ")
+    status, _, body = _send(gw, "/v1/messages/batches", b"{}")
+    assert status == 404 and json.loads(body)["type"] == "error"  # Anthropic's shape
+    assert json.loads(body)["error"]["type"] == "not_found_error"
+    status, _, body = _send(gw, "/v1/messages", None, method="DELETE")
+    assert status == 405 and json.loads(body)["type"] == "error"
+    assert _routing_stats(gw) == before
+    # The decision's header only skips the cheap answer: Archway's is the same.
+    status, _, body = _send(gw, "/v1/nowhere", b"{}", {"x-archway-cluster": "openai"})
     assert status == 404 and json.loads(body)["error"]["code"] == "unsupported_path"
     # A POST without a body opens no ext_proc stream in one-message mode: the
     # Lua filter answers, in the client's shape.

@@ -22,6 +22,7 @@ and committed.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ from ext_proc.config import (
     Overrides,
     TracingSettings,
 )
-from ext_proc.deploy import one_message
+from ext_proc.deploy import one_message, unserved
 from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
     ATTEMPT_HEADER,
@@ -582,7 +583,12 @@ def _route_config(listener: Listener, config: Config) -> dict[str, Any]:
         ),
         ([], default_action),
     ]
-    routes: list[dict[str, Any]] = []
+    # Requests Archway cannot serve are answered by Envoy, with no ext_proc stream.
+    lua_off = one_message.lua_off() if _one_message(config.gateway) else {}
+    routes: list[dict[str, Any]] = [
+        *unserved.method_not_allowed_routes(ROUTE_HEADER, lua_off),
+        unserved.not_found_route(ROUTE_HEADER, lua_off),
+    ]
     if _one_message(config.gateway):
         # First, so that no client header picks another route before ext_proc
         # reads this one's override (the route is matched before any filter runs).
@@ -756,6 +762,19 @@ def _local_reply_kinds(gateway: GatewaySettings) -> list[tuple[dict[str, Any], G
             ),
         ),
         (
+            {
+                "and_filter": {
+                    "filters": [
+                        _status_filter(404),
+                        _details_filter(
+                            f"response.code_details == '{unserved.DIRECT_RESPONSE_DETAILS}'"
+                        ),
+                    ]
+                }
+            },
+            unserved.not_found_error(),
+        ),
+        (
             {"response_flag_filter": {"flags": ["UT"]}},
             GatewayError(
                 504, "The model provider did not answer in time.", code="upstream_timeout"
@@ -787,11 +806,15 @@ def _too_large_filter() -> dict[str, Any]:
     return {
         "and_filter": {
             "filters": [
-                {"status_code_filter": {"comparison": {"op": "EQ", "value": _runtime(413)}}},
+                _status_filter(413),
                 _details_filter("response.code_details == 'request_payload_too_large'"),
             ]
         }
     }
+
+
+def _status_filter(status: int) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {"op": "EQ", "value": _runtime(status)}}}
 
 
 def _details_filter(expression: str) -> dict[str, Any]:
@@ -843,7 +866,19 @@ def _local_reply_config(gateway: GatewaySettings) -> dict[str, Any]:
 
 
 def _json_body(shape: dict[str, Any]) -> dict[str, Any]:
-    return {"json_format": shape, "content_type": "application/json"}
+    body: dict[str, Any] = {"json_format": shape, "content_type": "application/json"}
+    if "%REQ_WITHOUT_QUERY(" in json.dumps(shape):
+        # A formatter extension, not built into the substitution format.
+        body["formatters"] = [
+            {
+                "name": "envoy.formatter.req_without_query",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.formatter."
+                    "req_without_query.v3.ReqWithoutQuery"
+                },
+            }
+        ]
+    return body
 
 
 def _access_log() -> dict[str, Any]:

@@ -48,6 +48,7 @@ __all__ = [
     "LUA_FILTER",
     "attribute_header_names",
     "lua_filter",
+    "lua_off",
     "lua_script",
     "request_attributes",
     "two_message_overrides",
@@ -90,8 +91,13 @@ def two_message_overrides() -> dict[str, Any]:
             "@type": _T_EXT_PROC_PER_ROUTE,
             "overrides": {"processing_mode": modes.ROUTING.envoy()},
         },
-        LUA_FILTER: {"@type": _T_LUA_PER_ROUTE, "disabled": True},
+        **lua_off(),
     }
+
+
+def lua_off() -> dict[str, Any]:
+    """``typed_per_filter_config`` that turns the Lua filter off on a route."""
+    return {LUA_FILTER: {"@type": _T_LUA_PER_ROUTE, "disabled": True}}
 
 
 def lua_filter() -> dict[str, Any]:
