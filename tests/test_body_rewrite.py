@@ -199,3 +199,17 @@ def test_members_are_decoded_only_when_read() -> None:
     parsed = parse_request(HEADERS, b'{"model": "fast-model", "messages": [], "n": 1}')
     assert parsed.fields["model"] == "fast-model"
     assert parsed.fields._values == {"model": "fast-model"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("where", ["messages", "top", "unread"])
+def test_a_body_nested_past_the_parsers_depth_is_a_400(where: str) -> None:
+    deep = b'{"a":' * 3000 + b"1" + b"}" * 3000
+    body = {
+        "messages": b'{"model": "gpt-5.2", "messages": [' + deep + b"]}",
+        "top": deep,
+        "unread": b'{"model": "gpt-5.2", "metadata": ' + deep + b', "messages": []}',
+    }[where]
+    with pytest.raises(GatewayError) as err:
+        parse_request({"content-type": "application/json"}, body).data  # noqa: B018
+    assert err.value.status == 400 and err.value.code == "invalid_json"
+    assert "nested too deeply" in err.value.message

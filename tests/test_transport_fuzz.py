@@ -202,6 +202,7 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
     closed: set[int] = set()
     ended: set[int] = set()
     reopening = 0
+    client_reset: set[int] = set()
     block = 0
     config = h2.config.H2Configuration(client_side=False, normalize_inbound_headers=False)
     conn = h2.connection.H2Connection(config)
@@ -231,6 +232,12 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                 reopening = stream_id
             elif kind == 0x9 and stream_id == reopening and flags & 0x4:
                 return True
+            if chunk[:4] == b"\x00\x00\x04\x08" and stream_id in client_reset:
+                # RFC 9113 5.1: after the client's RST_STREAM, a WINDOW_UPDATE on
+                # the stream is a stream error; h2 lets a non-zero one by.
+                return True
+            if chunk[:4] == b"\x00\x00\x04\x03" and stream_id in known - ended - reset:
+                client_reset.add(stream_id)
             if chunk[:4] == b"\x00\x00\x04\x08" and stream_id in closed:
                 # RFC 9113 5.1: WINDOW_UPDATE on a stream closed both ways is
                 # ignored; h2 takes a zero increment there for an error. One of
@@ -362,6 +369,21 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
     [
         b"\x00\x00\x16\x01\x05\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
         b"\x00\x00\x00\x08\x00\x00\x00\x00\x01",
+    ]
+)
+# And a WINDOW_UPDATE after the client's RST_STREAM: a stream error (STREAM_CLOSED).
+@example(
+    [
+        b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+    ]
+)
+@example(
+    [
+        b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x00",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x05",
     ]
 )
 # And a connection-level WINDOW_UPDATE with the reserved bit set: ignored.

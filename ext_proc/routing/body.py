@@ -148,9 +148,7 @@ def _loads(body: bytes) -> dict[str, Any]:
             400, "The request body holds a number with too many digits.", code="invalid_json"
         ) from None
     except RecursionError:
-        raise GatewayError(
-            400, "The request body is nested too deeply.", code="invalid_json"
-        ) from None
+        raise _too_deep() from None
     if not isinstance(parsed, dict):
         raise GatewayError(
             400,
@@ -158,6 +156,10 @@ def _loads(body: bytes) -> dict[str, Any]:
             code="invalid_body",
         )
     return parsed
+
+
+def _too_deep() -> GatewayError:
+    return GatewayError(400, "The request body is nested too deeply.", code="invalid_json")
 
 
 _split_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -173,6 +175,9 @@ def _split_object(body: bytes) -> dict[str, msgspec.Raw] | None:
         return _split_members(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    except RecursionError:
+        # msgspec validates every level, and stops at about a thousand.
+        raise _too_deep() from None
 
 
 def _model_span(body: bytes, members: dict[str, msgspec.Raw]) -> tuple[int, int] | None:
@@ -254,6 +259,8 @@ def _refuse_long_numbers(members: dict[str, msgspec.Raw]) -> None:
 def _loads_value(raw: msgspec.Raw) -> Any:
     try:
         return json.loads(bytes(raw))
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError:
         # Valid JSON that Python will not convert: an integer past its digit limit.
         raise GatewayError(

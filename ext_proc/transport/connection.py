@@ -205,7 +205,7 @@ class Connection(asyncio.BufferedProtocol):
         self._preface_seen = False
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, _Stream] = {}
-        self._ended: dict[int, None] = {}
+        self._ended: dict[int, bool] = {}
         """Streams closed after the peer's END_STREAM, newest last."""
         """Streams with response bytes waiting on a send window: the only ones
         a WINDOW_UPDATE or SETTINGS needs to look at."""
@@ -515,6 +515,12 @@ class Connection(asyncio.BufferedProtocol):
         if stream is None:
             if self._is_idle(stream_id):
                 raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            if self._ended.get(stream_id):
+                # After the client's own RST_STREAM, any frame but PRIORITY is a
+                # stream error (RFC 9113 5.1); after its END_STREAM, a
+                # WINDOW_UPDATE is allowed, and ignored like any on a closed stream.
+                self._control()
+                self._out.append(rst_stream(stream_id, STREAM_CLOSED))
             return
         if not increment:
             self._reset(stream, PROTOCOL_ERROR)
@@ -544,6 +550,8 @@ class Connection(asyncio.BufferedProtocol):
         # error (RFC 9113 5.1), so it is remembered as ended.
         stream.remote_closed = True
         self._close_stream(stream)
+        if stream_id in self._ended:
+            self._ended[stream_id] = True  # by a reset, not an END_STREAM
         if premature and self._resets.on_premature_reset():
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "streams reset before any answer")
 
@@ -837,7 +845,7 @@ class Connection(asyncio.BufferedProtocol):
         if stream.remote_closed:
             # More DATA or HEADERS on it is a connection error (5.1, "closed"):
             # remembered for the most recent streams only.
-            self._ended[stream.id] = None
+            self._ended[stream.id] = False
             if len(self._ended) > _ENDED_REMEMBERED:
                 del self._ended[next(iter(self._ended))]
         self._blocked.pop(stream.id, None)
