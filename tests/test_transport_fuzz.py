@@ -3,7 +3,7 @@
 same bytes, both must agree on whether the client broke the protocol.
 
 The suite runs a short fuzz; for a long one, see docs/transport.md
-(``TRANSPORT_FUZZ_EXAMPLES=4000`` is about ten minutes on two cores).
+(``TRANSPORT_FUZZ_EXAMPLES=40000`` is about ten minutes per test on two cores).
 
 Each example is fed to an in-process ``Connection`` over a fake transport,
 without sockets: what a peer sends is all that varies, so a failure replays.
