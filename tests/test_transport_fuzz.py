@@ -238,10 +238,11 @@ def _h2_says_protocol_error(head: bytes, sequence: list[bytes]) -> bool:
                 return True
             if chunk[:4] == b"\x00\x00\x04\x03" and stream_id in known - ended - reset:
                 client_reset.add(stream_id)
-            if chunk[:4] == b"\x00\x00\x04\x08" and stream_id in closed:
-                # RFC 9113 5.1: WINDOW_UPDATE on a stream closed both ways is
-                # ignored; h2 takes a zero increment there for an error. One of
-                # the wrong length is still a connection error (6.9).
+            if chunk[:4] == b"\x00\x00\x04\x08" and stream_id in closed | reset:
+                # RFC 9113 5.1: WINDOW_UPDATE on a stream closed both ways, or
+                # reset by this server, is ignored; h2 takes a zero increment
+                # there for an error. One of the wrong length is still a
+                # connection error (6.9).
                 continue
             if chunk[3:4] == b"\x08" and len(chunk) >= 13:
                 # RFC 9113 6.9: the increment's top bit is reserved and ignored on
@@ -384,6 +385,13 @@ def test_no_frame_sequence_escapes_or_leaks(sequence: list[bytes]) -> None:
         b"\x00\x00\x16\x01\x04\x00\x00\x00\x01\x83\x86\x04\x0f/test.Echo/Chat\x01\x01x",
         b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x00",
         b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x05",
+    ]
+)
+# And a zero WINDOW_UPDATE on a stream this server reset: ignored.
+@example(
+    [
+        b"\x00\x00\x06\x01\x04\x00\x00\x00\x01\x82\x87\x84\x01\x01z",
+        b"\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x00\x00\x00",
     ]
 )
 # And a connection-level WINDOW_UPDATE with the reserved bit set: ignored.
