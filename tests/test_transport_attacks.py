@@ -134,7 +134,8 @@ def test_idle_and_garbage_connections_cost_little_and_descriptors_run_out_gracef
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
     time.sleep(0.5)
     grown = _rss_kb(proc.pid) - base
-    assert grown < 12_000, f"200 idle connections grew RSS by {grown} KiB"
+    # 256 KiB each before; a bare socket and a reader now.
+    assert grown < 4_000, f"200 idle connections grew RSS by {grown} KiB"
     assert _health_check(port)
     # Garbage on 200 more: each is closed, and its memory is given back.
     for _ in range(200):
@@ -199,6 +200,26 @@ def test_memory_is_handed_back_once_many_connections_closed() -> None:
         for s in many:
             s.close()
         assert _wait(shrunk.is_set)
+
+
+def test_a_silent_peer_costs_a_bare_socket_until_its_first_byte() -> None:
+    with serving() as running:
+        silent = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(5)]
+        assert _wait(lambda: running.connections() == 5)
+
+        async def made() -> int:
+            return len(running.server._shared.connections)
+
+        assert running.call(made()) == 0  # no transport, no Connection yet
+        silent[0].close()  # gone without a byte: never made one
+        assert _wait(lambda: running.connections() == 4)
+        assert running.call(made()) == 0
+        with Peer(running.port) as peer:  # a byte arrives: a connection as ever
+            peer.send(peer.headers(1))
+            assert _wait(lambda: running.call(made()) == 1)
+        assert grpc_call(running.port) == [b"PING"]
+        for s in silent[1:]:
+            s.close()
 
 
 def test_zero_and_overflowing_window_updates_are_protocol_errors() -> None:

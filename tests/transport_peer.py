@@ -57,7 +57,7 @@ class Running:
 
     def connections(self) -> int:
         async def count() -> int:
-            return len(self.server._shared.connections)
+            return self.server.open_connections()
 
         return int(self.call(count()))  # type: ignore[call-overload]
 

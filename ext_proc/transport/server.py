@@ -144,10 +144,19 @@ class H2GrpcServer:
         self._handshakes: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._on_shrink = on_shrink
+        self._waiting: dict[int, tuple[socket.socket, float]] = {}
+        """Plain sockets accepted and not yet readable, oldest first, with when:
+        held bare (a socket and a reader) and made a transport and a
+        ``Connection`` only once a byte arrives, so that silent peers cost a
+        few hundred bytes each and leave no fragmented heap behind."""
 
     @property
     def limits(self) -> Limits:
         return self._shared.limits
+
+    def open_connections(self) -> int:
+        """Connections open now, those that have sent nothing yet included."""
+        return len(self._shared.connections) + len(self._waiting)
 
     async def start(
         self,
@@ -220,6 +229,51 @@ class H2GrpcServer:
             sock.close()
             return
         sock.setblocking(False)
+        if tls is None:
+            self._wait_for_bytes(sock)
+            return
+        self._start(sock, tls)
+
+    def _wait_for_bytes(self, sock: socket.socket) -> None:
+        shared = self._shared
+        if self.open_connections() >= shared.limits.max_connections and not self._make_room():
+            _accept_log.warning(
+                "ext_proc server at its limit of %d connections: refusing one",
+                shared.limits.max_connections,
+            )
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
+        self._waiting[fd] = (sock, loop.time())
+        loop.add_reader(fd, self._first_bytes, fd)
+        shared.peak = max(shared.peak, self.open_connections())
+
+    def _first_bytes(self, fd: int) -> None:
+        entry = self._waiting.get(fd)
+        if entry is None:
+            return
+        sock = entry[0]
+        try:
+            peeked = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            peeked = b""
+        self._unwait(fd)
+        if not peeked:
+            sock.close()  # gone without a byte: nothing to answer
+            return
+        self._start(sock, None)
+
+    def _unwait(self, fd: int) -> socket.socket:
+        sock, _ = self._waiting.pop(fd)
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(fd)
+        return sock
+
+    def _start(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        shared = self._shared
         loop = asyncio.get_running_loop()
         task: asyncio.Task[object] = loop.create_task(
             loop.connect_accepted_socket(
@@ -240,7 +294,10 @@ class H2GrpcServer:
 
     def _make_room(self) -> bool:
         """Close one connection that loses no request by closing: the oldest
-        without a preface, else the oldest without an open stream."""
+        that sent nothing, else without a preface, else without an open stream."""
+        if self._waiting:
+            self._unwait(next(iter(self._waiting))).close()
+            return True
         fallback: Connection | None = None
         for conn in self._shared.connections:
             if not conn.evictable:
@@ -267,7 +324,13 @@ class H2GrpcServer:
                 reason = conn.expired(now)
                 if reason is not None:
                     conn.close(reason)
-            self._note_count(len(self._shared.connections))
+            silent_since = now - limits.handshake_timeout_s
+            while self._waiting:
+                fd, (_, since) = next(iter(self._waiting.items()))
+                if since > silent_since:
+                    break
+                self._unwait(fd).close()
+            self._note_count(self.open_connections())
 
     def _note_count(self, count: int) -> None:
         shared = self._shared
@@ -284,6 +347,8 @@ class H2GrpcServer:
         self._listeners.clear()
         for task in list(self._handshakes):
             task.cancel()
+        for fd in list(self._waiting):
+            self._unwait(fd).close()
         connections = list(self._shared.connections)
         for conn in connections:
             conn.shutdown()
