@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -86,11 +86,7 @@ class Shared:
     limits: Limits
     connections: dict[Connection, None] = field(default_factory=dict)
     """Open connections, oldest first (the order eviction looks in)."""
-    peak: int = 0
-    """The most connections open at once since the server last gave memory back."""
     closing: bool = False
-    make_room: Callable[[], bool] = lambda: False
-    """Closes an idle connection to let a new one in; False when none is idle."""
 
     def __post_init__(self) -> None:
         self.huffman = HuffmanMemo(
@@ -205,10 +201,11 @@ class Connection(asyncio.BufferedProtocol):
         self._preface_seen = False
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, _Stream] = {}
-        self._ended: dict[int, bool] = {}
-        """Streams closed after the peer's END_STREAM, newest last."""
         """Streams with response bytes waiting on a send window: the only ones
         a WINDOW_UPDATE or SETTINGS needs to look at."""
+        self._ended: dict[int, bool] = {}
+        """Streams closed after the peer's END_STREAM (False) or RST_STREAM
+        (True), newest last."""
         # A dict, not a set: 64 bytes empty against 216, on every idle connection.
         self._tasks: dict[asyncio.Task[None], None] = {}
         self._out: list[bytes] = []
@@ -250,18 +247,10 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports do not subclass asyncio's.
         self._transport = cast(asyncio.Transport, transport)
-        shared = self._shared
-        if len(shared.connections) >= self._limits.max_connections and not shared.make_room():
-            _closing_log.warning(
-                "ext_proc server at its limit of %d connections: refusing one",
-                self._limits.max_connections,
-            )
-            self._transport.abort()
-            return
+        # The connection cap was applied when the socket was accepted
+        # (``H2GrpcServer``), so that a socket counts from its first moment.
         self._transport.set_write_buffer_limits(high=self._limits.write_high_water)
-        shared.connections[self] = None
-        if len(shared.connections) > shared.peak:
-            shared.peak = len(shared.connections)
+        self._shared.connections[self] = None
         self._out.append(self._shared.settings)
         extra = self._recv.size - DEFAULT_WINDOW
         if extra > 0:

@@ -139,11 +139,12 @@ class H2GrpcServer:
             max_message_bytes,
             limits,
         )
-        self._shared.make_room = self._make_room
         self._listeners: list[_Listener] = []
         self._handshakes: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._on_shrink = on_shrink
+        self._peak = 0
+        """The most sockets open at once since ``on_shrink`` last ran."""
         self._waiting: dict[int, tuple[socket.socket, float]] = {}
         """Plain sockets accepted and not yet readable, oldest first, with when:
         held bare (a socket and a reader) and made a transport and a
@@ -155,8 +156,9 @@ class H2GrpcServer:
         return self._shared.limits
 
     def open_connections(self) -> int:
-        """Connections open now, those that have sent nothing yet included."""
-        return len(self._shared.connections) + len(self._waiting)
+        """Connections open now, those that have sent nothing yet or are in
+        their TLS handshake included: what the connection cap counts."""
+        return len(self._shared.connections) + len(self._waiting) + len(self._handshakes)
 
     async def start(
         self,
@@ -223,31 +225,28 @@ class H2GrpcServer:
 
     def _accepted(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
         shared = self._shared
-        # The connection cap is applied as each connection is made; TLS
-        # handshakes in progress, not yet connections, are capped here.
-        if shared.closing or (tls and len(self._handshakes) >= shared.limits.max_connections):
+        if shared.closing:
+            sock.close()
+            return
+        # The cap counts a socket from its first moment: waiting for a byte,
+        # in its TLS handshake, or a connection.
+        cap = shared.limits.max_connections
+        if self.open_connections() >= cap and not self._make_room():
+            _accept_log.warning("ext_proc server at its limit of %d connections: refusing one", cap)
             sock.close()
             return
         sock.setblocking(False)
         if tls is None:
             self._wait_for_bytes(sock)
-            return
-        self._start(sock, tls)
+        else:
+            self._start(sock, tls)
+        self._peak = max(self._peak, self.open_connections())
 
     def _wait_for_bytes(self, sock: socket.socket) -> None:
-        shared = self._shared
-        if self.open_connections() >= shared.limits.max_connections and not self._make_room():
-            _accept_log.warning(
-                "ext_proc server at its limit of %d connections: refusing one",
-                shared.limits.max_connections,
-            )
-            sock.close()
-            return
         loop = asyncio.get_running_loop()
         fd = sock.fileno()
         self._waiting[fd] = (sock, loop.time())
         loop.add_reader(fd, self._first_bytes, fd)
-        shared.peak = max(shared.peak, self.open_connections())
 
     def _first_bytes(self, fd: int) -> None:
         entry = self._waiting.get(fd)
@@ -333,9 +332,8 @@ class H2GrpcServer:
             self._note_count(self.open_connections())
 
     def _note_count(self, count: int) -> None:
-        shared = self._shared
-        if shared.peak - count >= max(SHRINK_AFTER, count):
-            shared.peak = count
+        if self._peak - count >= max(SHRINK_AFTER, count):
+            self._peak = count
             if self._on_shrink is not None:
                 self._on_shrink()
 
