@@ -40,6 +40,7 @@ from ext_proc.config import (
     TracingSettings,
 )
 from ext_proc.deploy import one_message, unserved
+from ext_proc.deploy.ext_proc_filter import ROUTING_FILTER, T_EXT_PROC_PER_ROUTE
 from ext_proc.errors import GatewayError, error_payload
 from ext_proc.headers import (
     ATTEMPT_HEADER,
@@ -136,9 +137,6 @@ _T_HCM = (
     "http_connection_manager.v3.HttpConnectionManager"
 )
 _T_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-_T_EXT_PROC_PER_ROUTE = (
-    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
-)
 _T_HEADER_MUTATION = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 )
@@ -524,7 +522,7 @@ def _ext_proc_filter(
     if message_timeout_s is not None:
         service["message_timeout"] = _duration(message_timeout_s)
     return {
-        "name": "envoy.filters.http.ext_proc",
+        "name": ROUTING_FILTER,
         "typed_config": {
             **service,
             # Upstream, the server skips the body of a first attempt and asks for
@@ -646,7 +644,7 @@ def _translated_route(
         ],
         "typed_per_filter_config": {
             TRANSLATION_FILTER: {
-                "@type": _T_EXT_PROC_PER_ROUTE,
+                "@type": T_EXT_PROC_PER_ROUTE,
                 "overrides": {"processing_mode": modes.TRANSLATION_ON.envoy()},
             }
         },

@@ -33,6 +33,7 @@ from typing import Any
 from ext_proc.access.policy import ARCHWAY_KEY_HEADER
 from ext_proc.apis import ErrorShape, path_prefixes
 from ext_proc.config import Config
+from ext_proc.deploy.ext_proc_filter import ROUTING_FILTER, T_EXT_PROC_PER_ROUTE
 from ext_proc.errors import error_payload
 from ext_proc.headers import BODY_PHASE_HEADERS, INTERNAL_PREFIX
 from ext_proc.routing.catalog import CATALOG
@@ -57,9 +58,6 @@ __all__ = [
 LUA_FILTER = "envoy.filters.http.lua"
 _T_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _T_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
-_T_EXT_PROC_PER_ROUTE = (
-    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
-)
 
 
 def attribute_header_names(config: Config) -> tuple[str, ...]:
@@ -87,8 +85,8 @@ def two_message_overrides() -> dict[str, Any]:
     """``typed_per_filter_config`` of the route for requests other than POST: the
     routing filter sends their headers (the headers phase answers them), Lua is off."""
     return {
-        "envoy.filters.http.ext_proc": {
-            "@type": _T_EXT_PROC_PER_ROUTE,
+        ROUTING_FILTER: {
+            "@type": T_EXT_PROC_PER_ROUTE,
             "overrides": {"processing_mode": modes.ROUTING.envoy()},
         },
         **lua_off(),

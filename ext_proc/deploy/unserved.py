@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from ext_proc.apis import Endpoint, ErrorShape, served_paths
+from ext_proc.deploy.ext_proc_filter import ROUTING_FILTER, T_EXT_PROC_PER_ROUTE
 from ext_proc.errors import GatewayError, error_payload
 
 __all__ = [
@@ -27,10 +28,6 @@ __all__ = [
 DIRECT_RESPONSE_DETAILS = "direct_response"
 """The response code details Envoy gives a route's ``direct_response``."""
 
-_EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
-_T_EXT_PROC_PER_ROUTE = (
-    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
-)
 _JSON = [
     {
         "header": {"key": "content-type", "value": "application/json"},
@@ -55,7 +52,7 @@ def _undecided(route_header: str) -> dict[str, Any]:
 
 def _off(filters_off: dict[str, Any]) -> dict[str, Any]:
     return {
-        _EXT_PROC_FILTER: {"@type": _T_EXT_PROC_PER_ROUTE, "disabled": True},
+        ROUTING_FILTER: {"@type": T_EXT_PROC_PER_ROUTE, "disabled": True},
         **filters_off,
     }
 
