@@ -372,38 +372,30 @@ def _archway_container(
         # covers it (its /ready needs Archway healthy), and a crash restarts it.
         # It stops with Envoy: serving on until the pod has left the Service.
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": _ENVOY_PRE_STOP_S}}}
-    elif _hop_tls(config) is not None:
-        # The kubelet's gRPC probes speak cleartext only: with TLS on the port,
-        # the kubelet checks that it accepts connections, and Envoy Gateway's
-        # gRPC health check (over TLS) sees a drain's NOT_SERVING.
-        container |= {
-            "readinessProbe": {
-                "tcpSocket": {"port": port},
-                "periodSeconds": 5,
-                "timeoutSeconds": 2,
-                "failureThreshold": 2,
-            },
-            "livenessProbe": {
-                "tcpSocket": {"port": port},
-                "periodSeconds": 10,
-                "timeoutSeconds": 2,
-                "failureThreshold": 3,
-            },
-        }
     else:
+        if _hop_tls(config) is not None:
+            # The kubelet's gRPC probes speak cleartext only: with TLS on the
+            # port, the kubelet checks that it accepts connections, and Envoy
+            # Gateway's gRPC health check (over TLS) sees a drain's NOT_SERVING.
+            ready: dict[str, Any] = {"tcpSocket": {"port": port}}
+            alive: dict[str, Any] = {"tcpSocket": {"port": port}}
+        else:
+            # Ready means routing: the ext_proc service's own health, which
+            # says NOT_SERVING from the first moment of a drain. Alive means
+            # the process answers at all.
+            ready = {"grpc": {"port": port, "service": EXT_PROC_SERVICE}}
+            alive = {"grpc": {"port": port}}
         container |= {
-            # Ready means routing: the ext_proc service's own health, which says
-            # NOT_SERVING from the first moment of a drain.
             "readinessProbe": {
-                "grpc": {"port": port, "service": EXT_PROC_SERVICE},
+                **ready,
                 "periodSeconds": 5,
                 "timeoutSeconds": 2,
                 "failureThreshold": 2,
             },
-            # Alive means the process answers at all; slow enough that a drain
-            # (NOT_SERVING for DEFAULT_DRAIN_S) never gets the container killed.
+            # Slow enough that a drain (NOT_SERVING for DEFAULT_DRAIN_S) never
+            # gets the container killed.
             "livenessProbe": {
-                "grpc": {"port": port},
+                **alive,
                 "periodSeconds": 10,
                 "timeoutSeconds": 2,
                 "failureThreshold": 3,
