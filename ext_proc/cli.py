@@ -21,13 +21,14 @@ from urllib.parse import urlsplit
 
 from ext_proc.config import Config, ConfigError, ProviderConfig, load_config
 from ext_proc.errors import GatewayError
+from ext_proc.headers import CREDENTIAL_HEADERS
 from ext_proc.router.factory import RouterUnavailableError, build_router, routes_of
 from ext_proc.router.tokenizer import ModelFilesError
 from ext_proc.routing.body import parse_body, parse_request
 from ext_proc.routing.catalog import Upstream
 from ext_proc.routing.decide import Look, decide, look, resolve_model
 from ext_proc.routing.endpoints import classify
-from ext_proc.routing.plan import CREDENTIAL_HEADERS, plan_request
+from ext_proc.routing.plan import plan_request
 from ext_proc.routing.resolve import build_routing_table, chain_providers
 from ext_proc.state import StateStorageError
 

@@ -10,6 +10,7 @@ __all__ = [
     "CLIENT_AFFINITY_HEADER",
     "CLIENT_DECISION_HEADERS",
     "CLIENT_PATH_HEADER",
+    "CREDENTIAL_HEADERS",
     "DECISION_AFFINITY",
     "DECISION_FALLBACK",
     "DECISION_MODEL",
@@ -94,6 +95,9 @@ streams are retry attempts, handled by the attempt processor."""
 TRANSLATION_PHASE = "translation"
 """Sent by the response-translation filter: its streams are translated responses."""
 
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+"""Client credentials: replaced by the provider's unless ``passthrough_auth``."""
+
 BODY_PHASE_HEADERS = (
     "content-type",
     "accept-encoding",
@@ -101,9 +105,7 @@ BODY_PHASE_HEADERS = (
     "traceparent",
     "tracestate",
     CLIENT_AFFINITY_HEADER,
-    "authorization",
-    "x-api-key",
-    "api-key",
+    *CREDENTIAL_HEADERS,
     "x-archway-api-key",
 )
 """The client headers the routing decision reads, besides ``:path`` and ``:method``.

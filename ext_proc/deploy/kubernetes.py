@@ -46,9 +46,13 @@ from ext_proc.deploy.bootstrap import (
     is_ip_address,
     message_timeout_s,
 )
-from ext_proc.headers import CLIENT_DECISION_HEADERS, ROUTE_HEADER, TRANSLATE_HEADER
+from ext_proc.headers import (
+    CLIENT_DECISION_HEADERS,
+    CREDENTIAL_HEADERS,
+    ROUTE_HEADER,
+    TRANSLATE_HEADER,
+)
 from ext_proc.routing.catalog import Upstream
-from ext_proc.routing.plan import CREDENTIAL_HEADERS
 from ext_proc.server.health import DEFAULT_DRAIN_S, EXT_PROC_SERVICE
 
 __all__ = [

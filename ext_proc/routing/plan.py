@@ -19,6 +19,7 @@ from ext_proc.apis import Endpoint, WireAPI
 from ext_proc.config import ProviderConfig
 from ext_proc.errors import GatewayError
 from ext_proc.headers import (
+    CREDENTIAL_HEADERS,
     DECISION_AFFINITY,
     DECISION_MODEL,
     DECISION_PROVIDER,
@@ -45,16 +46,12 @@ from ext_proc.translate import TranslationContext, translator_for
 from ext_proc.translate.common import encode_json
 
 __all__ = [
-    "CREDENTIAL_HEADERS",
     "RequestPlan",
     "continued_response",
     "decision_headers",
     "plan_request",
     "upstream_headers",
 ]
-
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
-"""Client credentials: replaced by the provider's unless ``passthrough_auth``."""
 
 
 @dataclass(frozen=True)
