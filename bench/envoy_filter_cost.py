@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from bench.gateway_bench import (  # noqa: E402
     Bench,
     chat_body,
+    cpu_split,
     free_port,
     run_wrk,
     stop_process,
@@ -66,7 +66,6 @@ SETUPS = ("plain", "mutation", "headers", "buffered", "body_only", "translation_
 SPLIT = ("body_only_bare", "body_only_buffer")
 """``body_only`` taken apart (``--setups``): the ext_proc filter alone, without
 ``request_attributes``; then with them and the ``buffer`` filter, without ``lua``."""
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _T = "type.googleapis.com/envoy.extensions."
 _T_HCM = _T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -373,12 +372,6 @@ class Pass:
     """The canned ext_proc server's CPU per request (transport only)."""
     counters: dict[str, float] = field(default_factory=dict)
     """ext_proc counters per request, from Envoy's /stats."""
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, kernel) CPU seconds of a whole process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 def ext_proc_counters(admin_url: str) -> dict[str, float]:

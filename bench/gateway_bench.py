@@ -101,14 +101,20 @@ def added_p50_goal(body_kb: int) -> float:
 # --- /proc -------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a whole process (all its threads), in seconds."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of a whole process (all its threads); zeros
+    once it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+        return 0.0, 0.0
     fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads), in seconds."""
+    return sum(cpu_split(pid))
 
 
 def rss_mb(pid: int) -> float:

@@ -22,14 +22,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_bench import rss_mb  # noqa: E402
+
 CONFIG = "llm_providers:\n  - model: openai/gpt-5\n    access_key: k\n    default: true\n"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _raise_fd_limit() -> None:
